@@ -1,0 +1,5 @@
+import sys
+
+from hemorrhage.cli import main
+
+sys.exit(main())

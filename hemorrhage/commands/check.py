@@ -1,0 +1,28 @@
+"""hemorrhage check --model M [--json]"""
+
+from hemorrhage.commands.common import add_model, load_model, print_json
+
+
+def add_arguments(p) -> None:
+    add_model(p)
+    p.add_argument("--windows", type=int, default=2, help="held-out Wikipedia windows to compare")
+    p.add_argument("--seqlen", type=int, default=128)
+    p.add_argument("--greedy-tokens", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args) -> int:
+    from hemorrhage.validate.check import check_against_torch
+
+    res = check_against_torch(load_model(args), windows=args.windows, seqlen=args.seqlen,
+                              n_greedy=args.greedy_tokens)
+    if args.json:
+        print_json(res)
+    else:
+        verdict = "PASS" if res["passed"] else "FAIL"
+        print(f"{verdict} {res['model']}: max|Δz| = {res['max_abs_logit_diff']:.2e} "
+              f"(tolerance {res['tolerance']:.0e}, |z| ≤ {res['max_abs_logit']:.1f}) over "
+              f"{res['tokens_compared']} tokens; greedy {res['greedy_tokens']} tokens identical: "
+              f"{res['greedy_match']}")
+        print(f"  jax:   {res['continuation_jax']!r}\n  torch: {res['continuation_torch']!r}")
+    return 0 if res["passed"] else 1

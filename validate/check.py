@@ -1,0 +1,66 @@
+"""Is the JAX model the model?  Compare with transformers' PyTorch forward (fp32).
+
+    max_abs_logit_diff   max |z_jax − z_torch| over real held-out Wikipedia windows
+    greedy_match         the same greedy continuation, token for token
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hemorrhage.errors import UserError
+
+DEFAULT_PROMPT = "The capital of France is"
+TOLERANCE = 1e-3
+
+
+def torch_reference(path):
+    """transformers' PyTorch model of the same folder, fp32, eval mode."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise UserError("the reference forward needs torch: pip install 'hemorrhage[ref]' "
+                        "(torch==2.13.0)") from None
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    return model.eval()
+
+
+def check_against_torch(loaded, *, windows: int = 2, seqlen: int = 128, n_greedy: int = 20,
+                        prompt: str = DEFAULT_PROMPT) -> dict:
+    import jax.numpy as jnp
+    import torch
+
+    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.generate import generate
+    from hemorrhage.sim.models import forward
+
+    ref = torch_reference(loaded.path)
+    tokens = eval_windows(loaded.tokenizer, "wiki", seqlen=seqlen, stride=seqlen, max_windows=windows)
+    z_jax = np.asarray(forward(loaded.model, jnp.asarray(tokens)))
+    with torch.no_grad():
+        z_ref = ref(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
+    diff = float(np.abs(z_jax - z_ref).max())
+
+    ids = loaded.tokenizer(prompt).input_ids
+    ours = np.asarray(generate(loaded.model, jnp.asarray([ids]), n_greedy))[0].tolist()
+    with torch.no_grad():
+        out = ref.generate(torch.tensor([ids]), max_new_tokens=n_greedy, do_sample=False,
+                           min_new_tokens=n_greedy, pad_token_id=loaded.tokenizer.eos_token_id)
+    theirs = out[0, len(ids):].tolist()
+    return {
+        "model": loaded.name,
+        "dtype": "float32",
+        "tokens_compared": int(np.prod(tokens.shape)),
+        "max_abs_logit_diff": diff,
+        "max_abs_logit": float(np.abs(z_ref).max()),
+        "greedy_match": ours == theirs,
+        "greedy_tokens": n_greedy,
+        "prompt": prompt,
+        "continuation_jax": loaded.tokenizer.decode(ours),
+        "continuation_torch": loaded.tokenizer.decode(theirs),
+        "tolerance": TOLERANCE,
+        "passed": bool(diff <= TOLERANCE and ours == theirs),
+        "base_note": loaded.base_note,
+    }

@@ -1,0 +1,86 @@
+"""Measured damage in the three spaces, per token, and the theorems' predictions of it.
+
+Notation (seeds): base h, z, p; compressed h + Δh, z + Δz, q; T = 1.
+    cos_h, cos_z, cos_p    cosine similarity base vs compressed, per token
+    kl                     KL(p ‖ q)
+    var_p, var_r           Var_p(Δz), Var_r(Δz) with r = p²/‖p‖²
+    kl_pred = var_p / 2            Theorem 3 (arXiv 2603.24652)
+    one_minus_cos_p_pred = var_r/2 Theorem 2
+    one_minus_cos_h_pred = ‖Δh⊥‖²/(2‖h‖²)  Theorem 1 (Taylor cosine)
+NaN/inf from a collapsed model propagate into the numbers: they are results.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float
+
+_EPS = 1e-30
+
+
+def cosine(a: Float[Array, "... d"], b: Float[Array, "... d"]) -> Float[Array, "..."]:
+    num = jnp.sum(a * b, axis=-1)
+    return num / jnp.sqrt(jnp.maximum(jnp.sum(a * a, -1) * jnp.sum(b * b, -1), _EPS))
+
+
+def taylor_one_minus_cos(h: Float[Array, "... d"], dh: Float[Array, "... d"]) -> Float[Array, "..."]:
+    """Theorem 1: 1 − cos(h, h+Δh) ≈ ‖Δh⊥‖² / (2‖h‖²), Δh⊥ = Δh − (⟨Δh,h⟩/‖h‖²) h."""
+    hh = jnp.maximum(jnp.sum(h * h, -1, keepdims=True), _EPS)
+    perp = dh - (jnp.sum(dh * h, -1, keepdims=True) / hh) * h
+    return jnp.sum(perp * perp, -1) / (2.0 * hh[..., 0])
+
+
+def weighted_var(w: Float[Array, "... V"], x: Float[Array, "... V"]) -> Float[Array, "..."]:
+    """Var_w(x) = Σ w (x − Σ w x)²."""
+    mean = jnp.sum(w * x, -1, keepdims=True)
+    return jnp.sum(w * jnp.square(x - mean), -1)
+
+
+def compare_logits(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str, Float[Array, "N"]]:
+    """Per-token damage from base logits z to compressed logits z_c (T = 1)."""
+    logp, logq = jax.nn.log_softmax(z), jax.nn.log_softmax(z_c)
+    p, q = jnp.exp(logp), jnp.exp(logq)
+    dz = z_c - z
+    r = jnp.square(p) / jnp.sum(jnp.square(p), -1, keepdims=True)
+    var_p = weighted_var(p, dz)
+    var_r = weighted_var(r, dz)
+    return {
+        "cos_z": cosine(z, z_c),
+        "cos_p": cosine(p, q),
+        "kl": jnp.sum(p * (logp - logq), -1),
+        "var_p": var_p,
+        "var_r": var_r,
+        "kl_pred": var_p / 2.0,
+        "one_minus_cos_p_pred": var_r / 2.0,
+        "top1": (jnp.argmax(z, -1) == jnp.argmax(z_c, -1)).astype(jnp.float32),
+    }
+
+
+def compare_hidden(h: Float[Array, "N d"], h_c: Float[Array, "N d"]) -> dict[str, Float[Array, "N"]]:
+    return {"cos_h": cosine(h, h_c), "one_minus_cos_h_pred": taylor_one_minus_cos(h, h_c - h)}
+
+
+@nnx.jit(static_argnames=("chunk",))
+def per_layer(base, comp, hs: Float[Array, "L1 N d"], hs_c: Float[Array, "L1 N d"], chunk: int = 256):
+    """Token-mean of every metric at every layer's logit lens: dict of [L+1] arrays.
+
+    Tokens go through the head `chunk` at a time so a 262k vocabulary fits in memory."""
+    n = hs.shape[1]
+    pad = (-n) % chunk
+    valid = jnp.arange(n + pad) < n
+
+    def layer(args):
+        h, h_c = args
+        h = jnp.pad(h, ((0, pad), (0, 0))).reshape(-1, chunk, h.shape[-1])
+        h_c = jnp.pad(h_c, ((0, pad), (0, 0))).reshape(-1, chunk, h_c.shape[-1])
+
+        def one(xs):
+            hb, hc = xs
+            return {**compare_hidden(hb, hc), **compare_logits(base.unembed(hb), comp.unembed(hc))}
+
+        per_tok = jax.lax.map(one, (h, h_c))
+        return {k: jnp.sum(jnp.where(valid, v.reshape(-1), 0.0)) / n for k, v in per_tok.items()}
+
+    return jax.lax.map(layer, (hs, hs_c))
