@@ -28,6 +28,14 @@ def _apply(perturb: Perturb, site: str, layer: int, x):
     return x if perturb is None else perturb(site, layer, x)
 
 
+def branch(block: nnx.Module, perturb: Perturb, site: str, layer: int, trace: bool, x):
+    """A block's attention or MLP branch output, on its way into the residual: sown
+    (unperturbed) for `trace`, then handed to `perturb`."""
+    if trace:
+        block.sow(nnx.Intermediate, f"{site}_out", x)
+    return _apply(perturb, site, layer, x)
+
+
 @dataclass
 class Trace:
     """What `CausalLM.trace` returns.  h[l] is h_l; logits = z_L."""
@@ -36,6 +44,8 @@ class Trace:
     logits: Float[Array, "B T vocab"]
     attn_entropy: Float[Array, "L B T"] | None = None  # normalised, mean over heads
     gate_pos: Array | None = None  # [L B T d_ff] bool, sign of the gate pre-activation
+    attn_out: Float[Array, "L B T d"] | None = None  # branch outputs added to the residual
+    mlp_out: Float[Array, "L B T d"] | None = None
 
 
 class CausalLM(nnx.Module):
@@ -94,7 +104,8 @@ def _trace(model: CausalLM, tokens, perturb):
     ent = stack("attn_entropy")
     if ent is not None:  # [L B K G T] -> mean over heads [L B T]
         ent = ent.mean(axis=(2, 3))
-    return Trace(h=h, logits=z, attn_entropy=ent, gate_pos=stack("gate_pos"))
+    return Trace(h=h, logits=z, attn_entropy=ent, gate_pos=stack("gate_pos"),
+                 attn_out=stack("attn_out"), mlp_out=stack("mlp_out"))
 
 
 @nnx.jit(static_argnums=(2,))
@@ -104,5 +115,5 @@ def forward(model: CausalLM, tokens: Int[Array, "B T"], perturb: Perturb = None)
 
 
 jax.tree_util.register_dataclass(
-    Trace, data_fields=["h", "logits", "attn_entropy", "gate_pos"], meta_fields=[]
+    Trace, data_fields=["h", "logits", "attn_entropy", "gate_pos", "attn_out", "mlp_out"], meta_fields=[]
 )

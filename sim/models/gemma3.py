@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from hemorrhage.sim.models.base import CausalLM, _apply
+from hemorrhage.sim.models.base import CausalLM, branch
 from hemorrhage.sim.models.config import ModelConfig
 from hemorrhage.sim.models.layers import Attention, Embedding, GatedMLP, Linear, RMSNorm
 
@@ -28,9 +28,9 @@ class Gemma3Block(nnx.Module):
 
     def __call__(self, h, pos, cache, *, perturb=None, layer=0, trace=False):
         a, cache = self.attn(self.in_norm(h), pos, cache, trace=trace)
-        h = h + _apply(perturb, "attn", layer, self.post_attn_norm(a))
+        h = h + branch(self, perturb, "attn", layer, trace, self.post_attn_norm(a))
         m = self.post_mlp_norm(self.mlp(self.pre_mlp_norm(h), trace=trace))
-        return h + _apply(perturb, "mlp", layer, m), cache
+        return h + branch(self, perturb, "mlp", layer, trace, m), cache
 
 
 class Gemma3(CausalLM):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hemorrhage.sim.models.base import CausalLM, _apply
+from hemorrhage.sim.models.base import CausalLM, branch
 from hemorrhage.sim.models.config import ModelConfig
 from hemorrhage.sim.models.layers import MLP, Attention, Embedding, LayerNorm
 
@@ -25,8 +25,8 @@ class GPT2Block(nnx.Module):
 
     def __call__(self, h, pos, cache, *, perturb=None, layer=0, trace=False):
         a, cache = self.attn(self.ln1(h), pos, cache, trace=trace)
-        h = h + _apply(perturb, "attn", layer, a)
-        return h + _apply(perturb, "mlp", layer, self.mlp(self.ln2(h), trace=trace)), cache
+        h = h + branch(self, perturb, "attn", layer, trace, a)
+        return h + branch(self, perturb, "mlp", layer, trace, self.mlp(self.ln2(h), trace=trace)), cache
 
 
 class GPT2(CausalLM):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flax import nnx
 
-from hemorrhage.sim.models.base import CausalLM, _apply
+from hemorrhage.sim.models.base import CausalLM, branch
 from hemorrhage.sim.models.config import ModelConfig
 from hemorrhage.sim.models.layers import Attention, Embedding, GatedMLP, Linear, RMSNorm
 
@@ -23,9 +23,9 @@ class LlamaBlock(nnx.Module):
 
     def __call__(self, h, pos, cache, *, perturb=None, layer=0, trace=False):
         a, cache = self.attn(self.norm1(h), pos, cache, trace=trace)
-        h = h + _apply(perturb, "attn", layer, a)
+        h = h + branch(self, perturb, "attn", layer, trace, a)
         m = self.mlp(self.norm2(h), trace=trace)
-        return h + _apply(perturb, "mlp", layer, m), cache
+        return h + branch(self, perturb, "mlp", layer, trace, m), cache
 
 
 class Llama(CausalLM):

@@ -1,0 +1,29 @@
+"""Experiment 5 on the real model: 4-bit degrades, 2-bit collapses (seed 2604.19884)."""
+
+import json
+
+import pytest
+
+from hemorrhage.cli import main
+
+
+def run_json(capsys, *argv):
+    capsys.readouterr()
+    code = main(list(argv))
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("bits,expected", [(8, {"intact", "signal_degradation"}), (2, {"computation_collapse"})])
+def test_diagnose_rtn(capsys, tmp_path, smollm2, bits, expected):
+    code, res = run_json(capsys, "diagnose", "--model", "smollm2-135m", "--method", "rtn", "--bits", str(bits),
+                         "--group-size", "64", "--windows", "1", "--seqlen", "48",
+                         "--figures", str(tmp_path), "--json")
+    assert code == 0
+    assert res["verdict"] in expected, {k: res[k] for k in ("verdict", "final_kl", "top1_agreement")}
+    layers = res["layers"]
+    assert len(layers) == smollm2.cfg.n_layers
+    # putting back the base residual after the last block restores the base output exactly
+    assert layers[-1]["restore_h"] == pytest.approx(1.0, abs=1e-3)
+    for x in layers:
+        assert 0.0 <= x["gate_flip"] <= 1.0 and -1.0 <= x["entropy_shift"] <= 1.0
+    assert open(res["figure"], "rb").read(4) == b"\x89PNG"

@@ -1,0 +1,131 @@
+"""Experiment 5: Signal Degradation or Computation Collapse?  (arXiv 2604.19884)
+
+The seed names two failure modes but publishes no decision rule; this is ours.
+Evidence, per block l, base vs compressed on the same real tokens:
+
+    kl_lens[l]        KL(p_base,l ‖ p_comp,l) at the logit lens of h_l
+    traj_base[l]      KL(p_base,L ‖ p_base,l): how far the base's lens is from its answer
+    traj_comp[l]      KL(p_base,L ‖ p_comp,l): the same for the compressed model
+    restore_h[l]      share of the final KL removed by putting back the base h_l
+                      (then running the compressed blocks l+1..L)
+    restore_attn[l], restore_mlp[l]   the same for one block's attention / MLP output
+    cka[l]            linear CKA(h_base,l, h_comp,l): is the representation's geometry kept?
+    entropy_shift[l]  mean normalised attention entropy, compressed − base
+    gate_flip[l]      share of SwiGLU/GeGLU gate units whose sign flips
+
+Rule (thresholds are ours; every number behind a verdict is printed with it):
+  a block *collapses* when its computation stops working: CKA < 0.7, or more than
+  25 % of its gates flip, or its attention entropy rises by more than 0.15 (attention
+  spreads toward uniform).  Otherwise it *degrades* if the KL at its lens exceeds 0.01.
+  The model is in **Computation Collapse** if a block in the first half collapses and
+  the final top-1 agreement with the base is below 0.5 (the signal is destroyed early
+  and does not come back); in **Signal Degradation** if the final KL exceeds 0.01
+  otherwise; **intact** below that.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+CKA_MIN, GATE_FLIP_MAX, ENTROPY_SHIFT_MAX, KL_DAMAGE = 0.7, 0.25, 0.15, 0.01
+
+
+def linear_cka(x, y) -> float:
+    """Linear CKA = ‖XᵀY‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) on centred [N d] activations."""
+    x = x - x.mean(0, keepdims=True)
+    y = y - y.mean(0, keepdims=True)
+    num = jnp.sum(jnp.square(x.T @ y))
+    den = jnp.sqrt(jnp.sum(jnp.square(x.T @ x)) * jnp.sum(jnp.square(y.T @ y)))
+    return num / jnp.maximum(den, 1e-30)
+
+
+def _kl_rows(z_ref, z):
+    logp, logq = jax.nn.log_softmax(z_ref), jax.nn.log_softmax(z)
+    return jnp.sum(jnp.exp(logp) * (logp - logq), -1)
+
+
+@partial(nnx.jit, static_argnames=("site",))
+def _final_kl_patched(comp, tokens, z_base, site: str, layer, values):
+    """Mean final KL when `values[layer]` replaces the compressed model's `site` at `layer`."""
+
+    def patch(s, l, x):
+        if s != site:
+            return x
+        return jnp.where(layer == l, values[min(l, values.shape[0] - 1)], x)
+
+    z = comp(tokens, perturb=patch)[0]
+    return jnp.mean(_kl_rows(z_base, z))
+
+
+@nnx.jit
+def _lens(base, comp, h_b, h_c, z_final):
+    """Per-layer KLs of the logit lens ([N d] per layer) against each other and the base's answer."""
+
+    def one(args):
+        hb, hc = args
+        zb, zc = base.unembed(hb), comp.unembed(hc)
+        return (jnp.mean(_kl_rows(zb, zc)), jnp.mean(_kl_rows(z_final, zb)),
+                jnp.mean(_kl_rows(z_final, zc)))
+
+    return jax.lax.map(one, (h_b, h_c))
+
+
+def diagnose(base, comp, tokens) -> dict:
+    """All the evidence and the verdict for one compressed model (see module docstring)."""
+    tokens = jnp.asarray(tokens)
+    tb, tc = base.trace(tokens), comp.trace(tokens)
+    L1, B, T, d = tb.h.shape
+    n_blocks = L1 - 1
+    h_b, h_c = tb.h.reshape(L1, B * T, d), tc.h.reshape(L1, B * T, d)
+    z_final = tb.logits.reshape(B * T, -1)
+    kl_lens, traj_base, traj_comp = (np.asarray(a, np.float64) for a in _lens(base, comp, h_b, h_c, z_final))
+    final_kl = float(np.mean(np.asarray(_kl_rows(z_final, tc.logits.reshape(B * T, -1)))))
+    top1 = float(np.mean(np.asarray(jnp.argmax(tb.logits, -1) == jnp.argmax(tc.logits, -1))))
+
+    def restored(site, values, layers):
+        out = []
+        for l in layers:
+            kl = float(_final_kl_patched(comp, tokens, tb.logits, site, jnp.asarray(l), values))
+            out.append(1.0 - kl / final_kl if final_kl > 0 and np.isfinite(final_kl) else float("nan"))
+        return out
+
+    restore_h = restored("h", tb.h, range(1, n_blocks + 1))
+    restore_attn = restored("attn", tb.attn_out, range(n_blocks))
+    restore_mlp = restored("mlp", tb.mlp_out, range(n_blocks))
+    cka = [float(linear_cka(h_b[l], h_c[l])) for l in range(1, L1)]
+    ent_b = np.asarray(tb.attn_entropy).mean(axis=(1, 2))
+    ent_c = np.asarray(tc.attn_entropy).mean(axis=(1, 2))
+    gate = (np.asarray(tb.gate_pos != tc.gate_pos).mean(axis=(1, 2, 3))
+            if tb.gate_pos is not None and tc.gate_pos is not None else np.full(n_blocks, np.nan))
+    layers = []
+    for l in range(n_blocks):
+        shift = float(ent_c[l] - ent_b[l])
+        broken = (cka[l] < CKA_MIN or (np.isfinite(gate[l]) and gate[l] > GATE_FLIP_MAX)
+                  or shift > ENTROPY_SHIFT_MAX or not np.isfinite(cka[l]))
+        label = "collapse" if broken else ("degradation" if kl_lens[l + 1] > KL_DAMAGE else "intact")
+        layers.append({"block": l, "label": label, "kl_lens": kl_lens[l + 1], "cka": cka[l],
+                       "gate_flip": float(gate[l]), "attn_entropy_base": float(ent_b[l]),
+                       "attn_entropy_comp": float(ent_c[l]), "entropy_shift": shift,
+                       "restore_h": restore_h[l], "restore_attn": restore_attn[l],
+                       "restore_mlp": restore_mlp[l], "traj_base": traj_base[l + 1],
+                       "traj_comp": traj_comp[l + 1]})
+    early_collapse = [x["block"] for x in layers[: max(1, n_blocks // 2)] if x["label"] == "collapse"]
+    if early_collapse and top1 < 0.5:
+        verdict = "computation_collapse"
+    elif final_kl > KL_DAMAGE or not np.isfinite(final_kl):
+        verdict = "signal_degradation"
+    else:
+        verdict = "intact"
+    return {
+        "verdict": verdict, "final_kl": final_kl, "top1_agreement": top1,
+        "collapsed_blocks": [x["block"] for x in layers if x["label"] == "collapse"],
+        "early_collapsed_blocks": early_collapse, "tokens": int(B * T),
+        "rule": {"cka_min": CKA_MIN, "gate_flip_max": GATE_FLIP_MAX, "entropy_shift_max": ENTROPY_SHIFT_MAX,
+                 "kl_damage": KL_DAMAGE, "collapse_needs_top1_below": 0.5},
+        "layers": layers,
+    }
