@@ -20,6 +20,11 @@ COMMANDS = {
     "generate": ("generate", "generate a continuation (greedy by default)"),
     "hierarchy": ("hierarchy", "compress, then measure cos(h), cos(z), cos(p), KL per layer; draw it"),
     "compress": ("compress", "compress a model and write a Hugging Face folder"),
+    "measure": ("measure", "compress once, measure it against its base: ppl, KL, cos, MC agreement, divergence"),
+    "sweep": ("sweep", "measure a grid of compression settings; resumable, base phase cached"),
+    "diagnose": ("diagnose", "Signal Degradation or Computation Collapse? verdict and evidence per block"),
+    "train-control": ("train_control", "train the clean fp32 control model (small Llama, CPU, ≤ 15 min) and cache it"),
+    "recover": ("recover", "fine-tune a compressed model, masks and grids fixed (STE); KL/top-1 before and after"),
 }
 
 
@@ -57,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"hemorrhage: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `hemorrhage fetch --list | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("hemorrhage: interrupted", file=sys.stderr)
         return 130

@@ -114,9 +114,13 @@ def resolve(model: str, *, quiet: bool = False) -> Path:
     """--model accepts a registry name or a local checkpoint folder."""
     if model in MODELS:
         return fetch_model(model, quiet=quiet)
+    if model == "control":  # the clean fp32 control: trained here (sim/train.py) on first use, then cached
+        from hemorrhage.sim.train import control_dir
+
+        return control_dir(quiet=quiet)
     path = Path(model).expanduser()
     if path.exists():
         return path
     if "/" in model or model.startswith("."):
         raise UserError(f"{model} does not exist (expected a Hugging Face checkpoint folder)")
-    raise UserError(f"unknown model {model!r}; known: {', '.join(MODELS)} (or a checkpoint folder)")
+    raise UserError(f"unknown model {model!r}; known: {', '.join(MODELS)}, control (or a checkpoint folder)")

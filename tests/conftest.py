@@ -9,6 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HEMORRHAGE_CACHE", str(ROOT / ".cache" / "hemorrhage"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Compiled XLA programs are kept on disk for the CLI subprocesses the tests start
+# (a 30-layer forward takes seconds to compile on two cores).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(os.environ["HEMORRHAGE_CACHE"]) / "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 
 
 @pytest.fixture(scope="session")

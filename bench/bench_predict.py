@@ -1,0 +1,101 @@
+"""Predicting a compression grid vs measuring it, timed in the same run.
+
+    python bench/bench_predict.py --model smollm2-135m                # the issue's full grid
+    python bench/bench_predict.py --model gemma3-270m --grid 'rtn:bits=3,4,8;magnitude:sparsity=0.3,0.5'
+
+Prediction: `hemorrhage.sim.predict.predict` (calibration statistics, base generation,
+linearisation, every JVP, the regime forwards, compilation included).  Measurement:
+`measure_grid` — each setting compressed with `compress_from_args` (as `hemorrhage
+measure` does), then KL / top-1 on the prediction's scored tokens and greedy generation
+from the same prompts (a reduced `hemorrhage measure`: no perplexity, MC or per-layer
+lens, so the measured time is a lower bound and the ratio conservative).
+
+Targets (the issue): predicted KL within ×1.5 of measured wherever measured KL ≤ 0.5;
+cliff (KL crosses 1 nat, `cliff_crossing`) within ±0.5 bit / ±0.05 sparsity; predicting
+≤ 2 % of measuring.  Everything is printed and written to --out (JSON); nothing asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--grid", default="full", help="'full' (the issue's grid) or a sweep-style grid")
+    ap.add_argument("--windows", type=int, default=2)
+    ap.add_argument("--seqlen", type=int, default=128)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--probes", type=int, default=2)
+    ap.add_argument("--out", help="JSON output (default results/bench_predict_MODEL.json)")
+    args = ap.parse_args(argv)
+
+    from hemorrhage.sim import load
+    from hemorrhage.sim.predict import FULL_GRID, PredictConfig, measure_grid, measured_cliffs, predict
+    from hemorrhage.validate.sweep import parse_grid
+
+    grid = parse_grid(FULL_GRID if args.grid == "full" else args.grid)
+    cfg = PredictConfig(windows=args.windows, seqlen=args.seqlen, prompts=args.prompts, new_tokens=args.new_tokens,
+                        probes=args.probes)
+    loaded = load(args.model, quiet=True)
+    log = lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    pred = predict(loaded, grid, cfg, log=log)
+    t_pred = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    meas = measure_grid(loaded, grid, cfg, log=log)
+    t_meas = time.perf_counter() - t0
+    cl = measured_cliffs(pred, meas, cfg.kl_threshold)
+
+    print(f"\n{args.model}: {len(grid)} settings, {cfg.windows}x{cfg.seqlen} tokens, {cfg.prompts} prompts")
+    print(f"{'setting':<34} {'kl_pred':>9} {'kl_meas':>9} {'ratio':>6} {'top1 p/m':>11} {'1st div p/m':>12} "
+          f"{'nonlin':>7}")
+    hits = total = 0
+    by_method: dict[str, list[int]] = {}
+    for p, m in zip(pred["points"], meas["points"]):
+        ratio = p["kl"] / m["kl"] if m["kl"] > 0 else math.inf
+        s = f"{p['family']} {p['level']}"
+        reg = p.get("regime", {}).get("nonlinearity", float("nan"))
+        print(f"{s:<34} {p['kl']:>9.4g} {m['kl']:>9.4g} {ratio:>6.2f} {p['top1_agreement']:>5.3f}/{m['top1_agreement']:<5.3f} "
+              f"{p.get('first_divergence_mean', float('nan')):>5.1f}/{m.get('first_divergence_mean', float('nan')):<6.1f} "
+              f"{reg:>7.3f}")
+        if m["kl"] <= 0.5:
+            ok = 1 / 1.5 <= ratio <= 1.5
+            hits, total = hits + ok, total + 1
+            h = by_method.setdefault(p["family"], [0, 0])
+            h[0] += ok
+            h[1] += 1
+    print(f"\nKL within x1.5 where measured KL <= 0.5: {hits}/{total}  "
+          + "  ".join(f"{k}: {a}/{b}" for k, (a, b) in by_method.items()))
+    print(f"\n{'family':<24} {'cliff pred':>10} {'interval':>15} {'measured':>9} {'diff':>7} {'target':>7}")
+    for c in cl:
+        tol = 0.5 if c["axis"] == "bits" else 0.05
+        diff = (c["cliff"] - c["measured"]) if c["cliff"] is not None and c["measured"] is not None else None
+        iv = "-" if c["interval"] is None else f"[{c['interval'][0]:.2f},{c['interval'][1]:.2f}]"
+        f = lambda x: "none" if x is None else f"{x:.3f}"  # noqa: E731
+        ok = "ok" if diff is not None and abs(diff) <= tol else ("both none" if diff is None and c["cliff"] == c["measured"] else "miss")
+        print(f"{c['family']:<24} {f(c['cliff']):>10} {iv:>15} {f(c['measured']):>9} "
+              f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7}")
+    ratio = t_pred / t_meas
+    print(f"\ntime: predict {t_pred:.1f} s, measure {t_meas:.1f} s, ratio {100 * ratio:.2f} % (target <= 2 %)")
+    out = Path(args.out or f"results/bench_predict_{Path(args.model).name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": args.model, "predicted": pred, "measured": meas, "cliffs": cl,
+                               "seconds_predict": t_pred, "seconds_measure": t_meas, "ratio": ratio,
+                               "kl_hits": [hits, total]}, indent=1, default=str, allow_nan=True))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""hemorrhage measure --model M --method METHOD [settings] [--json]
+
+Compress once and measure the result against its base: perplexity of both, KL / top-1 /
+cos(h, z, p) / Var_p(Δz) at the final layer and per layer, multiple-choice agreement and the
+answer-subspace vs full-vocabulary KL, and where greedy generation first diverges.  Every
+field is defined in hemorrhage.validate.measure's docstring.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from hemorrhage.commands.common import add_compression, add_model, compress_loaded, load_model, print_json
+
+
+def add_measure_arguments(p, *, per_layer_default: bool = True) -> None:
+    """The measurement flags, shared with `hemorrhage sweep`."""
+    g = p.add_argument_group("measurement (defaults sized for a CPU)")
+    g.add_argument("--windows", type=int, default=4, help="held-out windows for ppl/KL (default 4)")
+    g.add_argument("--seqlen", type=int, default=128, help="tokens per window; non-overlapping (default 128)")
+    g.add_argument("--source", default="wiki", help="held-out text: wiki or shakespeare (default wiki)")
+    g.add_argument("--mc-tasks", default="cloze",
+                   help="comma-separated multiple-choice tasks: cloze, navigate, sports_understanding, "
+                        "date_understanding, arithmetic, mmlu (default cloze)")
+    g.add_argument("--mc-items", type=int, default=24, help="items per MC task, 0 = none (default 24)")
+    g.add_argument("--mc-seed", type=int, default=0, help="seed that draws the MC items")
+    g.add_argument("--prompts", type=int, default=8, help="generation prompts, 0 = none (default 8)")
+    g.add_argument("--prompt-len", type=int, default=16, help="tokens per prompt (default 16)")
+    g.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated per prompt (default 32)")
+    if per_layer_default:
+        g.add_argument("--no-per-layer", dest="per_layer", action="store_false",
+                       help="skip the per-layer logit lens (the slowest part)")
+    else:
+        g.add_argument("--per-layer", dest="per_layer", action="store_true",
+                       help="also measure every layer's logit lens (rows keep per-layer kl, cos_h, top1)")
+    p.set_defaults(per_layer=per_layer_default)
+
+
+def measure_config(args):
+    from hemorrhage.validate.measure import MeasureConfig
+
+    tasks = tuple(t.strip() for t in str(args.mc_tasks).split(",") if t.strip())
+    return MeasureConfig(windows=args.windows, seqlen=args.seqlen, source=args.source, mc_tasks=tasks,
+                         mc_items=args.mc_items, mc_seed=args.mc_seed, prompts=args.prompts,
+                         prompt_len=args.prompt_len, new_tokens=args.new_tokens, per_layer=args.per_layer)
+
+
+def add_arguments(p) -> None:
+    add_model(p)
+    add_compression(p)
+    add_measure_arguments(p)
+    p.add_argument("--json", action="store_true", help="print every metric as JSON (NaN/Infinity kept)")
+
+
+def _log(msg: str) -> None:
+    print(f"[measure] {msg}", file=sys.stderr, flush=True)
+
+
+def run(args) -> int:
+    from hemorrhage.validate.measure import base_cache, measure
+
+    config = measure_config(args)  # validates before the model loads
+    loaded = load_model(args)
+    t0 = time.perf_counter()
+    base = base_cache(loaded, config, log=_log)
+    t1 = time.perf_counter()
+    comp, record = compress_loaded(loaded, args)
+    t2 = time.perf_counter()
+    res = measure(loaded, comp, base, record)
+    _log(f"base phase {t1 - t0:.1f} s, compression {t2 - t1:.1f} s, measurement {time.perf_counter() - t2:.1f} s")
+    if args.json:
+        print_json(res)
+        return 0
+    g = lambda k: res.get(k, float("nan"))  # noqa: E731
+    print(f"{res['model']}, {res['method']} {res['settings']}  ({res['config']['scored_tokens']} scored tokens)")
+    print(f"ppl {g('ppl_base'):.4g} -> {g('ppl'):.4g}   KL {g('kl'):.4g} (½Var_p(Δz) {g('kl_pred'):.4g})   "
+          f"top-1 agreement {g('top1_agreement'):.3f}")
+    print(f"cos h/z/p {g('cos_h'):.4f} / {g('cos_z'):.4f} / {g('cos_p'):.4f}")
+    if "mc_agreement" in res:
+        print(f"MC ({res['mc_items']} items): agreement {g('mc_agreement'):.3f}, accuracy {g('mc_acc_base'):.3f} -> "
+              f"{g('mc_acc'):.3f}; KL over the choices {g('mc_kl_choices'):.4g} vs full vocabulary "
+              f"{g('mc_kl_full'):.4g} at the answer position")
+    if "first_divergence_mean" in res:
+        print(f"generation: first divergence at step {g('first_divergence_mean'):.2f} of {res['new_tokens']} "
+              f"(mean of {res['prompts']} prompts), identical continuations {g('gen_identical'):.2f}")
+    if res["collapsed"]:
+        print("COLLAPSED: " + " ".join(res["notes"]))
+    print(f"note: {res['base_note']}")
+    return 0

@@ -1,0 +1,66 @@
+"""hemorrhage sweep --model M --grid "magnitude:sparsity=0.1,0.3,0.5;rtn:bits=8,4,3,2" [--out F]
+
+Measure a grid of compression settings against one base (`hemorrhage measure`'s metrics,
+one JSON line per setting).  Resumable: kill it and rerun the same command, it continues
+where it stopped (no row lost or repeated).  The base phase is computed once and cached
+beside the output (<out stem>.base.npz).  Grid syntax and file format: see
+hemorrhage.validate.sweep's docstring.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hemorrhage.commands.common import add_model, load_model, print_json
+from hemorrhage.commands.measure import add_measure_arguments, measure_config
+
+
+def add_arguments(p) -> None:
+    add_model(p)
+    p.add_argument("--grid", required=True,
+                   help="settings: 'METHOD:KEY=V1,V2[,KEY2=...];METHOD2:...', e.g. "
+                        "'magnitude:sparsity=0.1,0.3,0.5;rtn:bits=8,4,3,2' (product over keys)")
+    p.add_argument("--out", help="JSON Lines output, one row per setting (default results/sweep_MODEL.jsonl)")
+    c = p.add_argument_group("calibration defaults (a grid entry may override them)")
+    c.add_argument("--calib-samples", type=int, default=16, help="calibration windows of real text")
+    c.add_argument("--calib-seqlen", type=int, default=128, help="tokens per calibration window")
+    c.add_argument("--seed", type=int, default=0, help="calibration seed")
+    add_measure_arguments(p, per_layer_default=False)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--json", action="store_true", help="print all rows as one JSON list at the end")
+
+
+def run(args) -> int:
+    from hemorrhage.errors import UserError
+    from hemorrhage.validate.sweep import parse_grid, run_sweep
+
+    grid = parse_grid(args.grid)  # all validation before the model loads
+    config = measure_config(args)
+    if args.calib_samples < 1 or args.calib_seqlen < 2:
+        raise UserError("--calib-samples must be >= 1 and --calib-seqlen >= 2")
+    loaded = load_model(args)
+    out = Path(args.out or f"results/sweep_{Path(loaded.name).name}.jsonl")
+    if out.exists() and out.is_dir():
+        raise UserError(f"--out {out} is a directory")
+    res = run_sweep(loaded, grid, config, out, progress=not args.no_progress,
+                    calib={"calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen,
+                           "seed": args.seed})
+    rows = res["rows"]
+    if args.json:
+        print_json(rows)
+    else:
+        print(f"{'method':<10} {'settings':<28} {'kl':>9} {'top1':>6} {'ppl':>10} {'mc_agr':>6} {'1st_div':>7}")
+        for r in rows:
+            s = ",".join(f"{k}={v}" for k, v in r["grid"]["settings"].items()) or "default"
+            print(f"{r['grid']['method']:<10} {s:<28} {r['kl']:>9.4g} {r['top1_agreement']:>6.3f} "
+                  f"{r['ppl']:>10.4g} {r.get('mc_agreement', float('nan')):>6.3f} "
+                  f"{r.get('first_divergence_mean', float('nan')):>7.2f}" + ("  collapsed" if r["collapsed"] else ""))
+        print(f"{len(rows)} rows in {out} ({res['done_before']} from before, {res['computed']} new)")
+    if res["failed"]:
+        for method, settings, err in res["failed"]:
+            print(f"hemorrhage: sweep: {method} {settings} failed: {err}", file=sys.stderr)
+        print(f"hemorrhage: sweep: {len(res['failed'])} settings failed (not written; a rerun retries them)",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,68 @@
+"""Write a compressed model as a standard Hugging Face safetensors folder.
+
+    export_hf(model, src_dir, out_dir, record)
+
+model.safetensors holds `export_state(model)`: every linear's *effective* dense weight
+(dequantized codes, masked/N:M-scattered values, zeros for dropped branches), so
+transformers runs what hemorrhage runs (W8A8's activation quantization excepted: the
+record says so).  config.json and the tokenizer files come from the source checkpoint
+folder; hemorrhage_compression.json records what was done.  The folder appears at once
+(built in a temporary folder, then renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from hemorrhage.errors import UserError
+
+_SKIP = {"model.safetensors.index.json", "hemorrhage_compression.json", "hemorrhage.json"}
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".gguf", ".pth", ".ckpt", ".h5", ".msgpack"}
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+def export_hf(model, src_dir, out_dir, record: dict) -> Path:
+    from safetensors.numpy import save_file
+
+    from hemorrhage.sim.fetch import atomic_dir
+    from hemorrhage.sim.models import export_state
+
+    src, out = Path(src_dir), Path(out_dir)
+    if not (src / "config.json").is_file():
+        raise UserError(f"{src} has no config.json to copy into the exported folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if out.resolve() == src.resolve():
+        raise UserError("--out must differ from the source checkpoint folder")
+    tensors = export_state(model)
+    with atomic_dir(out) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.name not in _SKIP and f.name != "config.json":
+                shutil.copy2(f, tmp / f.name)
+        cfg = json.loads((src / "config.json").read_text())
+        cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        prov = {}
+        if (src / "hemorrhage.json").is_file():
+            prov = json.loads((src / "hemorrhage.json").read_text())
+        base_note = prov.get("base_note") or record.get("base_note") or "base precision as stored"
+        summary = record.get("method", "?")
+        prov.update({"base_note": f"{base_note}; then compressed by hemorrhage ({summary}, "
+                                  "see hemorrhage_compression.json)", "compressed_from": str(src)})
+        (tmp / "hemorrhage.json").write_text(json.dumps(prov, indent=2, default=_jsonable) + "\n")
+        full = {**record, "source": str(src), "weights": "dense fp32 effective weights (dequantized / masked)"}
+        (tmp / "hemorrhage_compression.json").write_text(
+            json.dumps(full, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n")
+    return out

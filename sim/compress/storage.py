@@ -1,0 +1,396 @@
+"""How compressed linear layers are stored and executed.
+
+Every class here is an nnx.Module that replaces a `Linear` in place (same
+`__call__(x)`, a `weight()` returning the dense effective weight [out in], a `b`
+bias or None, and `nbytes()`), so the model class never changes and
+`export_state` writes exactly what the model runs.
+
+    PackedLinear     b-bit codes packed into uint8 (two 4-bit codes a byte; 1/2/8 bits
+                     likewise; other widths as b bit-planes), fp32 scale and zero point
+                     per group of `group_size` inputs (per output channel when the
+                     group is the whole row).  Decoded inside `__call__`, i.e. inside
+                     whatever jit runs the model:  w = code·scale + zero  (asymmetric)
+                     or  w = (code − (2^(b−1)−1))·scale  (symmetric, no zero stored).
+                     Optional `in_scale` s (AWQ):  W_eff = decode / s  per input column.
+    NMSparseLinear   N:M semi-structured: the N kept values of each group of M inputs
+                     and their uint8 positions; scattered back to dense in `__call__`.
+    MaskedLinear     unstructured sparsity: the dense fp32 matrix with its zeros plus a
+                     bit-packed keep mask, W_eff = W ⊙ mask.  Honest about memory: a
+                     dense matrix with zeros is *not* smaller (ratio ≈ 1.03).
+    ActQuantLinear   W8A8: wraps an 8-bit symmetric per-channel PackedLinear and
+                     quantizes its input per token, dynamically, to int8; the matmul
+                     runs int8 × int8 → int32 and is rescaled.
+    ZeroLinear       a removed projection (layer dropping): no storage, weight() = 0.
+    ZeroAttention /  a removed attention / MLP branch: returns zeros of the right shape
+    ZeroMLP          (attention: passes the KV cache through unchanged).
+
+Integer storage uses the `Codes` variable type (not nnx.Param), so taking gradients
+over `nnx.Param` never meets a uint8 array.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hemorrhage.sim.models.layers import Linear
+
+
+class Codes(nnx.Variable):
+    """Integer storage of a compressed layer (packed codes, N:M indices, bit masks)."""
+
+
+# ------------------------------------------------------------------ bit packing
+def packed_size(n: int, bits: int) -> int:
+    """Bytes that hold n codes of `bits` bits (every layout here is exactly n·bits/8, rounded up)."""
+    if bits in (1, 2, 4, 8):
+        per = 8 // bits
+        return -(-n // per)
+    return bits * -(-n // 8)
+
+
+@partial(jax.jit, static_argnums=(1,))
+def pack(codes, bits: int):
+    """Flat integer codes in [0, 2^bits) -> uint8 [packed_size(n, bits)].
+
+    1, 2, 4, 8 bits: 8/bits codes per byte, the first code in the low bits.
+    Other widths (3, 5–7, 9–16): `bits` bit-planes of n/8 bytes each (plane k holds
+    bit k of every code), so storage is exactly bits/8 bytes per weight."""
+    codes = jnp.asarray(codes).reshape(-1).astype(jnp.uint32)
+    n = codes.size
+    if bits in (1, 2, 4, 8):
+        per = 8 // bits
+        pad = (-n) % per
+        c = jnp.pad(codes, (0, pad)).reshape(-1, per)
+        shifts = (bits * jnp.arange(per, dtype=jnp.uint32))[None, :]
+        return jnp.sum(c << shifts, axis=1).astype(jnp.uint8)
+    pad = (-n) % 8
+    c = jnp.pad(codes, (0, pad))
+    planes = [jnp.packbits(((c >> k) & 1).astype(jnp.uint8)) for k in range(bits)]
+    return jnp.concatenate(planes)
+
+
+def unpack(packed, bits: int, n: int):
+    """Inverse of `pack`: int32 [n].  Pure jnp, runs inside jit."""
+    packed = jnp.asarray(packed)
+    if bits in (1, 2, 4, 8):
+        per = 8 // bits
+        shifts = (bits * jnp.arange(per, dtype=jnp.uint8))[None, :]
+        c = (packed[:, None] >> shifts) & jnp.uint8((1 << bits) - 1)
+        return c.reshape(-1)[:n].astype(jnp.int32)
+    planes = packed.reshape(bits, -1)
+    out = jnp.zeros((planes.shape[1] * 8,), jnp.int32)
+    for k in range(bits):
+        out = out | (jnp.unpackbits(planes[k]).astype(jnp.int32) << k)
+    return out[:n]
+
+
+def decode(codes, scale, zero, bits: int, group_size: int):
+    """codes [out in] (ints), scale/zero [out in/g] -> fp32 [out in].
+
+    zero None means symmetric: w = (code − (2^(b−1)−1))·scale."""
+    out, d = codes.shape
+    c = codes.reshape(out, d // group_size, group_size).astype(jnp.float32)
+    if zero is None:
+        w = (c - float(2 ** (bits - 1) - 1)) * scale[..., None]
+    else:
+        w = c * scale[..., None] + zero[..., None]
+    return w.reshape(out, d)
+
+
+def _bias(layer):
+    b = getattr(layer, "b", None)
+    return None if b is None else nnx.Param(jnp.asarray(b[...], jnp.float32))
+
+
+def _as_groups(x, d_out: int, n_groups: int):
+    x = jnp.asarray(x, jnp.float32)
+    return x if x.shape == (d_out, n_groups) else x.reshape(d_out, n_groups)
+
+
+class PackedLinear(nnx.Module):
+    """y = x · dequant(codes)ᵀ + b, the codes bit-packed in uint8 (see the module doc)."""
+
+    def __init__(self, codes, scale, zero, *, bits: int, group_size: int | None, bias=None,
+                 in_scale=None):
+        codes = jnp.asarray(codes)
+        self.d_out, self.d_in = (int(s) for s in codes.shape)
+        self.bits = int(bits)
+        self.group_size = int(group_size or self.d_in)
+        self.symmetric = zero is None
+        self.packed = Codes(pack(codes, self.bits))
+        n_groups = self.d_in // self.group_size
+        self.scale = nnx.Param(_as_groups(scale, self.d_out, n_groups))
+        self.zero = None if zero is None else nnx.Param(_as_groups(zero, self.d_out, n_groups))
+        self.in_scale = None if in_scale is None else nnx.Param(jnp.asarray(in_scale, jnp.float32))
+        self.b = bias
+
+    def codes(self):
+        return unpack(self.packed[...], self.bits, self.d_out * self.d_in).reshape(self.d_out, self.d_in)
+
+    def dequantized(self):
+        """The decoded grid values (before AWQ's input scale)."""
+        zero = None if self.zero is None else self.zero[...]
+        return decode(self.codes(), self.scale[...], zero, self.bits, self.group_size)
+
+    def weight(self):
+        w = self.dequantized()
+        return w if self.in_scale is None else w / self.in_scale[...][None, :]
+
+    def __call__(self, x):
+        y = x @ self.weight().T
+        return y if self.b is None else y + self.b[...]
+
+    def storage(self) -> dict:
+        meta = self.scale[...].size * 4 + (0 if self.zero is None else self.zero[...].size * 4)
+        meta += 0 if self.in_scale is None else self.in_scale[...].size * 4
+        return {"values": int(self.packed[...].size), "meta": int(meta)}
+
+    def nbytes(self) -> int:
+        s = self.storage()
+        return s["values"] + s["meta"]
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _nm_compress(w, keep, n: int, m: int):
+    out, d = w.shape
+    g = w.reshape(out, d // m, m)
+    k = keep.reshape(g.shape)
+    # kept positions first, in order (rank of position among kept, then among pruned), so a
+    # group with fewer than N kept stores zeros; exactly the first N positions are stored
+    pos = jnp.where(k, 0, m) + jnp.arange(m)
+    slot = jnp.sum(pos[..., None, :] < pos[..., :, None], axis=-1)  # rank of each position
+    onehot = slot[..., None, :] == jnp.arange(n)[:, None]  # [o G N M]
+    idx = jnp.argmax(onehot, axis=-1).astype(jnp.uint8)
+    vals = jnp.sum(jnp.where(onehot, jnp.where(k, g, 0.0)[..., None, :], 0.0), axis=-1)
+    return vals, idx
+
+
+class NMSparseLinear(nnx.Module):
+    """N:M sparse: values [out, in/M, N] fp32 and their positions idx [out, in/M, N] uint8."""
+
+    def __init__(self, w, keep, n: int, m: int, bias=None):
+        w, keep = jnp.asarray(w, jnp.float32), jnp.asarray(keep, bool)
+        self.d_out, self.d_in = (int(s) for s in w.shape)
+        self.n, self.m = int(n), int(m)
+        vals, idx = _nm_compress(w, keep, self.n, self.m)
+        self.values = nnx.Param(vals)
+        self.idx = Codes(idx)
+        self.b = bias
+
+    def weight(self):
+        onehot = jax.nn.one_hot(self.idx[...].astype(jnp.int32), self.m, dtype=jnp.float32)  # [o G N M]
+        w = jnp.einsum("ogn,ognm->ogm", self.values[...], onehot)
+        return w.reshape(self.d_out, self.d_in)
+
+    def __call__(self, x):
+        y = x @ self.weight().T
+        return y if self.b is None else y + self.b[...]
+
+    def storage(self) -> dict:
+        return {"values": int(self.values[...].size * 4), "meta": int(self.idx[...].size)}
+
+    def nbytes(self) -> int:
+        s = self.storage()
+        return s["values"] + s["meta"]
+
+
+@jax.jit
+def _masked(w, keep):
+    return jnp.where(keep, w, 0.0), jnp.packbits(keep.reshape(-1))
+
+
+class MaskedLinear(nnx.Module):
+    """Unstructured sparsity, stored dense: W (zeros where pruned) and a bit-packed mask.
+
+    No memory is saved (fp32 + 1 bit per weight); the point is exact execution of
+    the pruned model, W_eff = W ⊙ mask inside the jitted matmul."""
+
+    def __init__(self, w, keep, bias=None):
+        w, keep = jnp.asarray(w, jnp.float32), jnp.asarray(keep, bool)
+        self.d_out, self.d_in = (int(s) for s in w.shape)
+        w, packed = _masked(w, keep)
+        self.w = nnx.Param(w)
+        self.mask = Codes(packed)
+        self.b = bias
+
+    def keep(self):
+        return jnp.unpackbits(self.mask[...])[: self.d_out * self.d_in].reshape(self.d_out, self.d_in).astype(bool)
+
+    def weight(self):
+        return jnp.where(self.keep(), self.w[...], 0.0)
+
+    def __call__(self, x):
+        y = x @ self.weight().T
+        return y if self.b is None else y + self.b[...]
+
+    def storage(self) -> dict:
+        return {"values": int(self.w[...].size * 4), "meta": int(self.mask[...].size)}
+
+    def nbytes(self) -> int:
+        s = self.storage()
+        return s["values"] + s["meta"]
+
+
+class ActQuantLinear(nnx.Module):
+    """W8A8: int8 weights (per output channel, symmetric) × int8 activations (per token,
+    symmetric, dynamic: scale = max|x|/127 of each token), accumulated in int32."""
+
+    def __init__(self, inner: PackedLinear):
+        if inner.bits != 8 or not inner.symmetric or inner.group_size != inner.d_in or inner.in_scale is not None:
+            raise ValueError("ActQuantLinear needs an 8-bit symmetric per-channel PackedLinear")
+        self.inner = inner
+
+    @property
+    def b(self):
+        return self.inner.b
+
+    def weight(self):
+        return self.inner.weight()
+
+    def __call__(self, x):
+        amax = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+        sx = jnp.where(amax > 0, amax / 127.0, 1.0)
+        xq = jnp.clip(jnp.round(x / sx), -127, 127).astype(jnp.int8)
+        wq = (self.inner.codes() - 127).astype(jnp.int8)  # [out in]
+        acc = jax.lax.dot_general(xq, wq, (((x.ndim - 1,), (1,)), ((), ())),
+                                  preferred_element_type=jnp.int32)
+        y = acc.astype(jnp.float32) * sx * self.inner.scale[...][:, 0]
+        return y if self.b is None else y + self.b[...]
+
+    def storage(self) -> dict:
+        return self.inner.storage()
+
+    def nbytes(self) -> int:
+        return self.inner.nbytes()
+
+
+# ------------------------------------------------------------------ dropping
+class ZeroLinear(nnx.Module):
+    """A projection removed with its branch: stores nothing, weight() is zeros.
+    A bias, if the original had one, is kept as zeros so the HF export stays complete."""
+
+    dropped = True
+
+    def __init__(self, layer):
+        self.d_out, self.d_in = _shape(layer)
+        self.b = None if getattr(layer, "b", None) is None else nnx.Param(jnp.zeros((self.d_out,), jnp.float32))
+
+    def weight(self):
+        return jnp.zeros((self.d_out, self.d_in), jnp.float32)
+
+    def __call__(self, x):
+        return jnp.zeros(x.shape[:-1] + (self.d_out,), x.dtype)
+
+    def storage(self) -> dict:
+        return {"values": 0, "meta": 0}
+
+    def nbytes(self) -> int:
+        return 0
+
+
+_PROJ = ("q", "k", "v", "qkv", "o", "gate", "up", "down", "fc", "proj")
+
+
+class ZeroAttention(nnx.Module):
+    """A dropped attention branch: (zeros [B T d], the cache unchanged).
+
+    Keeps ZeroLinear stand-ins for its projections and the original q/k norms (tiny)
+    so `export_state` finds every tensor name; those zero weights make transformers
+    compute the same zero branch.  Under `trace`, sows an all-zero attention entropy
+    so per-layer traces keep one row per layer (the record lists dropped layers)."""
+
+    dropped = True
+
+    def __init__(self, attn):
+        self.H, self.K, self.D = attn.H, attn.K, attn.D
+        for name in _PROJ:
+            layer = getattr(attn, name, None)
+            if layer is not None:
+                setattr(self, name, ZeroLinear(layer))
+        self.qk_norm = getattr(attn, "qk_norm", False)
+        if self.qk_norm:
+            self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
+
+    def __call__(self, x, pos, cache=None, *, trace=False):
+        if trace:
+            B, T = x.shape[:2]
+            self.sow(nnx.Intermediate, "attn_entropy", jnp.zeros((B, self.K, self.H // self.K, T), jnp.float32))
+        return jnp.zeros_like(x), cache
+
+    def empty_cache(self, batch: int, length: int):
+        z = jnp.zeros((batch, length, self.K, self.D), jnp.float32)
+        return (z, z)
+
+
+class ZeroMLP(nnx.Module):
+    """A dropped MLP branch: zeros [B T d].  A gated MLP sows an all-False gate sign under trace."""
+
+    dropped = True
+
+    def __init__(self, mlp):
+        for name in _PROJ:
+            layer = getattr(mlp, name, None)
+            if layer is not None:
+                setattr(self, name, ZeroLinear(layer))
+        self.act = mlp.act
+        self.gated = hasattr(mlp, "gate")
+        self.d_ff = _shape(mlp.gate if self.gated else mlp.fc)[0]
+
+    def __call__(self, x, *, trace: bool = False):
+        if trace and self.gated:
+            self.sow(nnx.Intermediate, "gate_pos", jnp.zeros(x.shape[:-1] + (self.d_ff,), bool))
+        return jnp.zeros_like(x)
+
+
+# ------------------------------------------------------------------ memory
+def layer_storage(layer) -> dict:
+    if hasattr(layer, "storage"):
+        return layer.storage()
+    d_out, d_in = _shape(layer)
+    return {"values": d_out * d_in * 4, "meta": 0}
+
+
+def all_linears(model):
+    """(path, layer) for every projection of every block, dropped ones included."""
+    for i, block in enumerate(model.layers):
+        for part in ("attn", "mlp"):
+            sub = getattr(block, part)
+            for attr in _PROJ:
+                layer = getattr(sub, attr, None)
+                if isinstance(layer, nnx.Module) and hasattr(layer, "weight"):
+                    yield f"layers.{i}.{part}.{attr}", layer
+
+
+def memory_report(model) -> dict:
+    """Bytes of the blocks' linear weights as stored vs the same weights in fp32.
+
+    values: codes / kept values / dense matrices; meta: scales, zero points, indices,
+    masks.  Biases, norms and embeddings are not counted (they are never compressed)."""
+    fp32 = values = meta = 0
+    kinds: dict[str, int] = {}
+    for _, layer in all_linears(model):
+        d_out, d_in = _shape(layer)
+        fp32 += d_out * d_in * 4
+        s = layer_storage(layer)
+        values += s["values"]
+        meta += s["meta"]
+        kinds[type(layer).__name__] = kinds.get(type(layer).__name__, 0) + 1
+    total = values + meta
+    return {"fp32_bytes": int(fp32), "bytes": int(total), "value_bytes": int(values), "meta_bytes": int(meta),
+            "ratio": total / fp32 if fp32 else float("nan"),
+            "value_ratio": values / fp32 if fp32 else float("nan"), "layers": kinds}
+
+
+def _shape(layer) -> tuple[int, int]:
+    if hasattr(layer, "d_out"):
+        return layer.d_out, layer.d_in
+    if isinstance(layer, ActQuantLinear):
+        return layer.inner.d_out, layer.inner.d_in
+    if isinstance(layer, Linear):
+        return tuple(int(s) for s in layer.w.shape)
+    return tuple(int(s) for s in np.shape(layer.weight()))

@@ -1,0 +1,419 @@
+r"""Linear response of a model's logits to a change ΔW of its block linear weights (JVPs).
+
+    lr = Linearization(model, {"eval": windows [B T], "gen": paths [P T']})
+    dh = lr.respond(tangent)                 # {"eval": Δh_L [B T d], "gen": [P T' d]}
+    tangent = lr.tangent(lambda path, w: dw)  # path 'layers.3.mlp.down', w its base W [out in]
+
+f(W) = h_L(W), the residual after the last block, is linearised once (`jax.linearize`:
+the primal runs once, each tangent then runs only the tangent program, ≈ 2 forwards of
+the blocks).  The final norm and the head are not compressed (`compress.linears` skips
+them), so Δz_lin = J_unembed(h_L)·Δh_L is applied afterwards, exactly and in chunks of
+tokens (`logit_metrics`, `pair_response`): the vocabulary never enters a JVP.
+
+The tangent is zero outside the linears that `sim.compress.linears` visits (the ones a
+compression method touches); `perturbed` builds the model with W + s·ΔW for the
+nonlinearity check (Δz_true vs Δz_lin).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hemorrhage.errors import UserError
+from hemorrhage.theory import (expected_first_divergence, flip_probability, kl_exact, kl_second_order,
+                               prob_no_divergence, top2_margin, var_p)
+
+
+def block_linear_paths(model) -> list[str]:
+    """'layers.i.part.attr' of every linear a compression method touches; they must be
+    plain (uncompressed) Linear layers with their weight in `.w`."""
+    from hemorrhage.sim.compress.registry import linears
+    from hemorrhage.sim.models.layers import Linear
+
+    out = []
+    for path, _, _, layer in linears(model):
+        if type(layer) is not Linear:
+            raise UserError(f"predict needs the uncompressed base model; {path} is a {type(layer).__name__}")
+        out.append(path)
+    return out
+
+
+def _key(path) -> str:
+    """'layers.3.mlp.down' from a pytree key path ending in the Param '.w' (and its value)."""
+    parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    return ".".join(parts[:parts.index("w")])
+
+
+class Linearization:
+    """The base model linearised in its block linear weights on fixed token sets."""
+
+    def __init__(self, model, token_sets: dict[str, np.ndarray]):
+        wanted = {p + ".w" for p in block_linear_paths(model)}
+
+        def is_lin(path, _):
+            return ".".join(map(str, path)) in wanted
+
+        self.model = model
+        self.graphdef, self.lin, self.rest = nnx.split(model, is_lin, ...)
+        kp, self._treedef = jax.tree_util.tree_flatten_with_path(self.lin)
+        self.paths = [_key(p) for p, _ in kp]
+        self.weights = [v for _, v in kp]
+        self.names = tuple(token_sets)
+        toks = tuple(jnp.asarray(token_sets[n], jnp.int32) for n in self.names)
+        gd = self.graphdef
+
+        @jax.jit
+        def h_last(lin, rest, toks):
+            m = nnx.merge(gd, lin, rest)
+            return tuple(m(t, collect_h=True)[2][-1] for t in toks)
+
+        h, fn = jax.linearize(lambda lin: h_last(lin, self.rest, toks), self.lin)
+        self.h = dict(zip(self.names, h))
+        self._jvp = jax.jit(fn)
+
+    def tangent(self, fn: Callable[[str, jax.Array], jax.Array]) -> list:
+        """[ΔW per linear] in `self.paths` order; fn(path, W) -> ΔW (same shape)."""
+        return [jnp.asarray(fn(p, w), jnp.float32) for p, w in zip(self.paths, self.weights)]
+
+    def respond(self, dws: list) -> dict[str, jax.Array]:
+        """First-order Δh_L per token set for the weight change dws (list in path order)."""
+        out = self._jvp(jax.tree_util.tree_unflatten(self._treedef, list(dws)))
+        return dict(zip(self.names, out))
+
+    def perturbed(self, dws: list, scale: float = 1.0):
+        """The base model with W + scale·ΔW in the block linears (a new module)."""
+        new = [w + scale * d for w, d in zip(self.weights, dws)]
+        return nnx.merge(self.graphdef, jax.tree_util.tree_unflatten(self._treedef, new), self.rest)
+
+
+# ------------------------------------------------------------------ logit space -------
+
+def _chunks(x, chunk):
+    n = x.shape[0]
+    pad = (-n) % chunk
+    return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, chunk, *x.shape[1:]), n
+
+
+@partial(nnx.jit, static_argnames=("chunk",))
+def logit_metrics(model, h, dh, scales, chunk: int = 64):
+    """Per token, for Δz = s·J_unembed(h)Δh at every scale s: KL(p‖q) exact, its second
+    order ½Var_p(Δz) and whether the argmax survives.  h, dh [N d]; scales [S].
+    Returns dict of [S N]."""
+    hc, n = _chunks(h, chunk)
+    dc, _ = _chunks(dh, chunk)
+
+    def one(args):
+        hb, db = args
+        z, dz = jax.jvp(model.unembed, (hb,), (db,))
+        top = jnp.argmax(z, -1)
+        k2 = kl_second_order(z, dz)
+
+        def at(s):
+            return kl_exact(z, s * dz), s * s * k2, (jnp.argmax(z + s * dz, -1) == top).astype(jnp.float32)
+
+        return jax.lax.map(at, scales)
+
+    kl, k2, t1 = jax.lax.map(one, (hc, dc))  # [C S chunk]
+    f = lambda a: jnp.moveaxis(a, 1, 0).reshape(scales.shape[0], -1)[:, :n]  # noqa: E731
+    return {"kl": f(kl), "kl2": f(k2), "top1": f(t1)}
+
+
+@nnx.jit
+def base_margins(model, h):
+    """Top-2 margin m and the top-2 token ids of the base logits at h [N d]."""
+    m, idx = top2_margin(model.unembed(h))
+    return m, idx
+
+
+@nnx.jit
+def pair_response(model, h, dh, idx):
+    """Δz_top1 − Δz_top2 (first order) at h [N d] for the token pairs idx [N 2]."""
+    _, dz = jax.jvp(model.unembed, (h,), (dh,))
+    return jnp.take_along_axis(dz, idx[:, :1], -1)[:, 0] - jnp.take_along_axis(dz, idx[:, 1:2], -1)[:, 0]
+
+
+@nnx.jit
+def nonlinearity_terms(model, h, dh, z_true):
+    """Σ_t Var_p(Δz_true − Δz_lin), Σ_t Var_p(Δz_lin) and mean exact KL of both, over
+    tokens h [N d] (p the base distribution; Var_p is blind to shifts common to all logits)."""
+    z, dz = jax.jvp(model.unembed, (h,), (dh,))
+    dz_true = z_true - z
+    return (jnp.sum(var_p(z, dz_true - dz)), jnp.sum(var_p(z, dz)),
+            jnp.mean(kl_exact(z, dz_true)), jnp.mean(kl_exact(z, dz)))
+
+
+# ------------------------------------------------------------------ tangents ----------
+# The weight error ΔW of each method (sim.predict's docstring states the models).
+
+@partial(jax.jit, static_argnames=("bits", "group_size", "symmetric"))
+def quant_noise_std(w, bits: int, group_size: int | None, symmetric: bool):
+    """σ = √(Δ²/12) per weight, Δ the step of its row (group_size None) or group, the two
+    range-defining weights exact (theory.noise.quant_noise_var); symmetric: the step of
+    the compressor's symmetric grid, max|w|/(2^{b−1} − 1)."""
+    from hemorrhage.sim.compress.quantizer import qparams
+    from hemorrhage.theory import quant_noise_var, uniform_noise_var
+
+    g = group_size or w.shape[1]
+    if symmetric:
+        scale, _ = qparams(w.reshape(w.shape[0], -1, g), bits, True)
+        var = uniform_noise_var(jnp.repeat(scale, g, axis=1)) * (1 - 1 / g)
+    else:
+        var = quant_noise_var(w, bits, endpoint_correction=True, granularity="group" if group_size else "channel",
+                              group_size=group_size)
+    return jnp.sqrt(var)
+
+
+def step_ratio(bits: int, ref_bits: int, symmetric: bool) -> float:
+    """Δ(bits)/Δ(ref_bits) at a fixed range."""
+    lv = (lambda b: 2 ** (b - 1) - 1) if symmetric else (lambda b: 2 ** b - 1)
+    return lv(ref_bits) / lv(bits)
+
+
+def rtn_kappa(weights: list, bits: list[int], group_size, symmetric, rows: int = 64) -> dict[int, float]:
+    """κ(b) = Σ(actual RTN error)² / Σ σ² over `rows` evenly spaced rows of every linear."""
+    from hemorrhage.sim.compress.quantizer import rtn_dequant
+
+    by_d: dict[int, list] = {}
+    for w in weights:
+        idx = np.unique(np.linspace(0, w.shape[0] - 1, min(rows, w.shape[0])).astype(int))
+        by_d.setdefault(int(w.shape[1]), []).append(w[idx])
+    cat = [jnp.concatenate(v) for v in by_d.values()]
+    out = {}
+    for b in bits:
+        num = sum(float(jnp.sum(jnp.square(rtn_dequant(w, b, group_size, symmetric) - w))) for w in cat)
+        den = sum(float(jnp.sum(jnp.square(quant_noise_std(w, b, group_size, symmetric)))) for w in cat)
+        out[b] = num / den if den > 0 else 1.0
+    return out
+
+
+@jax.jit
+def _probe(std, key):
+    return std * jax.random.uniform(key, std.shape, jnp.float32, -math.sqrt(3.0), math.sqrt(3.0))
+
+
+@jax.jit
+def obs_shape(x, u):
+    """(x / diag U)·U: sequential-OBS error of scaled residuals x (GPTQ / SparseGPT)."""
+    return (x / jnp.diag(u)[None, :]) @ u
+
+
+@jax.jit
+def _band(w, lev, j):
+    return jnp.where(lev == j, -w, 0.0)
+
+
+@jax.jit
+def _upto(w, lev, j):
+    return jnp.where(lev <= j, -w, 0.0)
+
+
+def levels_flat(a: np.ndarray, ks) -> np.ndarray:
+    """Level at which each entry of `a` is first pruned when level j prunes the ks[j]
+    smallest (stable rank, ties by position, as the compressor's topk); len(ks) if never."""
+    a = np.ravel(a)
+    ks = np.asarray(ks, np.int64)
+    kth = sorted({int(k) - 1 for k in ks if 0 < k <= a.size})
+    part = np.partition(a, kth) if kth else a
+    t = np.array([part[k - 1] if k > 0 else -np.inf for k in ks], a.dtype)
+    lev = np.searchsorted(t, a, side="right")
+    for v in np.unique(t[np.isfinite(t)]):
+        idx = np.flatnonzero(a == v)
+        lev[idx] = np.searchsorted(ks, np.count_nonzero(a < v) + np.arange(idx.size), side="right")
+    return lev.astype(np.int8)
+
+
+def levels_rows(score: np.ndarray, k_rows: np.ndarray) -> np.ndarray:
+    """Per row r, level j prunes the k_rows[j, r] smallest scores (ties all pruned)."""
+    out_dim, d = score.shape
+    k_rows = np.maximum.accumulate(np.asarray(k_rows, np.int64), axis=0)
+    kth = sorted({int(k) - 1 for k in np.unique(k_rows) if 0 < k <= d})
+    part = np.partition(score, kth, axis=1) if kth else score
+    lev = np.zeros(score.shape, np.int8)
+    for kj in k_rows:
+        t = np.where(kj > 0, part[np.arange(out_dim), np.maximum(kj - 1, 0)], -np.inf)
+        lev += score > t[:, None]
+    return lev
+
+
+# ------------------------------------------------------------------ pricing a family --
+
+class Context:
+    """What every family shares: the linearisation, config, calibration statistics, the
+    base's scored residuals, generation-path margins and regime-check trace."""
+
+    def __init__(self, lr: Linearization, cfg, stats=None):
+        self.lr, self.cfg, self.stats, self.model = lr, cfg, stats, lr.model
+        self.h_eval = self.h_gen = self.margin = self.pair = None
+        self.regime_tokens = self.base_trace = None
+        self._factors: dict = {}
+        self.say = lambda msg: None
+
+    def factor(self, path: str, method):
+        """(perm, U) of the dampened calibration Hessian of `path`'s input (cached per input)."""
+        st = self.stats[path]
+        key = (id(st), float(method.damp), bool(getattr(method, "act_order", False)))
+        if key not in self._factors:
+            if method.name == "gptq":
+                perm, u, _, _ = method.factor(st.hessian())
+            else:
+                from hemorrhage.sim.compress import obs
+
+                u, _, _ = obs.factor(st.hessian(), method.damp)
+                perm = jnp.arange(u.shape[0])
+            self._factors[key] = (perm, jnp.argsort(perm), u)
+        return self._factors[key]
+
+    def obs(self, path, method, x):
+        perm, inv, u = self.factor(path, method)
+        return obs_shape(x[:, perm], u)[:, inv]
+
+    def flat(self, dh: dict):
+        e = dh["eval"][:, :-1]
+        g = dh["gen"][:, self.cfg.prompt_len - 1:] if "gen" in dh else None
+        return e.reshape(-1, e.shape[-1]), (None if g is None else g.reshape(-1, g.shape[-1]))
+
+    def regime(self, dws, scale: float, dh_eval) -> dict:
+        """One forward of W + scale·ΔW on the regime tokens: nonlinearity and collapse evidence."""
+        from hemorrhage.validate.diagnose import ENTROPY_SHIFT_MAX, GATE_FLIP_MAX
+
+        R = self.regime_tokens.shape[1]
+        tr = self.lr.perturbed(dws, scale).trace(self.regime_tokens)
+        num, den, kl_t, kl_l = nonlinearity_terms(self.model, self.lr.h["eval"][0, :R], scale * dh_eval[0, :R],
+                                                  tr.logits[0])
+        r = float(jnp.sqrt(num / jnp.maximum(den, 1e-30)))
+        r = r if math.isfinite(r) else float("inf")
+        b = self.base_trace
+        n = len(self.model.layers)
+        gate = (np.asarray(tr.gate_pos != b.gate_pos).mean(axis=(1, 2, 3)) if b.gate_pos is not None
+                else np.zeros(n))
+        shift = np.asarray(tr.attn_entropy).mean(axis=(1, 2)) - np.asarray(b.attn_entropy).mean(axis=(1, 2))
+        early = slice(0, max(1, n // 2))
+        return {"nonlinearity": r, "linear_regime_ok": bool(r <= self.cfg.nonlinearity_max),
+                "kl_forward": float(kl_t), "kl_linear": float(kl_l),
+                "gate_flip_early_max": float(gate[early].max()), "entropy_shift_early_max": float(shift[early].max()),
+                "collapse_signature": bool(gate[early].max() > GATE_FLIP_MAX or shift[early].max() > ENTROPY_SHIFT_MAX)}
+
+    def first_divergence(self, d: np.ndarray, r: float, random: bool) -> dict:
+        """d [K, P·n]: first-order Δz_top1 − Δz_top2 along the base's greedy paths."""
+        m = np.asarray(self.margin, np.float64)
+        r = min(r, 1e3)
+        if random:
+            pf = flip_probability(m, np.sqrt(np.mean(d ** 2, 0) * (1 + r * r)) + 1e-12)
+        else:
+            pf = flip_probability(m + d[0], np.maximum(r * np.abs(d[0]), 1e-6))
+        pf = jnp.asarray(pf).reshape(-1, self.cfg.new_tokens)
+        return {"first_divergence_mean": float(jnp.mean(expected_first_divergence(pf) - 1)),
+                "gen_identical": float(jnp.mean(prob_no_divergence(pf)))}
+
+
+def _tokens_and_gen(ctx, dh, scales):
+    he, hg = ctx.flat(dh)
+    met = {k: np.asarray(v) for k, v in logit_metrics(ctx.model, ctx.h_eval, he, jnp.asarray(scales, jnp.float32)).items()}
+    d = None if hg is None else np.asarray(pair_response(ctx.model, ctx.h_gen, hg, ctx.pair), np.float64)
+    return met, d
+
+
+def price_quant(ctx: Context, methods: list) -> dict:
+    """RTN / GPTQ at every bit width of `methods` (same other settings) from K probes."""
+    lr, cfg, m0 = ctx.lr, ctx.cfg, methods[0]
+    b0, gs, sym = max(m.bits for m in methods), m0.group_size, m0.symmetric
+    kappa = (rtn_kappa(lr.weights, sorted({m.bits for m in methods} | {b0}), gs, sym) if m0.name == "rtn"
+             else {m.bits: 1.0 for m in methods} | {b0: 1.0})
+    scales = [step_ratio(m.bits, b0, sym) * math.sqrt(kappa[m.bits] / kappa[b0]) for m in methods]
+    mets, ds, regimes = [], [], []
+    for k in range(cfg.probes):
+        key = jax.random.fold_in(jax.random.key(cfg.seed), k)  # common random numbers across families
+
+        dws = []
+        for i, (path, w) in enumerate(zip(lr.paths, lr.weights)):
+            x = _probe(quant_noise_std(w, b0, gs, sym), jax.random.fold_in(key, i))
+            dws.append(ctx.obs(path, m0, x) if m0.name == "gptq" else x)
+        ctx.say(f"  probe {k}: tangent built")
+        dh = lr.respond(dws)
+        ctx.say(f"  probe {k}: JVP")
+        met, d = _tokens_and_gen(ctx, dh, scales)
+        ctx.say(f"  probe {k}: logit metrics")
+        mets.append(met)
+        ds.append(d)
+        if k == 0 and ctx.regime_tokens is not None:
+            regimes = [ctx.regime(dws, s, dh["eval"]) for s in scales]
+            ctx.say("  regime forwards")
+        del dws
+    per_tok = {name: np.stack([m[name] for m in mets], 1) for name in ("kl", "kl2", "top1")}  # [S K N]
+    gens = [None if ds[0] is None else
+            ctx.first_divergence(np.stack([s * d for d in ds]), regimes[i]["nonlinearity"] if regimes else 0.0, True)
+            for i, s in enumerate(scales)]
+    return {"per_token": per_tok, "regime": regimes, "gen": gens,
+            "notes": {"ref_bits": b0, "scale": scales, "kappa": [kappa[m.bits] for m in methods]}}
+
+
+def prune_levels(ctx: Context, methods: list) -> list[np.ndarray]:
+    """Per linear, the (int8) index of the grid level at which each weight is first pruned."""
+    from hemorrhage.sim.compress import obs
+    from hemorrhage.sim.compress.pruning import nm_mask, parse_pattern
+
+    m0 = methods[0]
+    nm = parse_pattern(m0.pattern)
+    out = []
+    for path, w in zip(ctx.lr.paths, ctx.lr.weights):
+        if m0.name == "magnitude":
+            score = jnp.abs(w)
+        elif m0.name == "wanda":
+            score = jnp.abs(w) * ctx.stats[path].col_norm()[None, :]
+        else:
+            score = jnp.square(w / jnp.diag(ctx.factor(path, m0)[2])[None, :])
+        if nm:
+            out.append(np.where(np.asarray(nm_mask(score, *nm)), 1, 0).astype(np.int8))
+            continue
+        s = np.asarray(score)
+        if m0.name == "magnitude":
+            out.append(levels_flat(s, [int(round(m.sparsity * s.size)) for m in methods]).reshape(s.shape))
+        elif m0.name == "wanda":
+            k = np.stack([obs.cumulative_counts(s.shape[1], s.shape[0], m.sparsity) for m in methods])
+            out.append(levels_rows(s, k))
+        else:  # SparseGPT: per block of bs columns, all rows together (on the original weights)
+            bs = obs.block_size(s.shape[1])
+            kb = np.stack([obs.cumulative_counts(s.shape[0] * bs, s.shape[1] // bs, m.sparsity) for m in methods])
+            lev = np.empty(s.shape, np.int8)
+            for b in range(s.shape[1] // bs):
+                blk = s[:, b * bs:(b + 1) * bs]
+                lev[:, b * bs:(b + 1) * bs] = levels_flat(blk.T, np.maximum.accumulate(kb[:, b])).reshape(bs, -1).T
+            out.append(lev)
+    return out
+
+
+def price_prune(ctx: Context, methods: list) -> dict:
+    """Magnitude / Wanda / SparseGPT at every sparsity of `methods`: one JVP per band."""
+    lr, m0 = ctx.lr, methods[0]
+    levs = prune_levels(ctx, methods)
+    ctx.say("  mask levels")
+    obs_ = m0.name == "sparsegpt"
+
+    def tangent(fn, j):
+        out = []
+        for path, w, lev in zip(lr.paths, lr.weights, levs):
+            x = fn(w, jnp.asarray(lev), j)
+            out.append(ctx.obs(path, m0, x) if obs_ else x)
+        return out
+
+    mets, ds, regimes, cum = [], [], [], None
+    for j in range(len(methods)):
+        dh = lr.respond(tangent(_band, j))
+        cum = dh if cum is None else {k: cum[k] + dh[k] for k in dh}
+        met, d = _tokens_and_gen(ctx, cum, [1.0])
+        mets.append(met)
+        r = 0.0
+        if ctx.regime_tokens is not None:
+            regimes.append(ctx.regime(tangent(_upto, j), 1.0, cum["eval"]))
+            r = regimes[-1]["nonlinearity"]
+        ds.append(None if d is None else ctx.first_divergence(d[None], r, False))
+        ctx.say(f"  band {j}: JVP, metrics, regime")
+    per_tok = {name: np.concatenate([m[name] for m in mets])[:, None, :] for name in ("kl", "kl2", "top1")}  # [S 1 N]
+    return {"per_token": per_tok, "regime": regimes, "gen": ds, "notes": {}}

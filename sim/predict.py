@@ -1,0 +1,339 @@
+r"""Predict the damage of a compression plan before compressing: linear response + theory/.
+
+    res = predict(loaded, [("rtn", {"bits": 4}), ("magnitude", {"sparsity": 0.5})], PredictConfig())
+    res["points"][i]["kl"], ...["top1_agreement"], ...["first_divergence_mean"]; res["cliffs"]
+
+Inputs: the base weights, a calibration batch of real text (Hessians H = 2XᵀX/n for
+GPTQ/SparseGPT, column norms ‖X_j‖ for Wanda: `compress.calib.layer_hessians`, the same
+16 × 128 windows the compressor uses by default) and JVPs of the base (`linear_response`).
+The compressed model is never built (except for the optional regime check below, one
+forward of W + ΔW on a few tokens per grid point).
+
+Weight error ΔW per method (a *tangent* over the block linears):
+  rtn    probes ΔW = σ⊙ε, ε iid U(−√3, √3) (unit variance), σ² = Δ²/12 with Δ the step of
+         the weight's own group or row (theory.noise.quant_noise_var, endpoints exact).
+         Δ ∝ 1/(2^b − 1) (symmetric: 1/(2^{b−1} − 1)), so Δz_lin(b) = c(b)·Δz_lin(b₀): one
+         probe set prices every bit width.  The uniform model misses the low-bit shape of
+         the error (few levels, weights bunched near the middle), so c(b) also carries
+         √κ(b), κ(b) = Σ(actual RTN error)² / Σ Δ²/12 over 64 rows of every linear — a
+         weights-only number, ≈ 1 at ≥ 4 bits off any grid.
+  gptq   sequential OBS (obs.py): with H⁻¹ = UᵀU (U upper), GPTQ's final error is exactly
+         ΔW = −E·U with E_iq = r_iq/U_qq, r the rounding residual of the updated weight.
+         Modelling r as iid uniform (σ from the original weights' grid; κ = 1: the error
+         feedback dithers the weights) gives the probe ΔW = ((σ⊙ε)/diag U)·U and
+         E‖ΔW x‖²_calib = ½Σ_iq σ²_iq / U_qq² = ½Σ σ²_iq·H_qq(1 − R²_q), R²_q the share of
+         input q's variance explained by the inputs after it; RTN's is ½Σ σ²_iq H_qq.
+         The JVP runs on held-out tokens, so out-of-sample error comes for free.
+  prune  ΔW(s) = −W⊙(1 − M_s), exact.  Masks of one score are nested in s (scores:
+         magnitude |W| per layer, Wanda |W|·‖X_j‖ per row, SparseGPT (W/U_jj)² per block of
+         columns); ΔW(s_k) = Σ_{j≤k} −W⊙(M_{j−1} − M_j), so one JVP per band between grid
+         sparsities prices the grid by linearity.  SparseGPT (approximate): its mask from
+         the original weights and the OBS shape ((−W⊙P)/diag U)·U, i.e. the compensation
+         for weights that were not updated first.  Wanda's norms come from the base (the
+         compressor recomputes them on the partly pruned model).  N:M: one tangent.
+
+Logits: Δz_lin = J_unembed(h_L)·J_W h_L·ΔW.  Per grid point and token: KL(p‖q) exact with
+q = softmax(z + Δz_lin) (theory.kl_exact), ½Var_p(Δz_lin) (Theorem 3, a Hutchinson estimate
+of tr(F·JΣJᵀ) over the probes), top-1 agreement = share of (token, probe) whose argmax
+survives.  Interval: 5–95 % of a bootstrap over tokens and probes (sampling only).
+
+First divergence (theory.compounding): the base generates `new_tokens` greedily from the
+prompts of `validate.measure` (held-out windows after the scored ones); along that path
+the teacher-forced JVP gives d_t = Δz_top1 − Δz_top2 and the margin m_t.  Random probes:
+P_flip,t = Φ(−m_t/σ_t), σ_t² = mean_probes(d_t²)(1 + r²); a deterministic ΔW (pruning):
+Φ(−(m_t + d_t)/(r|d_t|)), r the point's nonlinearity.  first_divergence_mean =
+E[min(τ, H+1)] − 1 = Σ_t S(t) (0-based like `hemorrhage measure`), gen_identical = S(H),
+mc_vs_gen_gap = top1_agreement − gen_identical (one decision vs a chain of them).
+
+Regime: for each grid point one forward of W + ΔW (probe 0, or the pruning ΔW) on the
+first `regime_tokens` tokens gives Δz_true; nonlinearity r = √(Σ_t Var_p(Δz_true − Δz_lin)
+/ Σ_t Var_p(Δz_lin)) (the Fisher metric: what KL sees).  linear_regime_ok = r ≤ 0.3.  The
+same forward gives the gate flip share and attention-entropy shift per block, the
+evidence `validate.diagnose` uses for Computation Collapse (first-half block with gate
+flips > 25 % or entropy shift > 0.15): in Signal Degradation an error propagates linearly
+and r stays small; collapse needs components to switch (gates flip, attention spreads),
+which is exactly where the linear response breaks — r ≫ 0.3 is its cheap precursor.
+
+Cliff (`cliff_crossing`, shared with validate/): the compression level where the mean KL
+first crosses 1 nat coming from mild compression, log KL interpolated linearly in bits or
+sparsity between grid points; None with a status when the grid never crosses.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from hemorrhage.errors import UserError
+
+QUANT, PRUNE = ("rtn", "gptq"), ("magnitude", "wanda", "sparsegpt")
+FULL_GRID = ("rtn:bits=2,3,4,5,6,7,8;rtn:bits=2,3,4,5,6,7,8,group_size=64;gptq:bits=2,3,4,5,6,7,8;"
+             "magnitude:sparsity=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9;wanda:sparsity=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9;"
+             "sparsegpt:sparsity=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9;"
+             "magnitude:pattern=2:4;wanda:pattern=2:4;sparsegpt:pattern=2:4")
+SQRT3 = math.sqrt(3.0)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    windows: int = 2  # held-out windows (validate.measure's first ones) for KL / top-1
+    seqlen: int = 128
+    source: str = "wiki"
+    prompts: int = 4  # generation prompts for the first divergence (0: none)
+    prompt_len: int = 16
+    new_tokens: int = 32
+    probes: int = 2  # noise probes per quantization family
+    seed: int = 0
+    calib_samples: int = 16  # calibration batch (as compress_from_args' default)
+    calib_seqlen: int = 128
+    calib_seed: int = 0
+    regime_tokens: int = 32  # tokens of the nonlinearity check (0: skip it)
+    kl_threshold: float = 1.0  # the cliff: KL crosses this many nats
+    nonlinearity_max: float = 0.3
+    bootstrap: int = 200
+
+    def __post_init__(self):
+        for name in ("windows", "probes", "calib_samples", "bootstrap", "new_tokens", "prompt_len"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.seqlen < 2 or self.calib_seqlen < 2:
+            raise UserError("--seqlen and --calib-seqlen must be >= 2")
+        if self.prompts < 0 or self.regime_tokens < 0:
+            raise UserError("--prompts and --regime-tokens must be >= 0")
+        if self.regime_tokens > self.seqlen - 1:
+            raise UserError(f"--regime-tokens must be <= seqlen - 1 = {self.seqlen - 1}")
+        if not self.kl_threshold > 0 or not self.nonlinearity_max > 0:
+            raise UserError("--kl-threshold and the nonlinearity threshold must be > 0")
+
+
+# ------------------------------------------------------------------ the cliff ----------
+
+def cliff_crossing(levels, kl, threshold: float = 1.0, axis: str = "bits") -> tuple[float | None, str]:
+    """(level, status) where KL first reaches `threshold` going from mild to strong compression.
+
+    axis 'bits': strength grows as bits fall; 'sparsity': as sparsity grows.  Between the
+    two grid points that bracket the crossing, log KL is interpolated linearly in the level.
+    status: 'inside'; 'at_mildest' (already ≥ threshold at the mildest level, which is
+    returned); 'beyond' (never reached, None).  NaN/inf KL counts as above the threshold."""
+    x = np.asarray(levels, np.float64)
+    y = np.asarray(kl, np.float64)
+    order = np.argsort(-x if axis == "bits" else x, kind="stable")
+    x, y = x[order], y[order]
+    y = np.where(np.isfinite(y), np.maximum(y, 1e-300), np.inf)
+    if y[0] >= threshold:
+        return float(x[0]), "at_mildest"
+    for i in range(len(x) - 1):
+        if y[i] < threshold <= y[i + 1]:
+            if not np.isfinite(y[i + 1]):
+                return float(x[i + 1]), "inside"
+            f = (math.log(threshold) - math.log(y[i])) / (math.log(y[i + 1]) - math.log(y[i]))
+            return float(x[i] + f * (x[i + 1] - x[i])), "inside"
+    return None, "beyond"
+
+
+# ------------------------------------------------------------------ plans --------------
+
+def _family_key(method: str, settings: dict) -> tuple:
+    level = "bits" if method in QUANT else ("sparsity" if settings.get("pattern") is None else None)
+    rest = tuple(sorted((k, v) for k, v in settings.items() if k != level))
+    return method, level, rest
+
+
+def plan_families(model, grid: list[tuple[str, dict]]) -> list[dict]:
+    """Group grid points into families priced by one set of JVPs: same method and settings
+    but the level (bits, or sparsity of an unstructured mask)."""
+    from hemorrhage.sim.compress import make_method
+    from hemorrhage.sim.compress.registry import CALIB_SETTINGS
+
+    fams: dict[tuple, dict] = {}
+    for i, (method, settings) in enumerate(grid):
+        if method not in QUANT + PRUNE:
+            raise UserError(f"predict covers {', '.join(QUANT + PRUNE)}; got {method!r}")
+        if any(k in CALIB_SETTINGS for k in settings):
+            raise UserError("predict: set calibration with --calib-samples/--calib-seqlen/--seed, not in the grid")
+        m = make_method(method, **settings)
+        if hasattr(m, "check"):
+            m.check(model)
+        key = _family_key(method, asdict(m))
+        fam = fams.setdefault(key, {"method": method, "axis": key[1], "fixed": dict(key[2]), "points": []})
+        fam["points"].append((i, m))
+    for fam in fams.values():
+        lv = fam["axis"]
+        fam["points"].sort(key=lambda p: -getattr(p[1], lv) if lv == "bits" else (getattr(p[1], lv) if lv else 0))
+    return list(fams.values())
+
+
+# ------------------------------------------------------------------ the prediction -----
+
+def _data(loaded, cfg: PredictConfig):
+    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.generate import generate
+
+    ev = eval_windows(loaded.tokenizer, cfg.source, seqlen=cfg.seqlen, stride=cfg.seqlen, max_windows=cfg.windows)
+    sets, prompts, gen = {"eval": ev}, None, None
+    if cfg.prompts:
+        w = eval_windows(loaded.tokenizer, cfg.source, seqlen=cfg.prompt_len, stride=cfg.seqlen,
+                         max_windows=cfg.windows + cfg.prompts)
+        prompts = w[cfg.windows:]
+        if len(prompts) == 0:
+            raise UserError("the held-out text has no room for prompts after the scored windows")
+        gen = np.asarray(generate(loaded.model, prompts, cfg.new_tokens), np.int32)
+        sets["gen"] = np.concatenate([prompts, gen[:, :-1]], axis=1)
+    return sets, prompts, gen
+
+
+def predict(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictConfig(), *, log=None) -> dict:
+    """Predicted kl, top1_agreement, first_divergence_mean, regime per grid point; cliffs
+    per family (module docstring)."""
+    import jax.numpy as jnp
+
+    from hemorrhage.sim import linear_response as lrm
+
+    t0 = time.perf_counter()
+    say = (lambda m: log(f"{time.perf_counter() - t0:7.1f} s  {m}")) if log else (lambda m: None)
+    model = loaded.model
+    fams = plan_families(model, grid)
+    say("base generation")
+    sets, prompts, gen = _data(loaded, cfg)
+    stats = None
+    if any(f["method"] in ("gptq", "wanda", "sparsegpt") for f in fams):
+        from hemorrhage.sim.compress.calib import layer_hessians
+        from hemorrhage.sim.data import calibration_tokens
+
+        say("calibration statistics")
+        stats = layer_hessians(model, calibration_tokens(loaded.tokenizer, "wiki", cfg.calib_samples,
+                                                         cfg.calib_seqlen, cfg.calib_seed))
+    say("linearising the base")
+    lr = lrm.Linearization(model, sets)
+    ctx = lrm.Context(lr, cfg, stats)
+    ctx.say = say
+    ctx.h_eval = lr.h["eval"][:, :-1].reshape(-1, lr.h["eval"].shape[-1])
+    if "gen" in sets:
+        hg = lr.h["gen"][:, cfg.prompt_len - 1:]
+        ctx.h_gen = hg.reshape(-1, hg.shape[-1])
+        ctx.margin, ctx.pair = lrm.base_margins(model, ctx.h_gen)
+    say("base margins, regime trace")
+    if cfg.regime_tokens:
+        ctx.regime_tokens = jnp.asarray(sets["eval"][:1, :cfg.regime_tokens])
+        ctx.base_trace = model.trace(ctx.regime_tokens)
+    points: list = [None] * len(grid)
+    cliffs = []
+    for fam in fams:
+        say(f"{fam['method']} {fam['fixed']} × {len(fam['points'])} level(s)")
+        methods = [m for _, m in fam["points"]]
+        res = (lrm.price_quant if fam["method"] in QUANT else lrm.price_prune)(ctx, methods)
+        summ = _summarise(res, fam, cfg)
+        for (i, _), pt in zip(fam["points"], summ["points"]):
+            points[i] = {"method": grid[i][0], "settings": grid[i][1], **pt}
+        if summ["cliff"] is not None:
+            cliffs.append(summ["cliff"])
+    out = {"model": str(getattr(loaded, "name", "")), "config": asdict(cfg), "points": points, "cliffs": cliffs,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    if len(points) == 1:
+        out.update({k: points[0][k] for k in ("kl", "top1_agreement", "first_divergence_mean") if k in points[0]})
+    return out
+
+
+def _family_name(fam) -> str:
+    return " ".join([fam["method"]] + [f"{k}={v}" for k, v in fam["fixed"].items()
+                                       if k in ("group_size", "symmetric", "pattern", "act_order") and v])
+
+
+def _summarise(res: dict, fam: dict, cfg: PredictConfig) -> dict:
+    """Token/probe means, bootstrap intervals (tokens and probes resampled together for all
+    levels, so the cliff's interval sees correlated curves), the cliff."""
+    kl, k2, t1 = (res["per_token"][k].astype(np.float64) for k in ("kl", "kl2", "top1"))  # [S K N]
+    S, K, N = kl.shape
+    rng = np.random.default_rng(cfg.seed)
+    pk = rng.integers(0, K, (cfg.bootstrap, K))
+    tk = rng.integers(0, N, (cfg.bootstrap, N))
+    boot = np.stack([kl[:, pk[b]][:, :, tk[b]].mean((1, 2)) for b in range(cfg.bootstrap)], 1)  # [S B]
+    boot_t1 = np.stack([t1[:, pk[b]][:, :, tk[b]].mean((1, 2)) for b in range(cfg.bootstrap)], 1)
+    axis = fam["axis"]
+    name = _family_name(fam)
+    levels = [getattr(m, axis) if axis else getattr(m, "sparsity") for _, m in fam["points"]]
+    pts = []
+    for s in range(S):
+        pt = {"family": name, "level": levels[s], "kl": float(kl[s].mean()),
+              "kl_interval": [float(np.percentile(boot[s], 5)), float(np.percentile(boot[s], 95))],
+              "kl_second_order": float(k2[s].mean()), "top1_agreement": float(t1[s].mean()),
+              "top1_interval": [float(np.percentile(boot_t1[s], 5)), float(np.percentile(boot_t1[s], 95))]}
+        if res["gen"] and res["gen"][s] is not None:
+            pt.update(res["gen"][s])
+            pt["mc_vs_gen_gap"] = pt["top1_agreement"] - pt["gen_identical"]
+        if res["regime"]:
+            pt["regime"] = res["regime"][s]
+        pts.append(pt)
+    cliff = None
+    if axis and S > 1:
+        value, status = cliff_crossing(levels, kl.mean((1, 2)), cfg.kl_threshold, axis)
+        reps = [cliff_crossing(levels, boot[:, b], cfg.kl_threshold, axis) for b in range(cfg.bootstrap)]
+        vals = np.array([v for v, _ in reps if v is not None])
+        cliff = {"method": fam["method"], "family": name, "settings": fam["fixed"], "axis": axis, "cliff": value,
+                 "status": status, "threshold_kl": cfg.kl_threshold,
+                 "interval": ([float(np.percentile(vals, 5)), float(np.percentile(vals, 95))] if len(vals) else None),
+                 "beyond_share": float(np.mean([v is None for v, _ in reps])),
+                 "linear_regime_ok_at_cliff": _regime_at(res, levels, value, axis)}
+    return {"points": pts, "cliff": cliff}
+
+
+def _regime_at(res, levels, value, axis):
+    """linear_regime_ok of the grid point nearest the cliff on its stronger side (None if unknown)."""
+    if value is None or not res["regime"]:
+        return None
+    cand = [i for i, lv in enumerate(levels) if (lv <= value if axis == "bits" else lv >= value)]
+    if not cand:
+        return None
+    i = min(cand, key=lambda i: abs(levels[i] - value))
+    return res["regime"][i]["linear_regime_ok"]
+
+
+# ------------------------------------------------------------------ measured -----------
+
+def measure_grid(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictConfig(), *, log=None) -> dict:
+    """The same grid compressed for real and measured on the prediction's tokens: kl, top-1
+    (validate.metrics.compare_logits over the same scored positions) and the first
+    divergence of greedy generation from the same prompts (0-based, N if none)."""
+    import jax.numpy as jnp
+
+    from hemorrhage.sim.compress import compress_from_args
+    from hemorrhage.sim.generate import generate
+    from hemorrhage.sim.models import forward
+    from hemorrhage.validate.metrics import compare_logits
+
+    say = log or (lambda m: None)
+    sets, prompts, gen = _data(loaded, cfg)
+    tok = jnp.asarray(sets["eval"])
+    z0 = forward(loaded.model, tok)[:, :-1]
+    z0 = z0.reshape(-1, z0.shape[-1])
+    rows, t_all = [], time.perf_counter()
+    for method, settings in grid:
+        t0 = time.perf_counter()
+        say(f"measuring {method} {settings}")
+        comp, _ = compress_from_args(loaded, method, calib_samples=cfg.calib_samples,
+                                     calib_seqlen=cfg.calib_seqlen, seed=cfg.calib_seed, **settings)
+        z = forward(comp, tok)[:, :-1]
+        m = compare_logits(z0, z.reshape(-1, z.shape[-1]))
+        row = {"method": method, "settings": settings, "kl": float(jnp.mean(m["kl"])),
+               "top1_agreement": float(jnp.mean(m["top1"]))}
+        if prompts is not None:
+            g = np.asarray(generate(comp, prompts, cfg.new_tokens))
+            diff = g != gen
+            row["first_divergence_mean"] = float(np.where(diff.any(-1), diff.argmax(-1), diff.shape[1]).mean())
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+    return {"points": rows, "seconds": round(time.perf_counter() - t_all, 2)}
+
+
+def measured_cliffs(pred: dict, meas: dict, threshold: float = 1.0) -> list[dict]:
+    """The measured cliff of each predicted family, fitted with `cliff_crossing`."""
+    out = []
+    for c in pred["cliffs"]:
+        idx = [i for i, p in enumerate(pred["points"]) if p["method"] == c["method"] and p["family"] == c["family"]]
+        lv = [pred["points"][i]["level"] for i in idx]
+        value, status = cliff_crossing(lv, [meas["points"][i]["kl"] for i in idx], threshold, c["axis"])
+        out.append({**c, "measured": value, "measured_status": status})
+    return out

@@ -1,0 +1,444 @@
+"""The clean fp32 control: a small Llama trained from scratch here, on the packaged real text.
+
+Every packaged real checkpoint is a 4–5-bit GGUF, so its fp32 "base" already carries
+quantization noise.  The control's base never saw a quantizer: it is trained in fp32 with
+optax on the *train* splits of the packaged Wikipedia excerpt and Shakespeare (the
+held-out splits are never seen), with the same nnx Llama code the real models run, and
+saved as a standard Hugging Face folder (config.json + model.safetensors + tokenizer), so
+`--model control` and transformers both load it.
+
+    spec = ControlSpec()                         # the default control (≈4 M parameters)
+    report = train_control(spec, seed=0, out_dir=path)
+    path = control_dir()                         # the cached control, trained on first use
+
+Recipe (deterministic from the seed: same seed, spec and machine -> the same weights):
+    tokenizer   byte-level BPE (`tokenizers`), `vocab_size` tokens, trained on both train
+                splits; one special token <|endoftext|> (bos = eos = pad), never inserted
+                into the text, so windows look like `eval_windows` (no BOS)
+    data        every step: `batch` windows of seqlen+1 tokens at offsets drawn by
+                np.random.default_rng(seed), a `wiki_share` of them from Wikipedia, the
+                rest from Shakespeare; loss = next-token cross-entropy on all positions
+    model       Llama (RMSNorm, RoPE, GQA, SwiGLU, tied embeddings), init N(0, 0.02²),
+                the residual-branch outputs (o, down) scaled by 1/√(2L)
+    optimizer   AdamW (β = 0.9, 0.95; weight decay on matrices), global-norm clip 1; learning
+                rate warmup–stable–decay: linear warmup, constant, linear decay to lr/10 over
+                the last `cooldown` share of the steps (`lr_at`)
+    report      held-out perplexity on Wikipedia and Shakespeare (the project's
+                `eval_windows`), next to a unigram model on the same scored tokens
+                (add-one smoothed counts of the train tokens), and sample generations
+
+`minutes` (a wall-clock budget): while the rate is still constant, the step count is
+re-fitted every step to the time left (median step time); the decay then starts where
+the fitted count puts it.  Because the rate before the decay does not depend on the
+count, the result is exactly the model a fixed `steps=<count>` run gives: the count is
+recorded in hemorrhage.json (`reproduce`).  On an idle 2-core CPU the default 1200 steps
+fit 15 minutes; a busy one gets fewer, and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hemorrhage.errors import UserError
+
+CONTROL = "control"
+SPECIAL = "<|endoftext|>"
+SOURCES = ("wiki", "shakespeare")
+SAMPLE_PROMPTS = ("The history of", "KING. My lord,")
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    vocab_size: int = 4096
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int = 4
+    d_ff: int = 768
+    seqlen: int = 128  # training window (tokens); positions beyond are extrapolation
+    max_positions: int = 1024
+    batch: int = 16
+    steps: int = 1200
+    lr: float = 3e-3
+    warmup: int = 100
+    cooldown: float = 0.2  # share of the steps spent decaying the rate to lr/10
+    weight_decay: float = 0.1
+    wiki_share: float = 0.5
+    rope_theta: float = 10000.0
+    max_chars: int | None = None  # use only the first max_chars characters of each train split
+    eval_windows: int = 64  # held-out windows of `seqlen` tokens per source for the report
+    log_every: int = 100
+    sample_prompts: int = 2  # prompts continued in the report (greedy and sampled)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "seqlen",
+                     "batch", "steps", "eval_windows", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise UserError(f"control: {name} must be a positive integer, got {v!r}")
+        if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise UserError("control: d_model must divide into n_heads heads, n_heads into n_kv_heads groups")
+        if (self.d_model // self.n_heads) % 2:
+            raise UserError("control: the head dimension must be even (RoPE)")
+        if not self.lr > 0 or self.warmup < 0 or self.weight_decay < 0 or not 0 < self.cooldown <= 1:
+            raise UserError("control: need lr > 0, warmup ≥ 0, weight_decay ≥ 0, 0 < cooldown ≤ 1")
+        if not 0.0 <= self.wiki_share <= 1.0:
+            raise UserError(f"control: wiki_share must be in [0, 1], got {self.wiki_share}")
+        if self.vocab_size < 300:
+            raise UserError("control: vocab_size must be ≥ 300 (256 bytes + merges + the special token)")
+
+    def replace(self, **kw) -> "ControlSpec":
+        return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+# The quick mode the tests run: a tiny model, a tokenizer fitted on a text prefix, 40 steps.
+QUICK = ControlSpec(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, seqlen=64,
+                    max_positions=256, batch=8, steps=40, lr=1e-2, warmup=5, max_chars=200_000,
+                    eval_windows=8, log_every=10, sample_prompts=1)
+
+
+def _say(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(f"[hemorrhage] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- tokenizer and data
+def train_texts(spec: ControlSpec) -> dict[str, str]:
+    from hemorrhage.sim.data import split_text
+
+    out = {}
+    for src in SOURCES:
+        t = split_text(src, "train")
+        out[src] = t[: spec.max_chars] if spec.max_chars else t
+    return out
+
+
+def train_tokenizer(texts: dict[str, str], vocab_size: int):
+    """A byte-level BPE fitted on the train texts, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[SPECIAL], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+
+    def chunks():
+        for src in SOURCES:  # fixed order; BPE counts are order-free, merges break ties by pair
+            t = texts[src]
+            for i in range(0, len(t), 1 << 16):
+                yield t[i:i + (1 << 16)]
+
+    tok.train_from_iterator(chunks(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIAL, eos_token=SPECIAL,
+                                   pad_token=SPECIAL, model_max_length=int(1e9))
+
+
+def encode(tokenizer, text: str) -> np.ndarray:
+    """The text as one token stream, no special tokens (as sim.data tokenizes a split)."""
+    return np.asarray(tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
+
+
+def batch_starts(rng, lengths: dict[str, int], spec: ControlSpec) -> list[tuple[str, np.ndarray]]:
+    n_wiki = int(round(spec.batch * spec.wiki_share))
+    width = spec.seqlen + 1
+    return [(src, rng.integers(0, lengths[src] - width + 1, size=n))
+            for src, n in (("wiki", n_wiki), ("shakespeare", spec.batch - n_wiki)) if n > 0]
+
+
+def make_batch(streams: dict[str, np.ndarray], starts, width: int) -> np.ndarray:
+    return np.stack([streams[src][s:s + width] for src, ss in starts for s in ss]).astype(np.int32)
+
+
+# ---------------------------------------------------------------- model
+def hf_config(spec: ControlSpec, tokenizer) -> dict:
+    """A transformers LlamaConfig dict for the spec (what config.json holds)."""
+    from transformers import LlamaConfig
+
+    sid = tokenizer.convert_tokens_to_ids(SPECIAL)
+    cfg = LlamaConfig(vocab_size=spec.vocab_size, hidden_size=spec.d_model, intermediate_size=spec.d_ff,
+                      num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads,
+                      num_key_value_heads=spec.n_kv_heads, head_dim=spec.d_model // spec.n_heads,
+                      hidden_act="silu", max_position_embeddings=spec.max_positions, rms_norm_eps=1e-5,
+                      tie_word_embeddings=True, bos_token_id=sid, eos_token_id=sid, pad_token_id=sid,
+                      attention_bias=False, mlp_bias=False, initializer_range=0.02,
+                      rope_parameters={"rope_type": "default", "rope_theta": float(spec.rope_theta)})
+    hf = cfg.to_dict()
+    for key in ("_name_or_path", "transformers_version"):
+        hf.pop(key, None)
+    hf["architectures"] = ["LlamaForCausalLM"]
+    hf["dtype"] = "float32"
+    return hf
+
+
+def init_model(cfg, seed: int):
+    import jax.numpy as jnp
+
+    from hemorrhage.sim.models import build
+
+    model = build(cfg, seed)
+    scale = 1.0 / math.sqrt(2 * cfg.n_layers)
+    for block in model.layers:
+        for lin in (block.attn.o, block.mlp.down):
+            lin.w.set_value(lin.w[...] * jnp.float32(scale))
+    return model
+
+
+def lr_at(t: int, steps: int, spec: ControlSpec) -> float:
+    """Warmup–stable–decay: linear warmup over `warmup` steps, constant, then a linear decay
+    to lr/10 over the last `cooldown` share of the steps.  Before the decay starts the rate
+    does not depend on `steps`, which is what lets a time budget pick the step count late
+    and still be reproduced exactly by a fixed count."""
+    ramp = (t + 1) / spec.warmup if spec.warmup else 1.0
+    start = decay_start(steps, spec)
+    decay = 1.0 if t < start else 1.0 - 0.9 * (t - start + 1) / (steps - start)
+    return spec.lr * min(ramp, 1.0, decay)
+
+
+def decay_start(steps: int, spec: ControlSpec) -> int:
+    return steps - max(1, int(round(spec.cooldown * steps)))
+
+
+def optimizer(model, spec: ControlSpec):
+    """AdamW whose learning rate is set from outside before every step (`set_lr`)."""
+    import jax
+    import optax
+    from flax import nnx
+
+    adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        adamw(learning_rate=spec.lr, b1=0.9, b2=0.95, weight_decay=spec.weight_decay,
+              mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def set_lr(opt, lr: float) -> None:
+    import jax.numpy as jnp
+
+    opt.opt_state[1].hyperparams["learning_rate"].set_value(jnp.asarray(lr, jnp.float32))
+
+
+def _train_step():
+    import jax
+    import optax
+    from flax import nnx
+
+    @nnx.jit
+    def step(model, opt, batch):
+        def loss_fn(m):
+            z = m(batch[:, :-1])[0]
+            return optax.softmax_cross_entropy_with_integer_labels(z, batch[:, 1:]).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        opt.update(model, grads)
+        return loss, optax.tree.norm(grads)
+
+    return step
+
+
+def _nll_fn():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    @nnx.jit
+    def nll(model, tokens):
+        logp = jax.nn.log_softmax(model(tokens)[0][:, :-1])
+        return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+
+    return nll
+
+
+# ---------------------------------------------------------------- evaluation
+def heldout_report(model, tokenizer, streams: dict[str, np.ndarray], spec: ControlSpec) -> dict:
+    """Held-out perplexity per source vs a unigram model on the same scored tokens."""
+    import jax.numpy as jnp
+
+    from hemorrhage.sim.data import eval_windows
+
+    counts = np.ones(spec.vocab_size, np.float64)  # add-one smoothing
+    for ids in streams.values():
+        counts += np.bincount(ids, minlength=spec.vocab_size)[: spec.vocab_size]
+    log_uni = np.log(counts / counts.sum())
+    nll = _nll_fn()
+    out = {}
+    for src in SOURCES:
+        win = eval_windows(tokenizer, src, seqlen=spec.seqlen, stride=spec.seqlen, max_windows=spec.eval_windows)
+        losses = np.concatenate([np.asarray(nll(model, jnp.asarray(win[i:i + 16])))
+                                 for i in range(0, len(win), 16)])
+        targets = win[:, 1:]
+        out[src] = {"ppl": float(np.exp(losses.mean())), "unigram_ppl": float(np.exp(-log_uni[targets].mean())),
+                    "windows": int(len(win)), "scored_tokens": int(targets.size)}
+        out[src]["ratio_to_unigram"] = out[src]["ppl"] / out[src]["unigram_ppl"]
+    return out
+
+
+def samples(model, tokenizer, n_prompts: int = len(SAMPLE_PROMPTS), n_new: int = 40) -> list[dict]:
+    """Greedy and sampled (T = 0.8, top-p 0.95, seed 0) continuations of fixed prompts."""
+    import jax.numpy as jnp
+
+    from hemorrhage.sim.generate import generate
+
+    out = []
+    for prompt in SAMPLE_PROMPTS[:n_prompts]:
+        ids = jnp.asarray([encode(tokenizer, prompt)])
+        n = min(n_new, model.cfg.max_positions - ids.shape[1])
+        greedy = generate(model, ids, n)
+        sampled = generate(model, ids, n, temperature=0.8, top_p=0.95, seed=0)
+        out.append({"prompt": prompt, "greedy": tokenizer.decode(np.asarray(greedy[0])),
+                    "sampled_t0.8": tokenizer.decode(np.asarray(sampled[0]))})
+    return out
+
+
+# ---------------------------------------------------------------- training
+def train_control(spec: ControlSpec, *, seed: int = 0, out_dir: str | Path, minutes: float | None = None,
+                  quiet: bool = False, evaluate: bool = True) -> dict:
+    """Train the control and write it (atomically) to out_dir; returns the report.
+
+    evaluate=False skips the held-out report and the samples (they are then None / [])."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from safetensors.numpy import save_file
+
+    from hemorrhage.sim.fetch import atomic_dir
+    from hemorrhage.sim.models import ModelConfig, export_state
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
+    if minutes is not None and not minutes > 0:
+        raise UserError(f"--minutes must be > 0, got {minutes}")
+    t_start = time.perf_counter()
+    texts = train_texts(spec)
+    _say(quiet, f"control: fitting a {spec.vocab_size}-token byte-level BPE on the train splits "
+                f"({sum(map(len, texts.values())) / 1e6:.1f} M characters)")
+    tokenizer = train_tokenizer(texts, spec.vocab_size)
+    streams = {src: encode(tokenizer, t) for src, t in texts.items()}
+    for src, ids in streams.items():
+        if len(ids) < spec.seqlen + 1:
+            raise UserError(f"control: the {src} train text has {len(ids)} tokens, fewer than seqlen+1")
+    hf = hf_config(spec, tokenizer)
+    cfg = ModelConfig.from_hf(hf)
+    model = init_model(cfg, seed)
+    n_params = int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+    step_fn = _train_step()
+    width = spec.seqlen + 1
+    lengths = {k: len(v) for k, v in streams.items()}
+
+    steps = spec.steps
+    t_setup = time.perf_counter() - t_start
+    deadline = None if minutes is None else t_start + 60.0 * minutes - _reserve_seconds(spec)
+    opt = optimizer(model, spec)
+    rng = np.random.default_rng(seed)
+    _say(quiet, f"control: training {n_params / 1e6:.2f} M parameters (d={spec.d_model}, {spec.n_layers} layers, "
+                f"GQA {spec.n_heads}/{spec.n_kv_heads}, vocab {spec.vocab_size}) for {steps} steps of "
+                f"{spec.batch}×{spec.seqlen} tokens, seed {seed}"
+                + (f", within {minutes:g} minutes" if minutes else ""))
+    curve, times = [], []
+    t_train = time.perf_counter()
+    i = 0
+    while i < steps:
+        if deadline is not None and len(times) >= 5 and i < decay_start(steps, spec):
+            steps = _fit_steps(i, steps, spec, np.median(times[-20:]), deadline - time.perf_counter())
+        set_lr(opt, lr_at(i, steps, spec))
+        batch = jnp.asarray(make_batch(streams, batch_starts(rng, lengths, spec), width))
+        t0 = time.perf_counter()
+        loss, gnorm = step_fn(model, opt, batch)
+        loss.block_until_ready()
+        if i:  # the first step compiles
+            times.append(time.perf_counter() - t0)
+        i += 1
+        if i == 1 or i % spec.log_every == 0 or i == steps:
+            loss = float(loss)
+            el = time.perf_counter() - t_train
+            curve.append({"step": i, "loss": loss, "grad_norm": float(gnorm), "lr": lr_at(i - 1, steps, spec),
+                          "seconds": round(el, 1)})
+            if not np.isfinite(loss):
+                raise UserError(f"control: the training loss became {loss} at step {i}; lower --lr")
+            _say(quiet, f"control: step {i}/{steps}  loss {loss:.3f}  "
+                        f"({i * spec.batch * spec.seqlen / max(el, 1e-9):.0f} tokens/s, {el:.0f} s)")
+    if steps < spec.steps:
+        _say(quiet, f"control: the {minutes:g}-minute budget allowed {steps} of {spec.steps} steps on this CPU "
+                    f"(recorded; `--steps {steps} --minutes 0` reproduces this model, --minutes 0 runs all)")
+    train_seconds = time.perf_counter() - t_train
+
+    held = heldout_report(model, tokenizer, streams, spec) if evaluate else None
+    report = {
+        "seed": int(seed), "spec": dataclasses.asdict(spec), "steps": int(steps), "n_params": n_params,
+        "n_params_non_embedding": n_params - spec.vocab_size * spec.d_model,
+        "tokens_seen": int(steps * spec.batch * spec.seqlen),
+        "train_tokens": {k: int(v) for k, v in lengths.items()},
+        "train_seconds": round(train_seconds, 1), "setup_seconds": round(t_setup, 1),
+        "loss_curve": curve, "heldout": held, "samples": samples(model, tokenizer, spec.sample_prompts) if evaluate else [],
+        "platform": f"{jax.default_backend()}, {jax.device_count()} device(s)",
+    }
+    report["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    base_note = (f"clean fp32, trained by hemorrhage train-control (seed {seed}, {steps} steps); "
+                 "its base never saw a quantizer")
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
+        save_file(export_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(tmp))
+        prov = {"name": CONTROL, "base_note": base_note, "trained_by": "hemorrhage train-control",
+                "reproduce": _reproduce(spec, seed, steps),
+                "data": "train splits of the packaged Wikipedia excerpt (gensim) and Shakespeare; "
+                        "held-out splits unseen", **report}
+        (tmp / "hemorrhage.json").write_text(json.dumps(prov, indent=2))
+    _say(quiet, f"control: saved to {out_dir} ({report['total_seconds']:.0f} s in all)")
+    return {**report, "path": str(out_dir), "base_note": base_note}
+
+
+def _reproduce(spec: ControlSpec, seed: int, steps: int) -> str:
+    cmd = f"hemorrhage train-control --seed {seed} --steps {steps} --minutes 0"
+    ref = QUICK if spec.replace(steps=QUICK.steps, lr=QUICK.lr) == QUICK else ControlSpec()
+    if spec.replace(steps=ref.steps, lr=ref.lr) != ref:
+        return f"train_control({spec!r}, seed={seed})"  # a custom spec: only the Python call says it all
+    cmd += " --quick" if ref is QUICK else ""
+    return cmd + (f" --lr {spec.lr:g}" if spec.lr != ref.lr else "")
+
+
+def _reserve_seconds(spec: ControlSpec) -> float:
+    """Time kept back from the budget for the held-out report, the samples and saving."""
+    return 20.0 + 0.5 * spec.eval_windows
+
+
+def _fit_steps(i: int, steps: int, spec: ControlSpec, per_step: float, left: float) -> int:
+    """The step count that fits the time left, never above the spec's, and never one whose
+    decay would have started before step i (the rates used so far stay those of the result)."""
+    fit = min(spec.steps, i + max(1, int(left / per_step)))
+    while decay_start(fit, spec) < i:
+        fit += 1
+    return fit
+
+
+# ---------------------------------------------------------------- the cached control
+def control_path(quick: bool = False) -> Path:
+    from hemorrhage.sim.fetch import cache_dir
+
+    return cache_dir() / "models" / (CONTROL + ("-quick" if quick else ""))
+
+
+def is_trained(path: Path) -> bool:
+    return (path / "hemorrhage.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def control_dir(*, quiet: bool = False) -> Path:
+    """The cached control folder; trained (default spec, seed 0) on first use."""
+    path = control_path()
+    if is_trained(path):
+        return path
+    print(f"[hemorrhage] no control model in {path} yet: training it now (hemorrhage train-control, "
+          "seed 0; about 15 minutes on a 2-core CPU, once)", file=sys.stderr, flush=True)
+    train_control(ControlSpec(), seed=0, out_dir=path, minutes=15.0, quiet=quiet)
+    return path

@@ -1,0 +1,314 @@
+"""A grid of compression settings measured against one base: resumable, two-phase.
+
+    grid = parse_grid("magnitude:sparsity=0.1,0.3,0.5;rtn:bits=8,4,3,2")
+    run_sweep(loaded, grid, MeasureConfig(), "results/sweep_smollm2.jsonl")
+
+Grid syntax (`--grid`): entries separated by ';', each `METHOD` or `METHOD:KEY=V1,V2,...`.
+A comma-separated token that holds '=' starts the next key, so an entry may vary several
+settings and their product is taken:
+    "magnitude:sparsity=0.1,0.5"              2 settings
+    "rtn:bits=4,3,group_size=64,128"           4 settings (bits × group_size)
+    "magnitude:pattern=2:4,4:8"                N:M patterns (only the first ':' ends the name)
+    "drop:part=mlp,n_drop=2,4,8;w8a8"          a method with no settings: its defaults
+Values are read as true/false, int, float or text and cast to the method's field type
+(sparsity=0 is the float 0.0); calib_samples, calib_seqlen, seed and calib_source may be
+set per entry and otherwise come from the command line.  Every setting is validated by
+building its method before anything heavy runs, so a typo is one line, not a crash later.
+
+Phases.  1: the base's residuals, NLL, MC scores and generations on the measurement data
+(validate.measure.BaseCache) are computed once and written atomically to
+`<out stem>.base.npz` beside the output; a rerun reuses the file when it was made for the
+same model (name, folder, weight files) and the same measurement config.  2: each setting is
+compressed from the base and measured against the cached base.
+
+Output and resume.  `--out` is JSON Lines: one row per finished setting, written as ONE
+write() of the whole line, then flush + fsync, in grid order.  Each row carries `key` =
+[model, method, grid settings] (canonical JSON).  On start the file is read; a trailing
+line without its newline (a run killed mid-write) is cut off; rows whose key is in the grid
+are done and skipped, so an interrupted sweep (even SIGKILL) reruns to exactly one row per
+setting.  Rows record the measurement config and calibration defaults; resuming with
+different ones is refused (a row set must be measured one way).  A row is everything
+`measure` returns minus bulky arrays (per-layer kl, cos_h and top1 kept when --per-layer).
+NaN/inf from a collapsed model are results (collapsed = true, notes say why), written as
+NaN/Infinity.  A setting whose compression raises is reported on stderr and not written (a
+rerun retries it); the sweep goes on and exits 1 at the end.  No timings are in the rows: the
+same command with the same seeds gives a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+from hemorrhage.errors import UserError
+
+CALIB_KEYS = ("calib_samples", "calib_seqlen", "seed", "calib_source")
+_CALIB_TYPES = {"calib_samples": int, "calib_seqlen": int, "seed": int, "calib_source": str}
+
+
+# ------------------------------------------------------------------ the grid -----------
+
+def _literal(text: str):
+    t = text.strip()
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    if t.lower() == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(t)
+        except ValueError:
+            pass
+    return t
+
+
+def _cast(method_cls, key: str, value):
+    """Cast a literal to the method field's declared type (annotations are strings)."""
+    if key in _CALIB_TYPES:
+        typ = _CALIB_TYPES[key].__name__
+    else:
+        fields = {f.name: f.type for f in dataclasses.fields(method_cls)}
+        typ = str(fields.get(key, ""))
+    if value is None or isinstance(value, bool):
+        return value
+    if typ.startswith("float") and isinstance(value, int):
+        return float(value)
+    if typ.startswith("str") and not isinstance(value, str):
+        return str(value) if not isinstance(value, float) else repr(value)
+    return value
+
+
+def parse_grid(spec: str) -> list[tuple[str, dict]]:
+    """[(method, settings)] in grid order, each validated (UserError: one line)."""
+    from hemorrhage.sim.compress import METHODS, make_method
+
+    if not spec or not spec.strip():
+        raise UserError("--grid is empty; e.g. --grid 'magnitude:sparsity=0.1,0.5;rtn:bits=4'")
+    out: list[tuple[str, dict]] = []
+    for entry in (e.strip() for e in spec.split(";")):
+        if not entry:
+            continue
+        name, _, rest = entry.partition(":")
+        name = name.strip()
+        if name not in METHODS:
+            raise UserError(f"--grid: unknown method {name!r} in {entry!r}; valid: {', '.join(sorted(METHODS))}")
+        axes: list[tuple[str, list]] = []
+        for tok in (t.strip() for t in rest.split(",")) if rest.strip() else ():
+            if "=" in tok:
+                key, _, val = tok.partition("=")
+                key = key.strip().replace("-", "_")
+                if not key or any(k == key for k, _ in axes):
+                    raise UserError(f"--grid: bad or repeated key {key!r} in {entry!r}")
+                axes.append((key, [val]))
+            elif not axes:
+                raise UserError(f"--grid: {entry!r}: expected KEY=VALUE after '{name}:', got {tok!r}")
+            else:
+                axes[-1][1].append(tok)
+        for key, vals in axes:
+            if any(not v.strip() for v in vals):
+                raise UserError(f"--grid: empty value for {key!r} in {entry!r}")
+        cls = METHODS[name]
+        combos = itertools.product(*[[(k, _cast(cls, k, _literal(v))) for v in vals] for k, vals in axes])
+        for combo in combos:
+            settings = dict(combo)
+            method_settings = {k: v for k, v in settings.items() if k not in CALIB_KEYS}
+            try:
+                make_method(name, **method_settings)
+            except UserError as e:
+                raise UserError(f"--grid: {name} {settings}: {e}") from None
+            except (TypeError, ValueError) as e:
+                raise UserError(f"--grid: {name} {settings}: {str(e).splitlines()[0]}") from None
+            out.append((name, settings))
+    if not out:
+        raise UserError("--grid holds no setting")
+    return out
+
+
+def row_key(model: str, method: str, settings: dict) -> str:
+    return json.dumps([model, method, {k: settings[k] for k in sorted(settings)}], sort_keys=True)
+
+
+# ------------------------------------------------------------------ the file -----------
+
+def _jsonable(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+def dumps_row(row: dict) -> str:
+    return json.dumps(row, sort_keys=True, allow_nan=True, default=_jsonable, separators=(",", ":"))
+
+
+def read_rows(path: Path, *, repair: bool = True) -> list[dict]:
+    """The complete rows of a sweep file; a trailing partial line is cut off (when `repair`)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data) and repair:  # killed mid-write: drop the unfinished line
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+    rows = []
+    for i, line in enumerate(data[:end].splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: line {i + 1} is not JSON; not a sweep file (or a damaged one)") from None
+    return rows
+
+
+def append_row(path: Path, row: dict, fd: int | None = None) -> None:
+    """One row, one write() of the whole line, then fsync (through `fd` when given)."""
+    path = Path(path)
+    new = not path.exists()
+    line = (dumps_row(row) + "\n").encode()
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        n = os.write(fd, line)
+        if n != len(line):
+            raise OSError(f"short write to {path}")
+        os.fsync(fd)
+    finally:
+        if own:
+            os.close(fd)
+    if new:  # make the file's directory entry durable too
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _lock(out: Path) -> int:
+    """Open `out` for appending and hold an exclusive flock on it for the whole run: a second
+    sweep on the same file is refused instead of duplicating rows (the kernel drops the lock
+    when a process dies, even by SIGKILL)."""
+    import fcntl
+
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UserError(f"another sweep is writing {out}; wait for it or use another --out") from None
+    _fsync_dir(out.parent)
+    return fd
+
+
+def base_path_for(out: Path) -> Path:
+    out = Path(out)
+    stem = out.name[:-len(out.suffix)] if out.suffix else out.name
+    return out.with_name(f"{stem}.base.npz")
+
+
+# ------------------------------------------------------------------ the run ------------
+
+def run_sweep(loaded, grid: list[tuple[str, dict]], config, out: Path, *, calib: dict | None = None,
+              progress: bool = True, log=None) -> dict:
+    """Measure every setting of `grid` not yet in `out`.  Returns {'rows', 'done_before',
+    'computed', 'failed': [(method, settings, error)]}."""
+    log = log or (lambda msg: print(f"[sweep] {msg}", file=sys.stderr, flush=True))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    calib = {k: v for k, v in (calib or {}).items() if v is not None}
+    run_info = {"config": config.as_dict(), "calib": calib}
+    fd = _lock(out)
+    try:
+        failed, n_done, n_todo = _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log)
+    finally:
+        os.close(fd)
+    rows = read_rows(out, repair=False)
+    order: dict[str, int] = {}
+    for m, st in grid:
+        order.setdefault(row_key(loaded.name, m, st), len(order))
+    rows = sorted((r for r in rows if r["key"] in order), key=lambda r: order[r["key"]])
+    return {"rows": rows, "done_before": n_done, "computed": n_todo - len(failed), "failed": failed}
+
+
+def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log):
+    from tqdm import tqdm
+
+    from hemorrhage.sim.compress import compress_from_args
+    from hemorrhage.validate.measure import base_cache, measure, row_view
+
+    existing = read_rows(out)
+    for r in existing:
+        if not isinstance(r, dict) or "key" not in r:
+            raise UserError(f"{out} is not a sweep file (a line without a key); use another --out")
+        if r.get("sweep") != run_info:
+            raise UserError(f"{out} holds rows measured with other settings ({_diff(r.get('sweep'), run_info)}); "
+                            f"use another --out or the same flags")
+    done = {r["key"] for r in existing}
+    seen, todo = set(), []
+    for method, settings in grid:
+        key = row_key(loaded.name, method, settings)
+        if key in seen:
+            continue
+        seen.add(key)
+        if key not in done:
+            todo.append((key, method, settings))
+    n_total, n_done = len(seen), len(seen & done)
+    log(f"{n_total} settings, {n_done} already in {out}, {len(todo)} to run")
+    failed = []
+    if not todo:
+        return failed, n_done, 0
+    base = base_cache(loaded, config, base_path_for(out), log=log)
+    bar = tqdm(total=n_total, initial=n_done, desc="sweep", unit="setting", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for key, method, settings in todo:
+            label = f"{method} " + (",".join(f"{k}={v}" for k, v in settings.items()) or "default")
+            bar.set_postfix_str(label)
+            try:
+                comp, record = compress_from_args(loaded, method, **{**calib, **settings})
+                res = measure(loaded, comp, base, record)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one bad setting must not take the sweep down
+                msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                failed.append((method, settings, f"{type(e).__name__}: {msg}"))
+                tqdm.write(f"[sweep] FAILED {label}: {type(e).__name__}: {msg}", file=sys.stderr)
+                bar.update(1)
+                continue
+            row = {"key": key, "grid": {"method": method, "settings": settings}, "sweep": run_info,
+                   **row_view(res)}
+            append_row(out, row, fd)
+            tqdm.write(f"[sweep] {label}: kl {res['kl']:.4g}, top-1 {res['top1_agreement']:.3f}, "
+                       f"ppl {res['ppl']:.4g}" + (" COLLAPSED" if res["collapsed"] else ""), file=sys.stderr)
+            bar.update(1)
+    finally:
+        bar.close()
+    return failed, n_done, len(todo)
+
+
+def _diff(a, b) -> str:
+    if not isinstance(a, dict):
+        return "no record of how"
+    keys = sorted(set(a.get("config", {})) | set(b.get("config", {})))
+    d = [k for k in keys if a.get("config", {}).get(k) != b["config"].get(k)]
+    if a.get("calib") != b.get("calib"):
+        d.append("calibration")
+    return ", ".join(d) or "?"
