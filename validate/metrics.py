@@ -17,49 +17,29 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
-_EPS = 1e-30
-
-
-def cosine(a: Float[Array, "... d"], b: Float[Array, "... d"]) -> Float[Array, "..."]:
-    num = jnp.sum(a * b, axis=-1)
-    return num / jnp.sqrt(jnp.maximum(jnp.sum(a * a, -1) * jnp.sum(b * b, -1), _EPS))
-
-
-def taylor_one_minus_cos(h: Float[Array, "... d"], dh: Float[Array, "... d"]) -> Float[Array, "..."]:
-    """Theorem 1: 1 − cos(h, h+Δh) ≈ ‖Δh⊥‖² / (2‖h‖²), Δh⊥ = Δh − (⟨Δh,h⟩/‖h‖²) h."""
-    hh = jnp.maximum(jnp.sum(h * h, -1, keepdims=True), _EPS)
-    perp = dh - (jnp.sum(dh * h, -1, keepdims=True) / hh) * h
-    return jnp.sum(perp * perp, -1) / (2.0 * hh[..., 0])
-
-
-def weighted_var(w: Float[Array, "... V"], x: Float[Array, "... V"]) -> Float[Array, "..."]:
-    """Var_w(x) = Σ w (x − Σ w x)²."""
-    mean = jnp.sum(w * x, -1, keepdims=True)
-    return jnp.sum(w * jnp.square(x - mean), -1)
+from hemorrhage.theory.cosine import cos_sim, one_minus_cos_taylor
+from hemorrhage.theory.softmax import cosine_pq, kl_exact, var_p, var_r
 
 
 def compare_logits(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str, Float[Array, "N"]]:
-    """Per-token damage from base logits z to compressed logits z_c (T = 1)."""
-    logp, logq = jax.nn.log_softmax(z), jax.nn.log_softmax(z_c)
-    p, q = jnp.exp(logp), jnp.exp(logq)
+    """Per-token damage from base logits z to compressed logits z_c (T = 1), with the
+    softmax theorems' predictions (theory/softmax.py) beside the exact values."""
     dz = z_c - z
-    r = jnp.square(p) / jnp.sum(jnp.square(p), -1, keepdims=True)
-    var_p = weighted_var(p, dz)
-    var_r = weighted_var(r, dz)
+    vp, vr = var_p(z, dz), var_r(z, dz)
     return {
-        "cos_z": cosine(z, z_c),
-        "cos_p": cosine(p, q),
-        "kl": jnp.sum(p * (logp - logq), -1),
-        "var_p": var_p,
-        "var_r": var_r,
-        "kl_pred": var_p / 2.0,
-        "one_minus_cos_p_pred": var_r / 2.0,
+        "cos_z": cos_sim(z, z_c),
+        "cos_p": cosine_pq(z, dz),
+        "kl": kl_exact(z, dz),
+        "var_p": vp,
+        "var_r": vr,
+        "kl_pred": vp / 2.0,
+        "one_minus_cos_p_pred": vr / 2.0,
         "top1": (jnp.argmax(z, -1) == jnp.argmax(z_c, -1)).astype(jnp.float32),
     }
 
 
 def compare_hidden(h: Float[Array, "N d"], h_c: Float[Array, "N d"]) -> dict[str, Float[Array, "N"]]:
-    return {"cos_h": cosine(h, h_c), "one_minus_cos_h_pred": taylor_one_minus_cos(h, h_c - h)}
+    return {"cos_h": cos_sim(h, h_c), "one_minus_cos_h_pred": one_minus_cos_taylor(h, h_c - h)}
 
 
 @nnx.jit(static_argnames=("chunk",))
