@@ -45,6 +45,13 @@ def block_linear_paths(model) -> list[str]:
     return out
 
 
+@jax.jit
+def _apply(fn, tangent):
+    """The linearised function (a Partial: its residuals are arguments, not constants baked
+    into the executable) applied to one tangent."""
+    return fn(tangent)
+
+
 def _key(path) -> str:
     """'layers.3.mlp.down' from a pytree key path ending in the Param '.w' (and its value)."""
     parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
@@ -74,9 +81,8 @@ class Linearization:
             m = nnx.merge(gd, lin, rest)
             return tuple(m(t, collect_h=True)[2][-1] for t in toks)
 
-        h, fn = jax.linearize(lambda lin: h_last(lin, self.rest, toks), self.lin)
+        h, self._fn = jax.linearize(lambda lin: h_last(lin, self.rest, toks), self.lin)
         self.h = dict(zip(self.names, h))
-        self._jvp = jax.jit(fn)
 
     def tangent(self, fn: Callable[[str, jax.Array], jax.Array]) -> list:
         """[ΔW per linear] in `self.paths` order; fn(path, W) -> ΔW (same shape)."""
@@ -84,7 +90,7 @@ class Linearization:
 
     def respond(self, dws: list) -> dict[str, jax.Array]:
         """First-order Δh_L per token set for the weight change dws (list in path order)."""
-        out = self._jvp(jax.tree_util.tree_unflatten(self._treedef, list(dws)))
+        out = _apply(self._fn, jax.tree_util.tree_unflatten(self._treedef, list(dws)))
         return dict(zip(self.names, out))
 
     def perturbed(self, dws: list, scale: float = 1.0):

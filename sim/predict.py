@@ -70,6 +70,7 @@ import numpy as np
 from hemorrhage.errors import UserError
 
 QUANT, PRUNE = ("rtn", "gptq"), ("magnitude", "wanda", "sparsegpt")
+PREDICTABLE = QUANT + PRUNE
 FULL_GRID = ("rtn:bits=2,3,4,5,6,7,8;rtn:bits=2,3,4,5,6,7,8,group_size=64;gptq:bits=2,3,4,5,6,7,8;"
              "magnitude:sparsity=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9;wanda:sparsity=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9;"
              "sparsegpt:sparsity=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9;"
@@ -150,8 +151,8 @@ def plan_families(model, grid: list[tuple[str, dict]]) -> list[dict]:
 
     fams: dict[tuple, dict] = {}
     for i, (method, settings) in enumerate(grid):
-        if method not in QUANT + PRUNE:
-            raise UserError(f"predict covers {', '.join(QUANT + PRUNE)}; got {method!r}")
+        if method not in PREDICTABLE:
+            raise UserError(f"predict covers {', '.join(PREDICTABLE)}; got {method!r}")
         if any(k in CALIB_SETTINGS for k in settings):
             raise UserError("predict: set calibration with --calib-samples/--calib-seqlen/--seed, not in the grid")
         m = make_method(method, **settings)

@@ -3,8 +3,8 @@
     rec = recover(loaded, comp, steps=50)              # KL distillation from the base
     rec.model, rec.before, rec.after, rec.history      # the retrained compressed model, numbers
 
-The compressed model's layers are trained with optax (Adam, global-norm clip 1) while
-what the compression decided stays fixed:
+The compressed model's layers are trained with optax (Adam, global-norm clip 1; `lr` for
+weights in weight units) while what the compression decided stays fixed:
 
     masks      pruned weights stay exactly zero: the effective weight is keep ⊙ W, so a
                pruned entry gets no gradient, and the mask is applied again on export
@@ -12,7 +12,10 @@ what the compression decided stays fixed:
                input scale): a latent fp32 weight W is trained through the straight-
                through estimator, W_eff = W + stop_gradient(Q(W) − W) = Q(W) forward,
                identity backward; on export the codes are re-encoded from W onto the same
-               grid, so the stored layer is again b-bit codes (`PackedLinear`)
+               grid, so the stored layer is again b-bit codes (`PackedLinear`).  The
+               latent is kept in units of its grid step (W = U·step) and trained with its
+               own rate `ste_lr` (grid steps per update): a code moves only when U
+               crosses half a step, whatever the bit width, so one rate serves 2 and 8 bits
     dropped    removed branches (layer dropping) stay removed: nothing there to train
     the rest   embeddings, norms, scales, zero points and biases are frozen
 
@@ -36,7 +39,7 @@ continuation identical to the base's before the first differing token) and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -53,11 +56,24 @@ LOSSES = ("kl", "text")
 
 
 class Latent(nnx.Param):
-    """The fp32 latent weight a recovering layer trains (full fine-tuning)."""
+    """The fp32 latent weight of a pruned / dense layer (weight units), fully fine-tuned."""
+
+
+class GridLatent(nnx.Param):
+    """The latent of a quantized layer in units of its grid step: W = U ⊙ step."""
 
 
 class Lora(nnx.Param):
-    """LoRA factors A [r in], B [out r] of a recovering layer."""
+    """LoRA factors A [r in], B [out r] of a pruned / dense layer (weight units)."""
+
+
+class GridLora(nnx.Param):
+    """LoRA factors of a quantized layer (grid-step units)."""
+
+
+WEIGHT_UNITS = nnx.Any(Latent, Lora)  # trained with `lr`
+GRID_UNITS = nnx.Any(GridLatent, GridLora)  # trained with `ste_lr`
+TRAINED = nnx.Any(Latent, Lora, GridLatent, GridLora)
 
 
 class Fixed(nnx.Variable):
@@ -94,20 +110,29 @@ class RecoveringLinear(nnx.Module):
         self.d_out, self.d_in = (int(s) for s in w0.shape)
         self.keep = None if keep is None else Fixed(jnp.asarray(keep, bool))
         self.rank = int(lora_rank)
+        self.grid = self.scale is not None
+        u0 = jnp.asarray(w0, jnp.float32)
+        if self.grid:  # train in grid steps: one step size moves every bit width alike
+            u0 = u0 / self._step()
         if self.rank:
-            self.w0 = Fixed(jnp.asarray(w0, jnp.float32))
-            self.lora_a = Lora(jax.random.normal(rngs.params(), (self.rank, self.d_in), jnp.float32)
+            kind = GridLora if self.grid else Lora
+            self.w0 = Fixed(u0)
+            self.lora_a = kind(jax.random.normal(rngs.params(), (self.rank, self.d_in), jnp.float32)
                                / np.sqrt(self.d_in))
-            self.lora_b = Lora(jnp.zeros((self.d_out, self.rank), jnp.float32))
+            self.lora_b = kind(jnp.zeros((self.d_out, self.rank), jnp.float32))
             self.lora_scale = float(lora_alpha if lora_alpha is not None else self.rank) / self.rank
         else:
-            self.w = Latent(jnp.asarray(w0, jnp.float32))
+            self.w = (GridLatent if self.grid else Latent)(u0)
 
     # ---------------------------------------------------------------- the weight
+    def _step(self):
+        """The grid step of every weight, [out in] (the group's scale)."""
+        return jnp.repeat(self.scale[...], self.group_size, axis=1)
+
     def latent(self):
-        if self.rank:
-            return self.w0[...] + self.lora_scale * (self.lora_b[...] @ self.lora_a[...])
-        return self.w[...]
+        """The latent weight W (weight units) that the grid / mask project."""
+        u = self.w0[...] + self.lora_scale * (self.lora_b[...] @ self.lora_a[...]) if self.rank else self.w[...]
+        return u * self._step() if self.grid else u
 
     def _grouped(self, w):
         return w.reshape(self.d_out, self.d_in // self.group_size, self.group_size)
@@ -208,13 +233,20 @@ def exported(model):
 
 
 # ---------------------------------------------------------------- training
-def _wrt(lora_rank: int):
-    return Lora if lora_rank else Latent
+def _optimizer(model, lr: float, wrt):
+    if not jax.tree.leaves(nnx.state(model, wrt)):
+        return None
+    return nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr)), wrt=wrt)
 
 
-def _step_fn(loss: str, wrt):
+@lru_cache(maxsize=None)
+def _step_fn(loss: str):
+    """One jitted optimizer step (cached per objective, so runs on models of the same
+    structure reuse the compiled step).  opt_w trains weight-unit latents, opt_g grid-unit
+    ones; either may be None."""
+
     @nnx.jit
-    def step(base, model, opt, tokens):
+    def step(base, model, opt_w, opt_g, tokens):
         inp = tokens[:, :-1]
         teacher = jax.lax.stop_gradient(jax.nn.log_softmax(base(inp)[0])) if loss == "kl" else None
 
@@ -224,8 +256,11 @@ def _step_fn(loss: str, wrt):
                 return jnp.mean(jnp.sum(jnp.exp(teacher) * (teacher - logq), -1))
             return -jnp.mean(jnp.take_along_axis(logq, tokens[:, 1:, None], axis=-1))
 
-        value, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)
-        opt.update(model, grads)
+        value, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, TRAINED))(model)
+        if opt_w is not None:
+            opt_w.update(model, grads.filter(WEIGHT_UNITS))
+        if opt_g is not None:
+            opt_g.update(model, grads.filter(GRID_UNITS))
         return value, optax.tree.norm(grads)
 
     return step
@@ -368,7 +403,8 @@ class Recovery:
         return out
 
 
-def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, batch: int = 4, seqlen: int = 128,
+def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, ste_lr: float = 0.02, batch: int = 4,
+            seqlen: int = 128,
             pool: int = 64, loss: str = "kl", lora_rank: int = 0, lora_alpha: float | None = None,
             seed: int = 0, source: str = "wiki", probe: Probe | None = None, eval_every: int | None = None,
             tokens=None, log=None) -> Recovery:
@@ -381,8 +417,9 @@ def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, batch: int = 4, 
 
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise UserError(f"--steps must be a non-negative integer, got {steps!r}")
-    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
-        raise UserError(f"--lr must be a positive number, got {lr!r}")
+    for name, v in (("--lr", lr), ("--ste-lr", ste_lr)):
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+            raise UserError(f"{name} must be a positive number, got {v!r}")
     if loss not in LOSSES:
         raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if batch < 1 or pool < 1 or seqlen < 2:
@@ -391,9 +428,8 @@ def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, batch: int = 4, 
         raise UserError(f"--eval-every must be ≥ 1, got {eval_every}")
     probe = probe if probe is not None else make_probe(loaded)
     model = trainable(comp, lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed)
-    wrt = _wrt(lora_rank)
-    n_train = int(sum(x.size for x in jax.tree.leaves(nnx.state(model, wrt))))
-    opt = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr)), wrt=wrt)
+    n_train = int(sum(x.size for x in jax.tree.leaves(nnx.state(model, TRAINED))))
+    opt_w, opt_g = _optimizer(model, lr, WEIGHT_UNITS), _optimizer(model, ste_lr, GRID_UNITS)
     # windows of seqlen+1 tokens: the last token is only a target
     if tokens is None:
         data = calibration_tokens(loaded.tokenizer, source, n_samples=pool, seqlen=seqlen + 1, seed=seed)
@@ -401,7 +437,7 @@ def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, batch: int = 4, 
         data = np.asarray(tokens, np.int32)
         pool, seqlen = int(data.shape[0]), int(data.shape[1]) - 1
     order = np.random.default_rng(seed)
-    step_fn = _step_fn(loss, wrt)
+    step_fn = _step_fn(loss)
 
     before = measure(comp, probe)
     history = [{"step": 0, "loss": None, **before}]
@@ -410,7 +446,7 @@ def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, batch: int = 4, 
             f"({n_train / 1e6:.1f} M trainable, {'LoRA r=' + str(lora_rank) if lora_rank else 'full latent'})")
     for i in range(int(steps)):
         rows = order.choice(pool, size=min(batch, pool), replace=False)
-        value, gnorm = step_fn(loaded.model, model, opt, jnp.asarray(data[np.sort(rows)]))
+        value, gnorm = step_fn(loaded.model, model, opt_w, opt_g, jnp.asarray(data[np.sort(rows)]))
         value = float(value)
         if eval_every and ((i + 1) % eval_every == 0) and i + 1 < steps:
             m = measure(model, probe)
@@ -424,7 +460,7 @@ def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, batch: int = 4, 
     history.append({"step": int(steps), "loss": value if steps else None, **after})
     if log:
         log(f"step {steps}: kl {after['kl']:.4g}  top1 {after['top1']:.3f}  var_p {after['var_p']:.4g}")
-    settings = {"steps": int(steps), "lr": float(lr), "batch": int(batch), "seqlen": int(seqlen), "pool": int(pool),
+    settings = {"steps": int(steps), "lr": float(lr), "ste_lr": float(ste_lr), "batch": int(batch), "seqlen": int(seqlen), "pool": int(pool),
                 "loss": loss, "lora_rank": int(lora_rank), "seed": int(seed), "source": source,
                 "trainable_params": n_train, "probe_windows": int(probe.tokens.shape[0]),
                 "probe_seqlen": int(probe.tokens.shape[1]),

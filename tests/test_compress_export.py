@@ -11,11 +11,11 @@ from helpers import save_tiny_hf, torch_logits
 
 from hemorrhage.sim.compress import compress, export_hf, make_method
 from hemorrhage.sim.generate import generate
-from hemorrhage.sim.models import forward, load_checkpoint
+from hemorrhage.sim.models import export_state, forward, load_checkpoint
 
 FAMILIES = ["llama", "gemma3_text", "gpt2"]
 METHODS = [("magnitude", dict(pattern="2:4")), ("rtn", dict(bits=4, group_size=16)),
-           ("drop", dict(part="attn", layers="1")), ("drop", dict(part="block", layers="0,2"))]
+           ("drop", dict(part="block", layers="0,2"))]  # attention-only drop: the generate test
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -36,9 +36,9 @@ def test_transformers_runs_the_exported_model_exactly(tiny_ckpt, method, tmp_pat
     toks = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 20))
     ref = torch_logits(out, toks)
     ours = np.asarray(forward(small, jnp.asarray(toks)))
-    base = np.asarray(forward(model, jnp.asarray(toks)))
+    before, after = export_state(model), export_state(small)
+    assert any(not np.array_equal(before[k], after[k]) for k in before), "nothing changed: the test proves nothing"
     assert np.abs(ref).max() > 1.0
-    assert np.abs(ours - base).max() > 1e-2, "compression changed nothing: the test would prove nothing"
     assert np.abs(ours - ref).max() <= 1e-3
 
 
@@ -57,17 +57,16 @@ def test_dropped_layers_generate_like_transformers(tiny_ckpt, tmp_path):
     np.testing.assert_array_equal(np.asarray(generate(small, jnp.asarray(prompt), 8))[0], want)
 
 
-def test_export_is_atomic_and_replaces(tmp_path, tiny_ckpt):
-    family, src, model, cfg = tiny_ckpt
-    if family != "llama":
-        pytest.skip("once is enough")
+def test_export_is_atomic_and_replaces(tmp_path):
+    src = save_tiny_hf("llama", tmp_path / "src")
+    model, cfg = load_checkpoint(src)
     small, record = compress(model, make_method("magnitude", sparsity=0.5))
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("old")
     export_hf(small, src, out, record)
     assert not (out / "stale.txt").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no temporary folder left behind
     reloaded, _ = load_checkpoint(out)
     toks = jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab_size, (1, 12)))
     np.testing.assert_allclose(np.asarray(forward(reloaded, toks)), np.asarray(forward(small, toks)), atol=1e-5)

@@ -65,14 +65,17 @@ def test_rtn_on_grid_error_bound_idempotent(wg, bits, symmetric):
     np.testing.assert_allclose(again, wh, rtol=0, atol=float(np.max(np.abs(wh))) * 2**bits * 1e-7 + 1e-30)
 
 
-@PROPS
-@given(st.integers(1, 16), st.sampled_from([1, 7, 64, 301]), st.integers(0, 2**31 - 1))
+_unpack = jax.jit(unpack, static_argnums=(1, 2))
+
+
+@settings(max_examples=24, deadline=None)
+@given(st.integers(1, 16), st.sampled_from([5, 301]), st.integers(0, 2**31 - 1))
 def test_pack_unpack_round_trip(bits, n, seed):
     codes = np.random.default_rng(seed).integers(0, 2**bits, n)
     packed = pack(jnp.asarray(codes), bits)
     assert packed.dtype == jnp.uint8 and packed.size == packed_size(n, bits)
     assert packed.size <= n * bits / 8 + bits  # never more than bits/8 bytes a code (+ padding)
-    np.testing.assert_array_equal(np.asarray(unpack(packed, bits, n)), codes)
+    np.testing.assert_array_equal(np.asarray(_unpack(packed, bits, n)), codes)
 
 
 def test_four_bit_codes_are_two_per_byte():
@@ -175,7 +178,7 @@ def test_calibrated_quantizers_run_on_a_model():
     m = square_model()
     toks = tokens()
     z0 = forward(m, jnp.asarray(toks))
-    for name, s in [("gptq", dict(bits=4, group_size=16)), ("awq", dict(bits=4, group_size=16)), ("w8a8", {})]:
+    for name, s in [("awq", dict(bits=4, group_size=16)), ("w8a8", {})]:  # gptq: test_compress_real/cli
         small, rec = compress(m, make_method(name, **s), toks)
         z = forward(small, jnp.asarray(toks))
         assert np.all(np.isfinite(np.asarray(z)))

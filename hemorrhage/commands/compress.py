@@ -111,9 +111,9 @@ def run(args) -> int:
     model, record = compress_from_args(loaded, args.method, calib_samples=args.calib_samples,
                                        calib_seqlen=args.calib_seqlen, seed=args.seed, **settings)
     out = export_hf(model, loaded.path, args.out, record)
-    for w in record.get("warnings", []):
-        print(f"hemorrhage: warning: {w}", file=sys.stderr)
     if args.json:
+        for w in record.get("warnings", []):
+            print(f"hemorrhage: warning: {w}", file=sys.stderr)
         print_json({**record, "out": str(out)})
         return 0
     for line in summary_lines(record):

@@ -15,7 +15,10 @@ def add_arguments(p) -> None:
     add_compression(p)
     g = p.add_argument_group("recovery")
     g.add_argument("--steps", type=int, default=50, help="optimizer steps (default 50)")
-    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    g.add_argument("--lr", type=float, default=1e-4,
+                   help="Adam learning rate of pruned / dense weights, in weight units (default 1e-4)")
+    g.add_argument("--ste-lr", type=float, default=0.02,
+                   help="Adam learning rate of quantized latents, in grid steps per update (default 0.02)")
     g.add_argument("--loss", choices=("kl", "text"), default="kl",
                    help="kl: distil the base's distributions (default); text: next-token loss on the text")
     g.add_argument("--batch", type=int, default=4, help="training windows per step")
@@ -43,8 +46,8 @@ def run(args) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     if args.steps < 0:
         raise UserError(f"--steps must be ≥ 0, got {args.steps}")
-    if not args.lr > 0:
-        raise UserError(f"--lr must be > 0, got {args.lr}")
+    if not args.lr > 0 or not args.ste_lr > 0:
+        raise UserError(f"--lr and --ste-lr must be > 0, got {args.lr} and {args.ste_lr}")
     if args.lora_rank < 0 or args.prompts < 0:
         raise UserError("--lora-rank and --prompts must be ≥ 0")
     if args.eval_every is not None and args.eval_every < 1:
@@ -58,7 +61,7 @@ def run(args) -> int:
     probe = make_probe(loaded, windows=args.windows, seqlen=args.seqlen, prompts=args.prompts,
                        new_tokens=args.new_tokens)
     log = None if args.json else (lambda msg: print(f"[recover] {msg}", file=sys.stderr, flush=True))
-    rec = recover(loaded, comp, steps=args.steps, lr=args.lr, batch=args.batch, seqlen=args.train_seqlen,
+    rec = recover(loaded, comp, steps=args.steps, lr=args.lr, ste_lr=args.ste_lr, batch=args.batch, seqlen=args.train_seqlen,
                   pool=args.pool, loss=args.loss, lora_rank=args.lora_rank, seed=args.seed, probe=probe,
                   eval_every=args.eval_every, log=log)
     out = {"model": loaded.name, "record": record, "base_note": loaded.base_note, **rec.summary()}
@@ -71,7 +74,7 @@ def run(args) -> int:
         print_json(out)
         return 0
     print(f"{loaded.name}, {record['method']} {record.get('settings', {})}: {args.steps} steps of "
-          f"{args.loss} training, lr {args.lr:g}" + (f", LoRA r={args.lora_rank}" if args.lora_rank else ""))
+          f"{args.loss} training, lr {args.lr:g}, STE lr {args.ste_lr:g} grid steps" + (f", LoRA r={args.lora_rank}" if args.lora_rank else ""))
     rows = [("KL(p‖q)", "kl"), ("top-1 agreement", "top1"), ("Var_p(Δz)", "var_p"), ("perplexity", "ppl"),
             ("gen. prefix agreement", "gen_prefix_agreement")]
     print(f"{'':>24} {'before':>10} {'after':>10}")

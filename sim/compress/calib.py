@@ -209,12 +209,13 @@ def _quad(dw, h):
     return jnp.sum((dw @ h) * dw)
 
 
-def reconstruction_errors(reference, compressed, tokens) -> dict[str, float]:
+def reconstruction_errors(reference, compressed, tokens=None, *, stats=None) -> dict[str, float]:
     """Per linear, ‖(W − Ŵ)X‖² / ‖WX‖² with X the inputs of that linear in `reference`
-    (the same X for every method, so the numbers compare across methods)."""
+    (the same X for every method, so the numbers compare across methods).  Pass
+    `stats=layer_hessians(reference, tokens)` to reuse them across calls."""
     from hemorrhage.sim.compress.storage import all_linears
 
-    stats = layer_hessians(reference, tokens)
+    stats = layer_hessians(reference, tokens) if stats is None else stats
     ref = dict(all_linears(reference))
     out = {}
     for path, layer in all_linears(compressed):

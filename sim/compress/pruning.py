@@ -127,8 +127,10 @@ def _resolve_sparsity(obj, allow_pattern: bool = True):
 def _check_nm(model, nm):
     if nm is None:
         return
+    from hemorrhage.sim.compress.storage import _shape
+
     for path, _, _, layer in linears(model):
-        d = int(layer.weight().shape[1])
+        d = _shape(layer)[1]
         if d % nm[1]:
             raise UserError(f"N:M pattern {nm[0]}:{nm[1]} needs input dimensions divisible by {nm[1]}; "
                             f"{path} has {d}")

@@ -34,7 +34,7 @@ from hemorrhage.sim.compress.calib import Sequential, input_groups
 from hemorrhage.sim.compress.quantizer import (check_bits, check_divides, check_group_size, grid_check,
                                                qparams, rtn)
 from hemorrhage.sim.compress.registry import linears, register
-from hemorrhage.sim.compress.storage import ActQuantLinear, PackedLinear, _bias, decode
+from hemorrhage.sim.compress.storage import ActQuantLinear, PackedLinear, _bias, _shape, decode
 
 
 def _check_bool(name, v):
@@ -59,7 +59,7 @@ class _Quant:
         return {"grid_check": g, "warnings": [g["warning"]] if "warning" in g else []}
 
     def _record(self, model, extra=None) -> dict:
-        n = sum(int(layer.weight().size) for _, _, _, layer in linears(model))
+        n = sum(int(np.prod(_shape(layer))) for _, _, _, layer in linears(model))
         rec = {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "n_weights": n}
         rec.update(extra or {})
         return rec

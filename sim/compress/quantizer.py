@@ -46,7 +46,9 @@ def check_divides(model, group_size: int | None, what: str = "group size") -> No
 
     if group_size is None:
         return
-    dims = sorted({int(layer.weight().shape[1]) for _, _, _, layer in linears(model)})
+    from hemorrhage.sim.compress.storage import _shape
+
+    dims = sorted({_shape(layer)[1] for _, _, _, layer in linears(model)})
     bad = [d for d in dims if d % group_size]
     if bad:
         common = sorted(set.intersection(*[{k for k in range(1, d + 1) if d % k == 0} for d in dims]))

@@ -1,0 +1,180 @@
+"""`hemorrhage predict`: linear response of the logits to a compression plan.
+
+Tiny random Llama (weights ×6 so logits are peaked): the JVP is the derivative, the
+probe noise follows the bit law, pruning bands add up to the direct ΔW, the OBS error
+model of GPTQ matches a real GPTQ run on one layer; the CLI end to end (--validate) on a
+tiny checkpoint carrying SmolLM2's tokenizer; RTN 8-bit on SmolLM2 within ×1.5."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hemorrhage.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from hemorrhage.sim.models import ModelConfig, build, tiny as tiny_cfg
+
+    model = build(ModelConfig.from_hf(tiny_cfg("llama")), 0)
+    gd, st = nnx.split(model)
+    model = nnx.merge(gd, jax.tree.map(lambda x: x * 6.0 if x.ndim >= 2 else x, st))
+    tokens = np.random.default_rng(0).integers(0, 97, (2, 16)).astype(np.int32)
+    from hemorrhage.sim.linear_response import Linearization
+
+    return model, tokens, Linearization(model, {"eval": tokens})
+
+
+@nnx.jit
+def _h_last(model, tokens):
+    return model(tokens, collect_h=True)[2][-1]
+
+
+def test_cliff_crossing_interpolates_log_kl():
+    from hemorrhage.sim.predict import cliff_crossing
+
+    x, status = cliff_crossing([8, 6, 4, 3, 2], [1e-3, 1e-2, 0.1, 2.0, 8.0], 1.0, "bits")
+    assert status == "inside" and x == pytest.approx(4 - np.log(10) / np.log(20))
+    assert cliff_crossing([0.1, 0.5, 0.9], [0.01, 0.1, 0.5], 1.0, "sparsity") == (None, "beyond")
+    assert cliff_crossing([0.1, 0.5], [2.0, 5.0], 1.0, "sparsity") == (0.1, "at_mildest")
+    assert cliff_crossing([0.5, 0.1, 0.9], [0.5, 0.01, np.nan], 1.0, "sparsity") == (0.9, "inside")
+
+
+def test_jvp_equals_central_difference(tiny):
+    model, tokens, lr = tiny
+    keys = jax.random.split(jax.random.key(1), len(lr.weights))
+    dws = [0.01 * jnp.abs(w) * jax.random.normal(k, w.shape) for w, k in zip(lr.weights, keys)]
+    lin = lr.respond(dws)["eval"]
+    fd = (_h_last(lr.perturbed(dws, 1.0), tokens) - _h_last(lr.perturbed(dws, -1.0), tokens)) / 2
+    assert float(jnp.linalg.norm(lin - fd) / jnp.linalg.norm(fd)) < 2e-3
+    assert float(jnp.abs(_h_last(model, tokens) - lr.h["eval"]).max()) < 1e-4
+
+
+def test_probe_noise_follows_the_bit_law(tiny):
+    from hemorrhage.sim.linear_response import quant_noise_std, rtn_kappa, step_ratio
+
+    _, _, lr = tiny
+    w = lr.weights[0]
+    for gs, sym in ((None, False), (16, False), (None, True)):
+        s8 = quant_noise_std(w, 8, gs, sym)
+        for b in (2, 3, 4, 6):
+            np.testing.assert_allclose(quant_noise_std(w, b, gs, sym), s8 * step_ratio(b, 8, sym), rtol=1e-5)
+    assert step_ratio(3, 8, False) == pytest.approx(255 / 7)
+    k = rtn_kappa(lr.weights, [2, 8], None, False)
+    assert 0.85 < k[8] < 1.15 and k[2] > k[8]  # uniform model exact at 8 bits, too small at 2
+
+
+def test_pruning_bands_add_up_to_the_direct_tangent(tiny):
+    from hemorrhage.sim.compress import make_method
+    from hemorrhage.sim.compress.pruning import topk_mask
+    from hemorrhage.sim.linear_response import Context, _band, _upto, prune_levels
+    from hemorrhage.sim.predict import PredictConfig
+
+    _, _, lr = tiny
+    ctx = Context(lr, PredictConfig(prompts=0, regime_tokens=0))
+    sp = (0.2, 0.5, 0.8)
+    levs = prune_levels(ctx, [make_method("magnitude", sparsity=s) for s in sp])
+    for w, lev in zip(lr.weights, levs):  # the compressor's masks, exactly
+        for j, s in enumerate(sp):
+            np.testing.assert_array_equal(lev > j, np.asarray(topk_mask(jnp.abs(w), s)))
+    cum = sum(lr.respond([_band(w, jnp.asarray(v), j) for w, v in zip(lr.weights, levs)])["eval"] for j in range(3))
+    direct = lr.respond([_upto(w, jnp.asarray(v), 2) for w, v in zip(lr.weights, levs)])["eval"]
+    np.testing.assert_allclose(cum, direct, rtol=1e-4, atol=1e-4 * float(jnp.abs(direct).max()))
+
+
+def test_gptq_error_model_matches_a_real_gptq_layer():
+    """E‖ΔW x‖² = ½Σσ²/U_qq² (GPTQ) and Σσ²C_jj (RTN) against the real solvers on one layer."""
+    from hemorrhage.sim.compress import make_method
+    from hemorrhage.sim.compress.quantizer import rtn_dequant
+    from hemorrhage.sim.compress.storage import decode
+    from hemorrhage.sim.linear_response import obs_shape, quant_noise_std
+
+    rng = np.random.default_rng(0)
+    d, out, n = 64, 48, 2048
+    mix = rng.normal(size=(d, d)) * (rng.random(d)[:, None] < 0.3) + np.eye(d)
+    x = jnp.asarray(rng.normal(size=(n, d)) @ mix, jnp.float32)  # correlated inputs
+    w = jnp.asarray(rng.normal(size=(out, d)), jnp.float32)
+    c = x.T @ x / n
+    h = 2 * c
+    err = lambda dw: float(jnp.sum((dw @ c) * dw))  # noqa: E731  E_x ‖ΔW x‖²
+    gptq = make_method("gptq", bits=4)
+    codes, scale, zero, _ = gptq.quantize_layer(w, h)
+    actual_gptq = err(decode(codes, scale, zero, 4, d) - w)
+    _, u, _, _ = gptq.factor(h)
+    sig2 = jnp.square(quant_noise_std(w, 4, None, False))
+    pred_gptq = 0.5 * float(jnp.sum(sig2 / jnp.square(jnp.diag(u))[None, :]))
+    actual_rtn, pred_rtn = err(rtn_dequant(w, 4) - w), float(jnp.sum(sig2 * jnp.diag(c)[None, :]))
+    assert pred_gptq == pytest.approx(actual_gptq, rel=0.25)
+    assert pred_rtn == pytest.approx(actual_rtn, rel=0.25)
+    assert actual_gptq < 0.8 * actual_rtn
+    probe = obs_shape(jnp.sqrt(sig2) * jax.random.uniform(jax.random.key(0), w.shape, minval=-3 ** .5,
+                                                         maxval=3 ** .5), u)
+    assert err(probe) == pytest.approx(pred_gptq, rel=0.25)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny random Llama with SmolLM2's tokenizer (real held-out text applies)."""
+    from helpers import save_tiny_hf
+
+    from hemorrhage.sim.registry import fetch_model
+
+    out = tmp_path_factory.mktemp("tiny") / "llama"
+    save_tiny_hf("llama", out, vocab_size=49152)
+    src = fetch_model("smollm2-135m", quiet=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, out / name)
+    return out
+
+
+SMALL = ["--windows", "1", "--seqlen", "32", "--prompts", "2", "--prompt-len", "8", "--new-tokens", "8",
+         "--calib-samples", "2", "--calib-seqlen", "32", "--regime-tokens", "16"]
+
+
+def test_cli_grid_validate_json(tiny_ckpt, capsys):
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tiny_ckpt), "--grid", "rtn:bits=2,4,8", *SMALL, "--validate",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    pts = {p["level"]: p for p in res["points"]}
+    for p in pts.values():
+        for k in ("kl", "kl_interval", "kl_second_order", "top1_agreement", "first_divergence_mean",
+                  "gen_identical", "mc_vs_gen_gap", "regime", "measured", "kl_ratio"):
+            assert k in p, k
+        assert p["kl_interval"][0] <= p["kl"] <= p["kl_interval"][1]
+        assert set(p["regime"]) >= {"nonlinearity", "linear_regime_ok", "collapse_signature"}
+    nl = [pts[b]["regime"]["nonlinearity"] for b in (8, 4, 2)]
+    assert nl[0] < nl[1] < nl[2] and pts[8]["regime"]["linear_regime_ok"]
+    assert 1 / 1.5 < pts[8]["kl_ratio"] < 1.5  # deep in the linear regime
+    (cl,) = res["cliffs"]
+    assert cl["axis"] == "bits" and {"cliff", "interval", "status", "measured"} <= set(cl)
+
+
+def test_bad_input_is_one_line(capsys):
+    from test_cli_errors import assert_one_line_error, run_cli
+
+    for argv, needle in ((["predict", "--grid", "awq:bits=4"], "predict covers"),
+                         (["predict", "--method", "rtn", "--bits", "40"], "bits"),
+                         (["predict"], "--grid"),
+                         (["predict", "--grid", "rtn:bits=4", "--method", "rtn"], "not both"),
+                         (["predict", "--method", "rtn", "--probes", "0"], "--probes")):
+        code, _, err = run_cli(capsys, *argv)
+        assert_one_line_error(code, err, needle)
+
+
+@pytest.mark.real
+def test_rtn8_on_smollm2_within_factor_1p5(smollm2):
+    from hemorrhage.sim.predict import PredictConfig, measure_grid, predict
+
+    cfg = PredictConfig(windows=1, seqlen=48, prompts=0, regime_tokens=0, bootstrap=20)
+    grid = [("rtn", {"bits": 8})]
+    pred, meas = predict(smollm2, grid, cfg), measure_grid(smollm2, grid, cfg)
+    assert 1 / 1.5 < pred["kl"] / meas["points"][0]["kl"] < 1.5
+    assert pred["top1_agreement"] > 0.9
