@@ -233,10 +233,21 @@ def exported(model):
 
 
 # ---------------------------------------------------------------- training
-def _optimizer(model, lr: float, wrt):
+def _optimizer(model, lr: float, wrt, kind: str = "adam"):
     if not jax.tree.leaves(nnx.state(model, wrt)):
         return None
-    return nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr)), wrt=wrt)
+    if kind == "adam":
+        tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
+    else:  # momentum SGD, each tensor's step normalised to an RMS of lr
+        tx = optax.chain(optax.trace(decay=0.9), _rms_normalise(), optax.scale(-lr))
+    return nnx.Optimizer(model, tx, wrt=wrt)
+
+
+def _rms_normalise():
+    def f(updates, params=None):
+        return jax.tree.map(lambda u: u / (jnp.sqrt(jnp.mean(jnp.square(u))) + 1e-30), updates)
+
+    return optax.stateless(f)
 
 
 @lru_cache(maxsize=None)
@@ -403,7 +414,8 @@ class Recovery:
         return out
 
 
-def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, ste_lr: float = 0.02, batch: int = 4,
+def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, ste_lr: float = 0.02, ste_opt: str = "adam",
+            batch: int = 4,
             seqlen: int = 128,
             pool: int = 64, loss: str = "kl", lora_rank: int = 0, lora_alpha: float | None = None,
             seed: int = 0, source: str = "wiki", probe: Probe | None = None, eval_every: int | None = None,
@@ -429,7 +441,7 @@ def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, ste_lr: float = 
     probe = probe if probe is not None else make_probe(loaded)
     model = trainable(comp, lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed)
     n_train = int(sum(x.size for x in jax.tree.leaves(nnx.state(model, TRAINED))))
-    opt_w, opt_g = _optimizer(model, lr, WEIGHT_UNITS), _optimizer(model, ste_lr, GRID_UNITS)
+    opt_w, opt_g = _optimizer(model, lr, WEIGHT_UNITS), _optimizer(model, ste_lr, GRID_UNITS, ste_opt)
     # windows of seqlen+1 tokens: the last token is only a target
     if tokens is None:
         data = calibration_tokens(loaded.tokenizer, source, n_samples=pool, seqlen=seqlen + 1, seed=seed)
