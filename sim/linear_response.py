@@ -28,7 +28,7 @@ from flax import nnx
 
 from hemorrhage.errors import UserError
 from hemorrhage.theory import (expected_first_divergence, flip_probability, kl_exact, kl_second_order,
-                               prob_no_divergence, top2_margin, var_p)
+                               prob_no_divergence, var_p)
 
 
 def block_linear_paths(model) -> list[str]:
@@ -84,6 +84,14 @@ class Linearization:
         h, self._fn = jax.linearize(lambda lin: h_last(lin, self.rest, toks), self.lin)
         self.h = dict(zip(self.names, h))
 
+        @jax.jit
+        def trace_perturbed(lin, dws, scale, rest, tokens):
+            new = jax.tree.map(lambda w, d: w + scale * d, lin, dws)
+            tr = nnx.merge(gd, new, rest).trace(tokens)
+            return tr.logits, tr.gate_pos, tr.attn_entropy
+
+        self._trace_perturbed = trace_perturbed
+
     def tangent(self, fn: Callable[[str, jax.Array], jax.Array]) -> list:
         """[ΔW per linear] in `self.paths` order; fn(path, W) -> ΔW (same shape)."""
         return [jnp.asarray(fn(p, w), jnp.float32) for p, w in zip(self.paths, self.weights)]
@@ -92,6 +100,11 @@ class Linearization:
         """First-order Δh_L per token set for the weight change dws (list in path order)."""
         out = _apply(self._fn, jax.tree_util.tree_unflatten(self._treedef, list(dws)))
         return dict(zip(self.names, out))
+
+    def trace_perturbed(self, dws: list, scale: float, tokens):
+        """(logits, gate_pos, attn_entropy) of the model with W + scale·ΔW on `tokens` (one jit)."""
+        return self._trace_perturbed(self.lin, jax.tree_util.tree_unflatten(self._treedef, list(dws)),
+                                     jnp.float32(scale), self.rest, tokens)
 
     def perturbed(self, dws: list, scale: float = 1.0):
         """The base model with W + scale·ΔW in the block linears (a new module)."""
@@ -132,17 +145,20 @@ def logit_metrics(model, h, dh, scales, chunk: int = 64):
 
 
 @nnx.jit
-def base_margins(model, h):
-    """Top-2 margin m and the top-2 token ids of the base logits at h [N d]."""
-    m, idx = top2_margin(model.unembed(h))
-    return m, idx
+@partial(nnx.jit, static_argnames=("k",))
+def base_margins(model, h, k: int = 8):
+    """Margins m_j = z_top1 − z_j to the next k−1 tokens [N k−1] and the top-k ids [N k]
+    of the base logits at h [N d] (m[:, 0] is theory.top2_margin's m)."""
+    vals, idx = jax.lax.top_k(model.unembed(h), k)
+    return vals[:, :1] - vals[:, 1:], idx
 
 
 @nnx.jit
 def pair_response(model, h, dh, idx):
-    """Δz_top1 − Δz_top2 (first order) at h [N d] for the token pairs idx [N 2]."""
+    """Δz_top1 − Δz_j (first order) at h [N d] for the competitors j of idx [N k]: [N k−1]."""
     _, dz = jax.jvp(model.unembed, (h,), (dh,))
-    return jnp.take_along_axis(dz, idx[:, :1], -1)[:, 0] - jnp.take_along_axis(dz, idx[:, 1:2], -1)[:, 0]
+    sel = jnp.take_along_axis(dz, idx, -1)
+    return sel[:, :1] - sel[:, 1:]
 
 
 @nnx.jit
@@ -158,11 +174,11 @@ def nonlinearity_terms(model, h, dh, z_true):
 # ------------------------------------------------------------------ tangents ----------
 # The weight error ΔW of each method (sim.predict's docstring states the models).
 
-@partial(jax.jit, static_argnames=("bits", "group_size", "symmetric"))
-def quant_noise_std(w, bits: int, group_size: int | None, symmetric: bool):
+@partial(jax.jit, static_argnames=("group_size", "symmetric"))
+def quant_noise_std(w, bits, group_size: int | None, symmetric: bool):
     """σ = √(Δ²/12) per weight, Δ the step of its row (group_size None) or group, the two
     range-defining weights exact (theory.noise.quant_noise_var); symmetric: the step of
-    the compressor's symmetric grid, max|w|/(2^{b−1} − 1)."""
+    the compressor's symmetric grid, max|w|/(2^{b−1} − 1).  `bits` may be traced."""
     from hemorrhage.sim.compress.quantizer import qparams
     from hemorrhage.theory import quant_noise_var, uniform_noise_var
 
@@ -182,10 +198,27 @@ def step_ratio(bits: int, ref_bits: int, symmetric: bool) -> float:
     return lv(ref_bits) / lv(bits)
 
 
+@partial(jax.jit, static_argnames=("group_size", "symmetric"))
+def _kappa_terms(w, bits, group_size: int | None, symmetric: bool):
+    """(Σ actual RTN error², Σ σ²) of w at `bits` (traced: one compile per shape).  The
+    compressor's grids: asymmetric min–max = theory.noise.quantize_rtn; symmetric ±max|w|
+    with 2^{b−1} − 1 levels a side."""
+    from hemorrhage.sim.compress.quantizer import qparams
+    from hemorrhage.theory import quantize_rtn
+
+    g = group_size or w.shape[1]
+    if symmetric:
+        wg = w.reshape(w.shape[0], -1, g)
+        scale, _ = qparams(wg, bits, True)
+        c0 = 2.0 ** (bits - 1) - 1
+        q = (jnp.clip(jnp.round(wg / scale[..., None]), -c0, c0) * scale[..., None]).reshape(w.shape)
+    else:
+        q = quantize_rtn(w, bits, granularity="group" if group_size else "channel", group_size=group_size)
+    return jnp.sum(jnp.square(q - w)), jnp.sum(jnp.square(quant_noise_std(w, bits, group_size, symmetric)))
+
+
 def rtn_kappa(weights: list, bits: list[int], group_size, symmetric, rows: int = 64) -> dict[int, float]:
     """κ(b) = Σ(actual RTN error)² / Σ σ² over `rows` evenly spaced rows of every linear."""
-    from hemorrhage.sim.compress.quantizer import rtn_dequant
-
     by_d: dict[int, list] = {}
     for w in weights:
         idx = np.unique(np.linspace(0, w.shape[0] - 1, min(rows, w.shape[0])).astype(int))
@@ -193,8 +226,8 @@ def rtn_kappa(weights: list, bits: list[int], group_size, symmetric, rows: int =
     cat = [jnp.concatenate(v) for v in by_d.values()]
     out = {}
     for b in bits:
-        num = sum(float(jnp.sum(jnp.square(rtn_dequant(w, b, group_size, symmetric) - w))) for w in cat)
-        den = sum(float(jnp.sum(jnp.square(quant_noise_std(w, b, group_size, symmetric)))) for w in cat)
+        terms = [_kappa_terms(w, jnp.float32(b), group_size, symmetric) for w in cat]
+        num, den = sum(float(t[0]) for t in terms), sum(float(t[1]) for t in terms)
         out[b] = num / den if den > 0 else 1.0
     return out
 
@@ -206,8 +239,25 @@ def _probe(std, key):
 
 @jax.jit
 def obs_shape(x, u):
-    """(x / diag U)·U: sequential-OBS error of scaled residuals x (GPTQ / SparseGPT)."""
+    """(x / diag U)·U: sequential-OBS error of scaled residuals x (GPTQ / SparseGPT), H⁻¹ = UᵀU."""
     return (x / jnp.diag(u)[None, :]) @ u
+
+
+@jax.jit
+def obs_shape_r(x, r):
+    """The same with R = U⁻¹ (H = RRᵀ, R upper): (x ⊙ diag R)·R⁻¹, one triangular solve."""
+    z = x * jnp.diag(r)[None, :]
+    return jax.scipy.linalg.solve_triangular(r, z.T, trans="T", lower=False).T
+
+
+@jax.jit
+def _chol_r(h, lam):
+    """R upper with H + λ·mean(diag H)·I = R·Rᵀ (obs._factor without the inverse)."""
+    d = h.shape[0]
+    mean_diag = jnp.mean(jnp.diag(h))
+    hd = h + lam * jnp.where(mean_diag > 0, mean_diag, 1.0) * jnp.eye(d, dtype=h.dtype)
+    r = jnp.linalg.cholesky(hd[::-1, ::-1])[::-1, ::-1]
+    return r, jnp.all(jnp.isfinite(r)) & jnp.all(jnp.diag(r) > 0)
 
 
 @jax.jit
@@ -262,23 +312,34 @@ class Context:
         self.say = lambda msg: None
 
     def factor(self, path: str, method):
-        """(perm, U) of the dampened calibration Hessian of `path`'s input (cached per input)."""
+        """(perm, inverse perm, R) for `path`'s input, R upper with H_damp = R·Rᵀ in the
+        method's column order (H⁻¹ = UᵀU, U = R⁻¹: GPTQ's factor without forming the
+        inverse); the dampening the compressor would use.  Cached per input."""
         st = self.stats[path]
-        key = (id(st), float(method.damp), bool(getattr(method, "act_order", False)))
+        act = bool(getattr(method, "act_order", False))
+        key = (id(st), float(method.damp), act)
         if key not in self._factors:
-            if method.name == "gptq":
-                perm, u, _, _ = method.factor(st.hessian())
-            else:
+            h = jnp.asarray(st.hessian(), jnp.float32)
+            perm = jnp.argsort(-jnp.diag(h), stable=True) if act else jnp.arange(h.shape[0])
+            h = h + jnp.diag((jnp.diag(h) <= 0).astype(h.dtype))  # dead inputs, as obs.factor
+            h = h[perm][:, perm]
+            r, ok = _chol_r(h, float(method.damp))
+            if not bool(ok):  # the compressor raises the dampening until it factors
                 from hemorrhage.sim.compress import obs
 
-                u, _, _ = obs.factor(st.hessian(), method.damp)
-                perm = jnp.arange(u.shape[0])
-            self._factors[key] = (perm, jnp.argsort(perm), u)
+                _, _, lam = obs.factor(h, method.damp)
+                r, _ = _chol_r(h, lam)
+            self._factors[key] = (perm, jnp.argsort(perm), r)
         return self._factors[key]
 
     def obs(self, path, method, x):
-        perm, inv, u = self.factor(path, method)
-        return obs_shape(x[:, perm], u)[:, inv]
+        perm, inv, r = self.factor(path, method)
+        return obs_shape_r(x[:, perm], r)[:, inv]
+
+    def obs_diag(self, path, method):
+        """diag U = 1/diag R in the original column order."""
+        perm, inv, r = self.factor(path, method)
+        return (1.0 / jnp.diag(r))[inv]
 
     def flat(self, dh: dict):
         e = dh["eval"][:, :-1]
@@ -290,16 +351,16 @@ class Context:
         from hemorrhage.validate.diagnose import ENTROPY_SHIFT_MAX, GATE_FLIP_MAX
 
         R = self.regime_tokens.shape[1]
-        tr = self.lr.perturbed(dws, scale).trace(self.regime_tokens)
+        logits, gate_pos, entropy = self.lr.trace_perturbed(dws, scale, self.regime_tokens)
         num, den, kl_t, kl_l = nonlinearity_terms(self.model, self.lr.h["eval"][0, :R], scale * dh_eval[0, :R],
-                                                  tr.logits[0])
+                                                  logits[0])
         r = float(jnp.sqrt(num / jnp.maximum(den, 1e-30)))
         r = r if math.isfinite(r) else float("inf")
         b = self.base_trace
         n = len(self.model.layers)
-        gate = (np.asarray(tr.gate_pos != b.gate_pos).mean(axis=(1, 2, 3)) if b.gate_pos is not None
+        gate = (np.asarray(gate_pos != b.gate_pos).mean(axis=(1, 2, 3)) if b.gate_pos is not None
                 else np.zeros(n))
-        shift = np.asarray(tr.attn_entropy).mean(axis=(1, 2)) - np.asarray(b.attn_entropy).mean(axis=(1, 2))
+        shift = np.asarray(entropy).mean(axis=(1, 2)) - np.asarray(b.attn_entropy).mean(axis=(1, 2))
         early = slice(0, max(1, n // 2))
         return {"nonlinearity": r, "linear_regime_ok": bool(r <= self.cfg.nonlinearity_max),
                 "kl_forward": float(kl_t), "kl_linear": float(kl_l),
@@ -307,14 +368,17 @@ class Context:
                 "collapse_signature": bool(gate[early].max() > GATE_FLIP_MAX or shift[early].max() > ENTROPY_SHIFT_MAX)}
 
     def first_divergence(self, d: np.ndarray, r: float, random: bool) -> dict:
-        """d [K, P·n]: first-order Δz_top1 − Δz_top2 along the base's greedy paths."""
+        """d [K, P·n, k−1]: first-order Δz_top1 − Δz_j along the base's greedy paths.  Each
+        competitor j flips the step with theory's Φ(−m_j/σ_j); they are taken as
+        independent: P_flip = 1 − Π_j(1 − Φ_j) (= the top-2 formula when the third is far)."""
         m = np.asarray(self.margin, np.float64)
         r = min(r, 1e3)
         if random:
-            pf = flip_probability(m, np.sqrt(np.mean(d ** 2, 0) * (1 + r * r)) + 1e-12)
+            pj = flip_probability(m, np.sqrt(np.mean(d ** 2, 0) * (1 + r * r)) + 1e-12)
         else:
-            pf = flip_probability(m + d[0], np.maximum(r * np.abs(d[0]), 1e-6))
-        pf = jnp.asarray(pf).reshape(-1, self.cfg.new_tokens)
+            pj = flip_probability(m + d[0], np.maximum(r * np.abs(d[0]), 1e-6))
+        pf = 1 - jnp.prod(1 - jnp.asarray(pj), axis=-1)
+        pf = pf.reshape(-1, self.cfg.new_tokens)
         return {"first_divergence_mean": float(jnp.mean(expected_first_divergence(pf) - 1)),
                 "gen_identical": float(jnp.mean(prob_no_divergence(pf)))}
 
@@ -339,7 +403,7 @@ def price_quant(ctx: Context, methods: list) -> dict:
 
         dws = []
         for i, (path, w) in enumerate(zip(lr.paths, lr.weights)):
-            x = _probe(quant_noise_std(w, b0, gs, sym), jax.random.fold_in(key, i))
+            x = _probe(quant_noise_std(w, jnp.float32(b0), gs, sym), jax.random.fold_in(key, i))
             dws.append(ctx.obs(path, m0, x) if m0.name == "gptq" else x)
         ctx.say(f"  probe {k}: tangent built")
         dh = lr.respond(dws)
@@ -374,7 +438,7 @@ def prune_levels(ctx: Context, methods: list) -> list[np.ndarray]:
         elif m0.name == "wanda":
             score = jnp.abs(w) * ctx.stats[path].col_norm()[None, :]
         else:
-            score = jnp.square(w / jnp.diag(ctx.factor(path, m0)[2])[None, :])
+            score = jnp.square(w / ctx.obs_diag(path, m0)[None, :])
         if nm:
             out.append(np.where(np.asarray(nm_mask(score, *nm)), 1, 0).astype(np.int8))
             continue

@@ -39,11 +39,15 @@ survives.  Interval: 5–95 % of a bootstrap over tokens and probes (sampling on
 
 First divergence (theory.compounding): the base generates `new_tokens` greedily from the
 prompts of `validate.measure` (held-out windows after the scored ones); along that path
-the teacher-forced JVP gives d_t = Δz_top1 − Δz_top2 and the margin m_t.  Random probes:
-P_flip,t = Φ(−m_t/σ_t), σ_t² = mean_probes(d_t²)(1 + r²); a deterministic ΔW (pruning):
-Φ(−(m_t + d_t)/(r|d_t|)), r the point's nonlinearity.  first_divergence_mean =
-E[min(τ, H+1)] − 1 = Σ_t S(t) (0-based like `hemorrhage measure`), gen_identical = S(H),
-mc_vs_gen_gap = top1_agreement − gen_identical (one decision vs a chain of them).
+the teacher-forced JVP gives, for the top-1 token and each of its next 7 competitors j,
+the margin m_j and d_j = Δz_top1 − Δz_j.  Random probes: Φ_j = Φ(−m_j/σ_j), σ_j² =
+mean_probes(d_j²)(1 + r²); a deterministic ΔW (pruning): Φ_j = Φ(−(m_j + d_j)/(r|d_j|)), r the
+point's nonlinearity (the linear prediction's own uncertainty); P_flip,t = 1 − Π_j(1 − Φ_j)
+(competitors independent; the top-2 formula when the third token is far).  Until the first
+flip both models read the same prefix, so survival S(t) = Π_{s≤t}(1 − P_flip,s) is the
+free-running result: first_divergence_mean = E[min(τ, H+1)] − 1 = Σ_t S(t) (0-based like
+`hemorrhage measure`), gen_identical = S(H), mc_vs_gen_gap = top1_agreement − gen_identical
+(one decision vs a chain of them; a proxy: the multiple-choice subspace is not scored).
 
 Regime: for each grid point one forward of W + ΔW (probe 0, or the pruning ΔW) on the
 first `regime_tokens` tokens gives Δz_true; nonlinearity r = √(Σ_t Var_p(Δz_true − Δz_lin)

@@ -49,10 +49,11 @@ from flax import nnx
 
 from hemorrhage.errors import UserError
 from hemorrhage.sim.compress.quantizer import dequant, encode
-from hemorrhage.sim.compress.storage import (ActQuantLinear, MaskedLinear, NMSparseLinear, PackedLinear)
+from hemorrhage.sim.compress.storage import ActQuantLinear, MaskedLinear, NMSparseLinear, PackedLinear, _shape
 from hemorrhage.sim.models.layers import Linear
 
 LOSSES = ("kl", "text")
+BIN_MARGIN = 0.49  # a latent seeded from the base stays this many grid steps from its code
 
 
 class Latent(nnx.Param):
@@ -85,7 +86,12 @@ class RecoveringLinear(nnx.Module):
 
     Forward = the stored layer's forward (same effective weight at step 0)."""
 
-    def __init__(self, layer, *, lora_rank: int = 0, lora_alpha: float | None = None, rngs: nnx.Rngs):
+    def __init__(self, layer, *, lora_rank: int = 0, lora_alpha: float | None = None, ref=None,
+                 rngs: nnx.Rngs):
+        """ref: the base model's dense weight of this layer [out in], or None.  A quantized
+        latent starts at the base weight moved into its code's bin (QAT from the original
+        weights; the forward is unchanged), so codes flip first where the base weight lies
+        near a bin edge, not all at once when every latent leaves its bin centre."""
         self.kind = _kind(layer)
         packed = layer.inner if self.kind == "act8" else layer
         self.b = getattr(layer, "b", None)
@@ -114,6 +120,11 @@ class RecoveringLinear(nnx.Module):
         u0 = jnp.asarray(w0, jnp.float32)
         if self.grid:  # train in grid steps: one step size moves every bit width alike
             u0 = u0 / self._step()
+            if ref is not None:
+                u_ref = jnp.asarray(ref, jnp.float32)
+                if self.in_scale is not None:
+                    u_ref = u_ref * self.in_scale[...][None, :]
+                u0 = jnp.clip(u_ref / self._step(), u0 - BIN_MARGIN, u0 + BIN_MARGIN)
         if self.rank:
             kind = GridLora if self.grid else Lora
             self.w0 = Fixed(u0)
@@ -202,17 +213,22 @@ def _kind(layer) -> str:
     raise UserError(f"recover: no way to train a {type(layer).__name__} layer with its constraints held")
 
 
-def trainable(comp, *, lora_rank: int = 0, lora_alpha: float | None = None, seed: int = 0):
-    """A copy of `comp` whose block linears are RecoveringLinear (dropped ones left alone)."""
+def trainable(comp, *, base=None, lora_rank: int = 0, lora_alpha: float | None = None, seed: int = 0):
+    """A copy of `comp` whose block linears are RecoveringLinear (dropped ones left alone).
+    `base`: the uncompressed model, whose weights seed the quantized latents (see ref)."""
     from hemorrhage.sim.compress.registry import linears
 
+    refs = {} if base is None else {p: layer for p, _, _, layer in linears(base)}
     if isinstance(lora_rank, bool) or not isinstance(lora_rank, (int, np.integer)) or lora_rank < 0:
         raise UserError(f"--lora-rank must be a non-negative integer, got {lora_rank!r}")
     model = nnx.clone(comp)
     rngs = nnx.Rngs(seed)
     n = 0
-    for _, parent, attr, layer in list(linears(model)):
-        setattr(parent, attr, RecoveringLinear(layer, lora_rank=int(lora_rank), lora_alpha=lora_alpha, rngs=rngs))
+    for path, parent, attr, layer in list(linears(model)):
+        ref = refs.get(path)
+        ref = ref.weight() if ref is not None and tuple(ref.weight().shape) == _shape(layer) else None
+        setattr(parent, attr, RecoveringLinear(layer, lora_rank=int(lora_rank), lora_alpha=lora_alpha, ref=ref,
+                                               rngs=rngs))
         n += 1
     if not n:
         raise UserError("recover: the compressed model has no linear layer left to train")
@@ -414,7 +430,7 @@ class Recovery:
         return out
 
 
-def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, ste_lr: float = 0.02, ste_opt: str = "adam",
+def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, ste_lr: float = 0.005, ste_opt: str = "adam",
             batch: int = 4,
             seqlen: int = 128,
             pool: int = 64, loss: str = "kl", lora_rank: int = 0, lora_alpha: float | None = None,
@@ -439,7 +455,7 @@ def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, ste_lr: float = 
     if eval_every is not None and eval_every < 1:
         raise UserError(f"--eval-every must be ≥ 1, got {eval_every}")
     probe = probe if probe is not None else make_probe(loaded)
-    model = trainable(comp, lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed)
+    model = trainable(comp, base=loaded.model, lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed)
     n_train = int(sum(x.size for x in jax.tree.leaves(nnx.state(model, TRAINED))))
     opt_w, opt_g = _optimizer(model, lr, WEIGHT_UNITS), _optimizer(model, ste_lr, GRID_UNITS, ste_opt)
     # windows of seqlen+1 tokens: the last token is only a target

@@ -379,7 +379,8 @@ def train_control(spec: ControlSpec, *, seed: int = 0, out_dir: str | Path, minu
         "tokens_seen": int(steps * spec.batch * spec.seqlen),
         "train_tokens": {k: int(v) for k, v in lengths.items()},
         "train_seconds": round(train_seconds, 1), "setup_seconds": round(t_setup, 1),
-        "loss_curve": curve, "heldout": held, "samples": samples(model, tokenizer, spec.sample_prompts) if evaluate else [],
+        "loss_curve": curve, "heldout": held,
+        "samples": samples(model, tokenizer, spec.sample_prompts) if evaluate else [],
         "platform": f"{jax.default_backend()}, {jax.device_count()} device(s)",
     }
     report["total_seconds"] = round(time.perf_counter() - t_start, 1)

@@ -65,8 +65,15 @@ def test_probe_noise_follows_the_bit_law(tiny):
     for gs, sym in ((None, False), (16, False), (None, True)):
         s8 = quant_noise_std(w, 8, gs, sym)
         for b in (2, 3, 4, 6):
-            np.testing.assert_allclose(quant_noise_std(w, b, gs, sym), s8 * step_ratio(b, 8, sym), rtol=1e-5)
+            np.testing.assert_allclose(quant_noise_std(w, b, gs, sym), s8 * step_ratio(b, 8, sym), rtol=1e-4)
     assert step_ratio(3, 8, False) == pytest.approx(255 / 7)
+    from hemorrhage.sim.compress.quantizer import rtn_dequant
+    from hemorrhage.sim.linear_response import _kappa_terms
+
+    for gs, sym in ((None, False), (16, False), (None, True)):  # the compressor's grid, bits traced
+        for b in (2, 3, 8):
+            num, _ = _kappa_terms(w, jnp.float32(b), gs, sym)
+            assert float(num) == pytest.approx(float(jnp.sum(jnp.square(rtn_dequant(w, b, gs, sym) - w))), rel=1e-4)
     k = rtn_kappa(lr.weights, [2, 8], None, False)
     assert 0.85 < k[8] < 1.15 and k[2] > k[8]  # uniform model exact at 8 bits, too small at 2
 
@@ -117,6 +124,11 @@ def test_gptq_error_model_matches_a_real_gptq_layer():
     probe = obs_shape(jnp.sqrt(sig2) * jax.random.uniform(jax.random.key(0), w.shape, minval=-3 ** .5,
                                                          maxval=3 ** .5), u)
     assert err(probe) == pytest.approx(pred_gptq, rel=0.25)
+    from hemorrhage.sim.linear_response import _chol_r, obs_shape_r
+
+    r, ok = _chol_r(h, gptq.damp)  # the triangular-solve form used by predict: same probe
+    assert bool(ok)
+    np.testing.assert_allclose(obs_shape_r(probe, r), obs_shape(probe, u), rtol=1e-3, atol=1e-3 * float(jnp.abs(probe).max()))
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ base on train-split windows, straight-through estimator for quantized weights) a
 `eval_every` steps, measure on held-out Wikipedia: KL(p‖q), top-1 agreement,
 Var_p(Δz) and greedy-generation agreement with the base.
 
-    df = run_recovery(["smollm2-135m", "control"], steps=40)   # tidy table, one row per step
-    python -m hemorrhage.validate.recovery --models smollm2-135m control --steps 40
+    df = run_recovery(["smollm2-135m", "control"], steps=24)   # tidy table, one row per step
+    python -m hemorrhage.validate.recovery --models smollm2-135m control --steps 24
 
 Writes results/recovery/recovery.csv and figures/recovery.png.  Derived columns:
     kl_recovered    1 − KL_t / KL_0: the share of the KL training removed
@@ -32,14 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-# (method, settings, learning rate): a degradation and a collapse setting of each family.
-# Quantized weights move only when a latent crosses half a grid step, so the straight-
-# through runs take a larger step than the pruned ones.
+# (method, settings): a mild and a severe setting of each family; Experiment 5's rule says
+# which is degradation and which collapse, per model.
 SETTINGS = (
-    ("rtn", {"bits": 4}, 1e-3),
-    ("rtn", {"bits": 2, "group_size": 64}, 1e-3),
-    ("magnitude", {"sparsity": 0.3}, 1e-4),
-    ("magnitude", {"sparsity": 0.7}, 1e-4),
+    ("rtn", {"bits": 4}),
+    ("rtn", {"bits": 2, "group_size": 64}),
+    ("magnitude", {"sparsity": 0.3}),
+    ("magnitude", {"sparsity": 0.7}),
 )
 METRICS = ("kl", "top1", "var_p", "kl_pred", "ppl", "gen_prefix_agreement", "gen_token_agreement")
 
@@ -49,9 +48,10 @@ def label(method: str, settings: dict) -> str:
     return f"{method} {s}"
 
 
-def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps: int = 40, eval_every: int = 10,
-                 batch: int = 2, train_seqlen: int = 64, pool: int = 64, windows: int = 2, seqlen: int = 64,
-                 prompts: int = 4, new_tokens: int = 16, seed: int = 0, log=None):
+def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps: int = 24, eval_every: int = 8,
+                 lr: float = 1e-4, ste_lr: float = 0.005, batch: int = 2, train_seqlen: int = 64, pool: int = 64,
+                 windows: int = 2, seqlen: int = 64, prompts: int = 4, new_tokens: int = 16, seed: int = 0,
+                 log=None):
     """The tidy table (pandas), one row per model × setting × measured step."""
     import pandas as pd
 
@@ -64,16 +64,16 @@ def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps
     for name in models:
         loaded = load(name, quiet=True)
         probe = make_probe(loaded, windows=windows, seqlen=seqlen, prompts=prompts, new_tokens=new_tokens)
-        for method, st, lr in settings:
+        for method, st in settings:
             t0 = time.perf_counter()
             comp, record = compress_from_args(loaded, method, seed=seed, **st)
             diag = diagnose(loaded.model, comp, probe.tokens[:1])
-            rec = recover(loaded, comp, steps=steps, lr=lr, batch=batch, seqlen=train_seqlen, pool=pool,
+            rec = recover(loaded, comp, steps=steps, lr=lr, ste_lr=ste_lr, batch=batch, seqlen=train_seqlen, pool=pool,
                           seed=seed, probe=probe, eval_every=eval_every)
             h0 = rec.history[0]
             for h in rec.history:
                 row = {"model": name, "method": method, "setting": label(method, st), "verdict": diag["verdict"],
-                       "lr": lr, "step": h["step"], "loss": h.get("loss"), **{k: h.get(k) for k in METRICS}}
+                       "lr": lr, "ste_lr": ste_lr, "step": h["step"], "loss": h.get("loss"), **{k: h.get(k) for k in METRICS}}
                 row["kl_recovered"] = 1.0 - h["kl"] / h0["kl"] if h0["kl"] > 0 else np.nan
                 lost = 1.0 - h0["top1"]
                 row["top1_recovered"] = (h["top1"] - h0["top1"]) / lost if lost > 0 else np.nan
@@ -142,8 +142,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hemorrhage.validate.recovery", description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["smollm2-135m", "control"])
     p.add_argument("--settings", nargs="+", type=int, help="indices into SETTINGS (default all)")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--eval-every", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4, help="pruned weights (weight units)")
+    p.add_argument("--ste-lr", type=float, default=0.005, help="quantized latents (grid steps per update)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--train-seqlen", type=int, default=64)
     p.add_argument("--windows", type=int, default=2)
@@ -155,7 +157,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     settings = SETTINGS if args.settings is None else tuple(SETTINGS[i] for i in args.settings)
     log = lambda msg: print(f"[recovery] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    df = run_recovery(args.models, settings, steps=args.steps, eval_every=args.eval_every, batch=args.batch,
+    df = run_recovery(args.models, settings, steps=args.steps, eval_every=args.eval_every, lr=args.lr,
+                      ste_lr=args.ste_lr, batch=args.batch,
                       train_seqlen=args.train_seqlen, windows=args.windows, seqlen=args.seqlen,
                       prompts=args.prompts, new_tokens=args.new_tokens, log=log)
     out = Path(args.results)

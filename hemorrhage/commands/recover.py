@@ -17,8 +17,8 @@ def add_arguments(p) -> None:
     g.add_argument("--steps", type=int, default=50, help="optimizer steps (default 50)")
     g.add_argument("--lr", type=float, default=1e-4,
                    help="Adam learning rate of pruned / dense weights, in weight units (default 1e-4)")
-    g.add_argument("--ste-lr", type=float, default=0.02,
-                   help="Adam learning rate of quantized latents, in grid steps per update (default 0.02)")
+    g.add_argument("--ste-lr", type=float, default=0.005,
+                   help="Adam learning rate of quantized latents, in grid steps per update (default 0.005)")
     g.add_argument("--loss", choices=("kl", "text"), default="kl",
                    help="kl: distil the base's distributions (default); text: next-token loss on the text")
     g.add_argument("--batch", type=int, default=4, help="training windows per step")

@@ -46,8 +46,18 @@ def _openblas_handles() -> list[tuple]:
     return out
 
 
+def _load_lapack() -> None:
+    """JAX loads scipy's LAPACK (and its OpenBLAS) on the first CPU factorization: do one
+    tiny one now, so the libraries are mapped before we look for them."""
+    import jax
+    import jax.numpy as jnp
+
+    jax.block_until_ready(jnp.linalg.cholesky(jnp.eye(2, dtype=jnp.float32)))
+
+
 @contextlib.contextmanager
 def single_thread_blas():
+    _load_lapack()
     with _LOCK:
         handles = _openblas_handles()
         old = []

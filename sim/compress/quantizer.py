@@ -125,33 +125,45 @@ def grid_check(model, bits: int, group_size: int | None, symmetric: bool, *, row
     """Does the requested grid coincide with a grid the weights already lie on?
 
     The packaged checkpoints were GGUF-quantized (SmolLM2: Q4_1, 4-bit asymmetric in
-    blocks of 32): re-quantizing them onto the same grid is artificially lossless.  On
-    up to `rows` rows of every linear: the RTN error as a share of its step (≈ 0.25 for
-    weights off any grid, ≈ 0 on it), and — when a group is larger than 2^bits — the
-    share of groups that already hold ≤ 2^bits distinct values.  `coincides` when the
-    error is below 0.02 steps or more than half the groups have no more distinct values
-    than the requested grid has levels."""
+    blocks of 32; Gemma: mixed Q4_K/Q6_K): re-quantizing them onto the same grid is
+    artificially lossless.  On up to `rows` rows of every linear, the mean RTN error in
+    steps is compared with what weights lying on no grid give (uniform rounding error,
+    step/4, except the group's extremes, which are exact: 0.25·(1 − 2/g) asymmetric,
+    0.25·(1 − 1/g) symmetric).  ratio < 0.1: `coincides`; ratio < 0.85: `partial` (part
+    of the groups already sit on such a grid).  Both come with a warning.  The share of
+    groups that hold no more distinct values than the grid has levels is reported too
+    (for groups larger than 2^bits), for information only."""
     from hemorrhage.sim.compress.registry import linears
 
     err_num = err_den = 0.0
     few = total = 0
+    expect_num = 0.0
     for _, _, _, layer in linears(model):
         w = layer.weight()
         take = np.linspace(0, w.shape[0] - 1, min(rows, w.shape[0])).astype(np.int32)
         e, st, f = _grid_stats(w, jnp.asarray(take), bits=bits, group_size=group_size, symmetric=symmetric)
-        w = np.empty((take.size, w.shape[1]), np.float32)  # only the shape is used below
-        err_num, err_den = err_num + float(e), err_den + float(st)
         g = group_size or w.shape[1]
+        exact = 1 if symmetric else 2
+        err_num, err_den = err_num + float(e), err_den + float(st)
+        expect_num += 0.25 * max(1 - exact / g, 0.0) * float(st)
         if g > 2 ** bits:
-            few, total = few + int(f), total + w.shape[0] * (w.shape[1] // g)
+            few, total = few + int(f), total + take.size * (w.shape[1] // g)
     err = err_num / err_den if err_den else 0.0
+    expected = expect_num / err_den if err_den else 0.25
+    ratio = err / expected if expected > 0 else 1.0
     share = few / total if total else None
-    coincides = bool(err < 0.02 or (share is not None and share > 0.5))
-    res = {"error_per_step": err, "groups_within_grid": share, "coincides": coincides}
+    coincides = bool(ratio < 0.1)
+    partial = bool(not coincides and ratio < 0.85)
+    res = {"error_per_step": err, "expected_off_grid": expected, "ratio": ratio, "groups_within_levels": share,
+           "coincides": coincides, "partial": partial}
+    layout = f"groups of {group_size}" if group_size else "per channel"
+    numbers = f"RTN error {err:.3f} steps vs {expected:.3f} for weights on no grid"
     if coincides:
-        layout = f"groups of {group_size}" if group_size else "per channel"
-        held = f"{share:.0%} of groups hold ≤ 2^{bits} distinct values, " if share is not None else ""
-        res["warning"] = (f"the base weights already lie on a {bits}-bit grid in {layout} ({held}RTN error "
-                          f"{err:.3f} steps, ≈0.25 off-grid): this quantization is close to lossless because "
-                          "the base is already quantized (GGUF); choose other bits or group size")
+        res["warning"] = (f"the base weights already lie on this {bits}-bit grid ({layout}; {numbers}): this "
+                          "quantization is close to lossless because the base is already GGUF-quantized; "
+                          "choose other bits or group size")
+    elif partial:
+        res["warning"] = (f"part of the base weights already lie on a {bits}-bit grid ({layout}; {numbers}): "
+                          "the base is already GGUF-quantized, so this quantization looks milder than it "
+                          "would on full-precision weights")
     return res
