@@ -91,6 +91,14 @@ def test_pruning_bands_add_up_to_the_direct_tangent(tiny):
     for w, lev in zip(lr.weights, levs):  # the compressor's masks, exactly
         for j, s in enumerate(sp):
             np.testing.assert_array_equal(lev > j, np.asarray(topk_mask(jnp.abs(w), s)))
+    from hemorrhage.sim.compress import obs
+    from hemorrhage.sim.compress.pruning import row_mask
+    from hemorrhage.sim.linear_response import levels_rows
+
+    score = np.random.default_rng(1).random((24, 40)).astype(np.float32)  # Wanda's per-row groups
+    lev = levels_rows(score, np.stack([obs.cumulative_counts(40, 24, s) for s in sp]))
+    for j, s in enumerate(sp):
+        np.testing.assert_array_equal(lev > j, np.asarray(row_mask(jnp.asarray(score), s)))
     cum = sum(lr.respond([_band(w, jnp.asarray(v), j) for w, v in zip(lr.weights, levs)])["eval"] for j in range(3))
     direct = lr.respond([_upto(w, jnp.asarray(v), 2) for w, v in zip(lr.weights, levs)])["eval"]
     np.testing.assert_allclose(cum, direct, rtol=1e-4, atol=1e-4 * float(jnp.abs(direct).max()))

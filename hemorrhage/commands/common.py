@@ -39,6 +39,11 @@ def _jsonable(x):
     return str(x)
 
 
+_SETTINGS = ("sparsity", "pattern", "bits", "group_size", "symmetric", "act_order", "damp", "n_drop", "part",
+             "rank", "layers")
+_OWL = {"owl_base": "base", "owl_lambda": "lam", "owl_m": "m"}
+
+
 def add_compression(parser, default_method: str = "magnitude") -> None:
     """The compression plan: method and its settings (each method takes its own subset)."""
     g = parser.add_argument_group("compression")
@@ -50,11 +55,28 @@ def add_compression(parser, default_method: str = "magnitude") -> None:
     g.add_argument("--calib-samples", type=int, default=16, help="calibration windows of real text")
     g.add_argument("--calib-seqlen", type=int, default=128, help="tokens per calibration window")
     g.add_argument("--seed", type=int, default=0)
+    sym = g.add_mutually_exclusive_group()
+    sym.add_argument("--symmetric", dest="symmetric", action="store_const", const=True, default=None,
+                     help="quantization: symmetric grid, no zero point")
+    sym.add_argument("--asymmetric", dest="symmetric", action="store_const", const=False,
+                     help="quantization: min/max grid with a zero point (default)")
+    g.add_argument("--act-order", action="store_const", const=True, default=None,
+                   help="gptq: quantize columns in order of decreasing activation energy")
+    g.add_argument("--damp", type=float, help="gptq/sparsegpt: Hessian dampening, share of mean diag (0.01)")
+    g.add_argument("--n-drop", type=int, help="drop: how many blocks/branches to remove (default 1)")
+    g.add_argument("--part", help="drop: block | attn | mlp (default block)")
+    g.add_argument("--rank", help="drop: cos | shortgpt | angular | list (default cos; list with --layers)")
+    g.add_argument("--layers", help="drop: 0-based layers to remove, e.g. 3,5,7-9")
+    g.add_argument("--owl-base", help="owl: wanda | magnitude (default wanda)")
+    g.add_argument("--owl-lambda", type=float, help="owl: density spread λ (0.08)")
+    g.add_argument("--owl-m", type=float, help="owl: outlier threshold M × mean (5)")
 
 
 def compression_settings(args) -> dict:
-    keys = ("sparsity", "pattern", "bits", "group_size")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    """The method settings given on the command line (each method validates its own)."""
+    s = {k: getattr(args, k) for k in _SETTINGS if getattr(args, k, None) is not None}
+    s.update({field: getattr(args, flag) for flag, field in _OWL.items() if getattr(args, flag, None) is not None})
+    return s
 
 
 def compress_loaded(loaded, args):

@@ -24,13 +24,8 @@ from __future__ import annotations
 
 import argparse
 
-from hemorrhage.commands.common import add_compression, add_model, load_model, print_json
+from hemorrhage.commands.common import add_compression, add_model, compression_settings, load_model, print_json
 from hemorrhage.errors import UserError
-
-# flag dest -> method field (None: not a method field)
-_SETTINGS = ("sparsity", "pattern", "bits", "group_size", "symmetric", "act_order", "damp", "n_drop", "part",
-             "rank", "layers")
-_OWL = {"owl_base": "base", "owl_lambda": "lam", "owl_m": "m"}
 
 
 def add_arguments(p) -> None:
@@ -39,30 +34,8 @@ def add_arguments(p) -> None:
     p.epilog = __doc__[__doc__.index("Methods and"):]
     add_model(p)
     add_compression(p)
-    g = p.add_argument_group("more settings")
-    sym = g.add_mutually_exclusive_group()
-    sym.add_argument("--symmetric", dest="symmetric", action="store_const", const=True, default=None,
-                     help="quantization: symmetric grid, no zero point")
-    sym.add_argument("--asymmetric", dest="symmetric", action="store_const", const=False,
-                     help="quantization: min/max grid with a zero point (default)")
-    g.add_argument("--act-order", action="store_const", const=True, default=None,
-                   help="gptq: quantize columns in order of decreasing activation energy")
-    g.add_argument("--damp", type=float, help="gptq/sparsegpt: Hessian dampening, share of mean diag (0.01)")
-    g.add_argument("--n-drop", type=int, help="drop: how many blocks/branches to remove (default 1)")
-    g.add_argument("--part", help="drop: block | attn | mlp (default block)")
-    g.add_argument("--rank", help="drop: cos | shortgpt | angular | list (default cos; list with --layers)")
-    g.add_argument("--layers", help="drop: 0-based layers to remove, e.g. 3,5,7-9")
-    g.add_argument("--owl-base", help="owl: wanda | magnitude (default wanda)")
-    g.add_argument("--owl-lambda", type=float, help="owl: density spread λ (0.08)")
-    g.add_argument("--owl-m", type=float, help="owl: outlier threshold M × mean (5)")
     p.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
     p.add_argument("--json", action="store_true", help="print the full record as JSON")
-
-
-def settings_from_args(args) -> dict:
-    s = {k: getattr(args, k) for k in _SETTINGS if getattr(args, k, None) is not None}
-    s.update({field: getattr(args, flag) for flag, field in _OWL.items() if getattr(args, flag, None) is not None})
-    return s
 
 
 def _mb(n: int) -> str:
@@ -102,7 +75,7 @@ def run(args) -> int:
 
     from hemorrhage.sim.compress import compress_from_args, export_hf, make_method
 
-    settings = settings_from_args(args)
+    settings = compression_settings(args)
     make_method(args.method, **settings)  # bad names/settings fail here, before loading anything
     if args.calib_samples < 1 or args.calib_seqlen < 2:
         raise UserError(f"--calib-samples must be >= 1 and --calib-seqlen >= 2, "
