@@ -5,7 +5,7 @@
 
 Prediction: `hemorrhage.sim.predict.predict` (calibration statistics, base generation,
 linearisation, every JVP, the regime forwards, compilation included).  Measurement:
-`measure_grid` — each setting compressed with `compress_from_args` (as `hemorrhage
+`Measurer` — each setting compressed with `compress_from_args` (as `hemorrhage
 measure` does), then KL / top-1 on the prediction's scored tokens and greedy generation
 from the same prompts (a reduced `hemorrhage measure`: no perplexity, MC or per-layer
 lens, so the measured time is a lower bound and the ratio conservative).
@@ -13,6 +13,10 @@ lens, so the measured time is a lower bound and the ratio conservative).
 Targets (the issue): predicted KL within ×1.5 of measured wherever measured KL ≤ 0.5;
 cliff (KL crosses 1 nat, `cliff_crossing`) within ±0.5 bit / ±0.05 sparsity; predicting
 ≤ 2 % of measuring.  Everything is printed and written to --out (JSON); nothing asserts.
+
+Resumable: the prediction and each measured row go to <out>.partial.jsonl as soon as they
+exist (with their own wall times); a rerun of the same command reuses them, so a run killed
+on a shared machine loses one row at most.  Timings are then sums of the stored parts.
 """
 
 from __future__ import annotations
@@ -40,21 +44,61 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="JSON output (default results/bench_predict_MODEL.json)")
     args = ap.parse_args(argv)
 
+    import dataclasses
+    import gc
+
+    import jax
+
     from hemorrhage.sim import load
-    from hemorrhage.sim.predict import FULL_GRID, PredictConfig, measure_grid, measured_cliffs, predict
+    from hemorrhage.sim.predict import FULL_GRID, Measurer, PredictConfig, measured_cliffs, predict
     from hemorrhage.validate.sweep import parse_grid
 
     grid = parse_grid(FULL_GRID if args.grid == "full" else args.grid)
     cfg = PredictConfig(windows=args.windows, seqlen=args.seqlen, prompts=args.prompts, new_tokens=args.new_tokens,
                         probes=args.probes)
+    out = Path(args.out or f"results/bench_predict_{Path(args.model).name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # resumable (a shared machine may kill a long run): the prediction and every measured row
+    # are stored as soon as they exist, with their own timings, and reused by a rerun
+    key = json.dumps([args.model, grid, dataclasses.asdict(cfg)], sort_keys=True, default=str)
+    part = out.with_suffix(".partial.jsonl")
+    done = []
+    if part.exists():
+        done = [json.loads(x) for x in part.read_text().splitlines() if x.strip()]
+        done = done if done and done[0].get("key") == key else []
+    if not done:
+        part.write_text(json.dumps({"key": key}) + "\n")
+        done = [{"key": key}]
     loaded = load(args.model, quiet=True)
     log = lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    t0 = time.perf_counter()
-    pred = predict(loaded, grid, cfg, log=log)
-    t_pred = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    meas = measure_grid(loaded, grid, cfg, log=log)
-    t_meas = time.perf_counter() - t0
+    pred = next((d["pred"] for d in done if "pred" in d), None)
+    if pred is None:
+        t0 = time.perf_counter()
+        pred = predict(loaded, grid, cfg, log=log)
+        pred["bench_seconds"] = time.perf_counter() - t0
+        with part.open("a") as f:
+            f.write(json.dumps({"pred": pred}, default=str) + "\n")
+    t_pred = pred["bench_seconds"]
+    gc.collect()
+    jax.clear_caches()
+    rows = {d["i"]: d["row"] for d in done if "row" in d}
+    setup = next((d["setup"] for d in done if "setup" in d), None)
+    if len(rows) < len(grid):
+        t0 = time.perf_counter()
+        meas_fn = Measurer(loaded, cfg)
+        if setup is None:
+            setup = time.perf_counter() - t0
+            with part.open("a") as f:
+                f.write(json.dumps({"setup": setup}) + "\n")
+        for i, (method, settings) in enumerate(grid):
+            if i in rows:
+                continue
+            log(f"measuring {method} {settings}")
+            rows[i] = meas_fn(method, settings)
+            with part.open("a") as f:
+                f.write(json.dumps({"i": i, "row": rows[i]}) + "\n")
+    meas = {"points": [rows[i] for i in range(len(grid))]}
+    t_meas = setup + sum(r["seconds"] for r in meas["points"])
     cl = measured_cliffs(pred, meas, cfg.kl_threshold)
 
     print(f"\n{args.model}: {len(grid)} settings, {cfg.windows}x{cfg.seqlen} tokens, {cfg.prompts} prompts")
@@ -88,8 +132,6 @@ def main(argv=None) -> int:
               f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7}")
     ratio = t_pred / t_meas
     print(f"\ntime: predict {t_pred:.1f} s, measure {t_meas:.1f} s, ratio {100 * ratio:.2f} % (target <= 2 %)")
-    out = Path(args.out or f"results/bench_predict_{Path(args.model).name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": args.model, "predicted": pred, "measured": meas, "cliffs": cl,
                                "seconds_predict": t_pred, "seconds_measure": t_meas, "ratio": ratio,
                                "kl_hits": [hits, total]}, indent=1, default=str, allow_nan=True))

@@ -1,8 +1,8 @@
 r"""Linear response of a model's logits to a change ΔW of its block linear weights (JVPs).
 
     lr = Linearization(model, {"eval": windows [B T], "gen": paths [P T']})
-    dh = lr.respond(tangent)                 # {"eval": Δh_L [B T d], "gen": [P T' d]}
-    tangent = lr.tangent(lambda path, w: dw)  # path 'layers.3.mlp.down', w its base W [out in]
+    dws = [dw(path, w) for path, w in zip(lr.paths, lr.weights)]   # ΔW per linear, [out in]
+    dh = lr.respond(dws)                    # {"eval": Δh_L [B T d], "gen": [P T' d]}
 
 f(W) = h_L(W), the residual after the last block, is linearised once (`jax.linearize`:
 the primal runs once, each tangent then runs only the tangent program, ≈ 2 forwards of
@@ -11,15 +11,16 @@ them), so Δz_lin = J_unembed(h_L)·Δh_L is applied afterwards, exactly and in 
 tokens (`logit_metrics`, `pair_response`): the vocabulary never enters a JVP.
 
 The tangent is zero outside the linears that `sim.compress.linears` visits (the ones a
-compression method touches); `perturbed` builds the model with W + s·ΔW for the
-nonlinearity check (Δz_true vs Δz_lin).
+compression method touches); `trace_perturbed` runs the model with W + s·ΔW for the
+nonlinearity check (Δz_true vs Δz_lin).  Below: the ΔW of each method (tangents) and the
+pricing of a family of grid points (`price_quant`, `price_prune`); sim.predict states the
+models and assembles the result.
 """
 
 from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -91,10 +92,6 @@ class Linearization:
             return tr.logits, tr.gate_pos, tr.attn_entropy
 
         self._trace_perturbed = trace_perturbed
-
-    def tangent(self, fn: Callable[[str, jax.Array], jax.Array]) -> list:
-        """[ΔW per linear] in `self.paths` order; fn(path, W) -> ΔW (same shape)."""
-        return [jnp.asarray(fn(p, w), jnp.float32) for p, w in zip(self.paths, self.weights)]
 
     def respond(self, dws: list) -> dict[str, jax.Array]:
         """First-order Δh_L per token set for the weight change dws (list in path order)."""

@@ -108,8 +108,7 @@ class PredictConfig:
             raise UserError("--seqlen and --calib-seqlen must be >= 2")
         if self.prompts < 0 or self.regime_tokens < 0:
             raise UserError("--prompts and --regime-tokens must be >= 0")
-        if self.regime_tokens > self.seqlen - 1:
-            raise UserError(f"--regime-tokens must be <= seqlen - 1 = {self.seqlen - 1}")
+        object.__setattr__(self, "regime_tokens", min(int(self.regime_tokens), self.seqlen - 1))  # one window
         if not self.kl_threshold > 0 or not self.nonlinearity_max > 0:
             raise UserError("--kl-threshold and the nonlinearity threshold must be > 0")
 
@@ -298,39 +297,55 @@ def _regime_at(res, levels, value, axis):
 
 # ------------------------------------------------------------------ measured -----------
 
-def measure_grid(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictConfig(), *, log=None) -> dict:
-    """The same grid compressed for real and measured on the prediction's tokens: kl, top-1
+class Measurer:
+    """Compress a setting for real and measure it on the prediction's tokens: kl and top-1
     (validate.metrics.compare_logits over the same scored positions) and the first
-    divergence of greedy generation from the same prompts (0-based, N if none)."""
-    import jax.numpy as jnp
+    divergence of greedy generation from the same prompts (0-based, N if none, as
+    `hemorrhage measure`).  The base's logits and generations are computed once."""
 
-    from hemorrhage.sim.compress import compress_from_args
-    from hemorrhage.sim.generate import generate
-    from hemorrhage.sim.models import forward
-    from hemorrhage.validate.metrics import compare_logits
+    def __init__(self, loaded, cfg: PredictConfig = PredictConfig()):
+        import jax.numpy as jnp
 
-    say = log or (lambda m: None)
-    sets, prompts, gen = _data(loaded, cfg)
-    tok = jnp.asarray(sets["eval"])
-    z0 = forward(loaded.model, tok)[:, :-1]
-    z0 = z0.reshape(-1, z0.shape[-1])
-    rows, t_all = [], time.perf_counter()
-    for method, settings in grid:
-        t0 = time.perf_counter()
-        say(f"measuring {method} {settings}")
-        comp, _ = compress_from_args(loaded, method, calib_samples=cfg.calib_samples,
+        from hemorrhage.sim.models import forward
+
+        self.loaded, self.cfg = loaded, cfg
+        sets, self.prompts, self.gen = _data(loaded, cfg)
+        self.tokens = jnp.asarray(sets["eval"])
+        z0 = forward(loaded.model, self.tokens)[:, :-1]
+        self.z0 = z0.reshape(-1, z0.shape[-1])
+
+    def __call__(self, method: str, settings: dict) -> dict:
+        import jax.numpy as jnp
+
+        from hemorrhage.sim.compress import compress_from_args
+        from hemorrhage.sim.generate import generate
+        from hemorrhage.sim.models import forward
+        from hemorrhage.validate.metrics import compare_logits
+
+        cfg, t0 = self.cfg, time.perf_counter()
+        comp, _ = compress_from_args(self.loaded, method, calib_samples=cfg.calib_samples,
                                      calib_seqlen=cfg.calib_seqlen, seed=cfg.calib_seed, **settings)
-        z = forward(comp, tok)[:, :-1]
-        m = compare_logits(z0, z.reshape(-1, z.shape[-1]))
+        z = forward(comp, self.tokens)[:, :-1]
+        m = compare_logits(self.z0, z.reshape(-1, z.shape[-1]))
         row = {"method": method, "settings": settings, "kl": float(jnp.mean(m["kl"])),
                "top1_agreement": float(jnp.mean(m["top1"]))}
-        if prompts is not None:
-            g = np.asarray(generate(comp, prompts, cfg.new_tokens))
-            diff = g != gen
+        if self.prompts is not None:
+            diff = np.asarray(generate(comp, self.prompts, cfg.new_tokens)) != self.gen
             row["first_divergence_mean"] = float(np.where(diff.any(-1), diff.argmax(-1), diff.shape[1]).mean())
         row["seconds"] = round(time.perf_counter() - t0, 2)
-        rows.append(row)
-    return {"points": rows, "seconds": round(time.perf_counter() - t_all, 2)}
+        return row
+
+
+def measure_grid(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictConfig(), *, log=None) -> dict:
+    """Every setting of `grid` compressed and measured (`Measurer`)."""
+    say = log or (lambda m: None)
+    t0 = time.perf_counter()
+    meas = Measurer(loaded, cfg)
+    rows = []
+    for method, settings in grid:
+        say(f"measuring {method} {settings}")
+        rows.append(meas(method, settings))
+    return {"points": rows, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def measured_cliffs(pred: dict, meas: dict, threshold: float = 1.0) -> list[dict]:

@@ -19,11 +19,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from hemorrhage.sim.registry import model_dir
+    from hemorrhage.sim.registry import fetch_model
 
-    src = model_dir("smollm2-135m")
-    if not (src / "tokenizer.json").is_file():
-        pytest.skip("smollm2-135m is not fetched")
+    src = fetch_model("smollm2-135m", quiet=True)  # its tokenizer, for a tiny model
     path = save_tiny_hf("llama", tmp_path_factory.mktemp("tiny"), vocab_size=49152)
     for f in TOKENIZER_FILES:
         shutil.copy(src / f, path / f)
