@@ -488,7 +488,8 @@ def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, ste_lr: float = 
     history.append({"step": int(steps), "loss": value if steps else None, **after})
     if log:
         log(f"step {steps}: kl {after['kl']:.4g}  top1 {after['top1']:.3f}  var_p {after['var_p']:.4g}")
-    settings = {"steps": int(steps), "lr": float(lr), "ste_lr": float(ste_lr), "batch": int(batch), "seqlen": int(seqlen), "pool": int(pool),
+    settings = {"steps": int(steps), "lr": float(lr), "ste_lr": float(ste_lr), "batch": int(batch),
+                "seqlen": int(seqlen), "pool": int(pool),
                 "loss": loss, "lora_rank": int(lora_rank), "seed": int(seed), "source": source,
                 "trainable_params": n_train, "probe_windows": int(probe.tokens.shape[0]),
                 "probe_seqlen": int(probe.tokens.shape[1]),

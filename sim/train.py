@@ -229,7 +229,6 @@ def set_lr(opt, lr: float) -> None:
 
 
 def _train_step():
-    import jax
     import optax
     from flax import nnx
 

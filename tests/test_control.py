@@ -47,7 +47,7 @@ def test_budget_cut_run_is_reproduced_by_its_step_count(tmp_path):
     assert 5 < cut["steps"] < 12  # the budget was spent at once: the decay started as soon as it could
     again = train.train_control(spec.replace(steps=cut["steps"]), seed=0, out_dir=tmp_path / "again",
                                 quiet=True, evaluate=False)
-    assert _sha(tmp_path / "cut") == _sha(tmp_path / "again")
+    assert again["steps"] == cut["steps"] and _sha(tmp_path / "cut") == _sha(tmp_path / "again")
     assert (tmp_path / "cut" / "tokenizer.json").read_text() == (tmp_path / "again" / "tokenizer.json").read_text()
     prov = json.loads((tmp_path / "cut" / "hemorrhage.json").read_text())
     assert prov["reproduce"] == f"hemorrhage train-control --seed 0 --steps {cut['steps']} --minutes 0 --quick"

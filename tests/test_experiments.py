@@ -65,12 +65,12 @@ def test_hinge_recovers_known_level_within_ci():
     assert abs(fam["hinge"] - 3.2) < 0.05 and fam["hinge_ci"][0] <= 3.2 <= fam["hinge_ci"][1]
     assert fam["crossing"] is None and fam["crossing_status"] == "beyond"
     assert hinge_fit([1, 2, 3], [0, 1, 2]) is None  # < 4 levels: no hinge
-    # the local copy of the 1-nat rule agrees with sim.predict's
-    from hemorrhage.validate.exp_thresholds import _crossing_fallback, crossing
+    # the 1-nat crossing of the experiment is sim.predict's rule, on both axes
+    from hemorrhage.validate.exp_thresholds import crossing
 
-    for lv, kl, ax in [(BITS, [0.01, 0.1, 0.5, 2, 9, 20], "bits"), ([0.1, 0.5, 0.9], [0.1, 0.2, 0.5], "sparsity"),
-                       ([0.1, 0.5, 0.7], [0.1, math.nan, 3], "sparsity"), ([0.1, 0.5], [2, 3], "sparsity")]:
-        assert crossing(lv, kl, ax) == _crossing_fallback(lv, kl, 1.0, ax)
+    assert crossing(BITS, [0.01, 0.1, 0.5, 2, 9, 20], "bits")[1] == "inside"
+    assert crossing([0.1, 0.5, 0.9], [0.1, 0.2, 0.5], "sparsity") == (None, "beyond")
+    assert crossing([0.1, 0.5], [2, 3], "sparsity") == (0.1, "at_mildest")
 
 
 def test_thresholds_verdict_flips(tmp_path):

@@ -47,27 +47,9 @@ def crossing(levels, kl, axis: str, threshold: float = KL_CLIFF) -> tuple[float 
     """The 1-nat crossing: sim.predict.cliff_crossing (the same rule `hemorrhage predict` uses);
     the local copy below only if that module or its signature is not there."""
     ax = "bits" if axis == "bits" else "sparsity"
-    try:
-        from hemorrhage.sim.predict import cliff_crossing
+    from hemorrhage.sim.predict import cliff_crossing
 
-        return cliff_crossing(levels, kl, threshold=threshold, axis=ax)
-    except (ImportError, TypeError):  # pragma: no cover
-        return _crossing_fallback(levels, kl, threshold=threshold, axis=ax)
-
-
-def _crossing_fallback(levels, kl, threshold=1.0, axis="bits"):
-    x, y = np.asarray(levels, float), np.asarray(kl, float)
-    o = np.argsort(-x if axis == "bits" else x, kind="stable")
-    x, y = x[o], np.where(np.isfinite(y[o]), np.maximum(y[o], 1e-300), np.inf)
-    if y[0] >= threshold:
-        return float(x[0]), "at_mildest"
-    for i in range(len(x) - 1):
-        if y[i] < threshold <= y[i + 1]:
-            if not np.isfinite(y[i + 1]):
-                return float(x[i + 1]), "inside"
-            f = (math.log(threshold) - math.log(y[i])) / (math.log(y[i + 1]) - math.log(y[i]))
-            return float(x[i] + f * (x[i + 1] - x[i])), "inside"
-    return None, "beyond"
+    return cliff_crossing(levels, kl, threshold=threshold, axis=ax)
 
 
 def _strength(levels, axis: str) -> np.ndarray:

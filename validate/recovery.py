@@ -51,8 +51,13 @@ def label(method: str, settings: dict) -> str:
 def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps: int = 24, eval_every: int = 8,
                  lr: float = 1e-4, ste_lr: float = 0.005, batch: int = 2, train_seqlen: int = 64, pool: int = 64,
                  windows: int = 2, seqlen: int = 64, prompts: int = 4, new_tokens: int = 16, seed: int = 0,
-                 log=None):
-    """The tidy table (pandas), one row per model × setting × measured step."""
+                 table: Path | None = None, log=None):
+    """The tidy table (pandas), one row per model × setting × measured step.
+
+    table: a CSV written after every setting and read back first, so a killed run resumes
+    where it stopped (rows of the same model, setting, steps and rates are reused)."""
+    import gc
+
     import pandas as pd
 
     from hemorrhage.sim import load
@@ -61,32 +66,50 @@ def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps
     from hemorrhage.validate.diagnose import diagnose
 
     rows = []
+    if table is not None and Path(table).is_file():
+        old = pd.read_csv(table)
+        rows = [r for r in old.to_dict("records")
+                if int(old[(old.model == r["model"]) & (old.setting == r["setting"])].step.max()) == steps
+                and r.get("lr") == lr and r.get("ste_lr") == ste_lr]
+    done = {(r["model"], r["setting"]) for r in rows}
     for name in models:
+        todo = [(m, st) for m, st in settings if (name, label(m, st)) not in done]
+        if not todo:
+            continue
         loaded = load(name, quiet=True)
         probe = make_probe(loaded, windows=windows, seqlen=seqlen, prompts=prompts, new_tokens=new_tokens)
-        for method, st in settings:
+        for method, st in todo:
             t0 = time.perf_counter()
             comp, record = compress_from_args(loaded, method, seed=seed, **st)
-            diag = diagnose(loaded.model, comp, probe.tokens[:1])
-            rec = recover(loaded, comp, steps=steps, lr=lr, ste_lr=ste_lr, batch=batch, seqlen=train_seqlen, pool=pool,
-                          seed=seed, probe=probe, eval_every=eval_every)
-            h0 = rec.history[0]
-            for h in rec.history:
-                row = {"model": name, "method": method, "setting": label(method, st), "verdict": diag["verdict"],
-                       "lr": lr, "ste_lr": ste_lr, "step": h["step"], "loss": h.get("loss"), **{k: h.get(k) for k in METRICS}}
+            verdict = diagnose(loaded.model, comp, probe.tokens[:1])["verdict"]
+            rec = recover(loaded, comp, steps=steps, lr=lr, ste_lr=ste_lr, batch=batch, seqlen=train_seqlen,
+                          pool=pool, seed=seed, probe=probe, eval_every=eval_every)
+            history, constraints, after = rec.history, rec.constraints, rec.after
+            del rec, comp  # two 135M-parameter copies and their latents: free them before the next run
+            gc.collect()
+            h0 = history[0]
+            for h in history:
+                row = {"model": name, "method": method, "setting": label(method, st), "verdict": verdict,
+                       "lr": lr, "ste_lr": ste_lr, "step": h["step"], "loss": h.get("loss"),
+                       **{k: h.get(k) for k in METRICS}}
                 row["kl_recovered"] = 1.0 - h["kl"] / h0["kl"] if h0["kl"] > 0 else np.nan
                 lost = 1.0 - h0["top1"]
                 row["top1_recovered"] = (h["top1"] - h0["top1"]) / lost if lost > 0 else np.nan
                 row["var_p_ratio"] = h["var_p"] / h0["var_p"] if h0["var_p"] > 0 else np.nan
-                row.update({f"constraint_{k}": v for k, v in rec.constraints.items()})
+                row.update({f"constraint_{k}": v for k, v in constraints.items()})
                 row["base_note"] = loaded.base_note
                 rows.append(row)
+            if table is not None:
+                from hemorrhage.sim.fetch import atomic_write_text
+
+                atomic_write_text(Path(table), pd.DataFrame(rows).to_csv(index=False))
             if log:
-                a = rec.after
-                log(f"{name} {label(method, st)} [{diag['verdict']}]: KL {h0['kl']:.4g} -> {a['kl']:.4g}, "
-                    f"top-1 {h0['top1']:.3f} -> {a['top1']:.3f}, Var_p {h0['var_p']:.4g} -> {a['var_p']:.4g}, "
-                    f"gen {h0.get('gen_prefix_agreement', np.nan):.3f} -> {a.get('gen_prefix_agreement', np.nan):.3f}"
-                    f"  ({time.perf_counter() - t0:.0f} s)")
+                log(f"{name} {label(method, st)} [{verdict}]: KL {h0['kl']:.4g} -> {after['kl']:.4g}, "
+                    f"top-1 {h0['top1']:.3f} -> {after['top1']:.3f}, Var_p {h0['var_p']:.4g} -> "
+                    f"{after['var_p']:.4g}, gen {h0.get('gen_prefix_agreement', np.nan):.3f} -> "
+                    f"{after.get('gen_prefix_agreement', np.nan):.3f}  ({time.perf_counter() - t0:.0f} s)")
+        del loaded, probe
+        gc.collect()
     return pd.DataFrame(rows)
 
 
@@ -153,16 +176,18 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--results", default="results/recovery")
+    p.add_argument("--fresh", action="store_true", help="ignore rows of an earlier (killed) run in the table")
     p.add_argument("--figures", default="figures")
     args = p.parse_args(argv)
     settings = SETTINGS if args.settings is None else tuple(SETTINGS[i] for i in args.settings)
     log = lambda msg: print(f"[recovery] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    df = run_recovery(args.models, settings, steps=args.steps, eval_every=args.eval_every, lr=args.lr,
-                      ste_lr=args.ste_lr, batch=args.batch,
-                      train_seqlen=args.train_seqlen, windows=args.windows, seqlen=args.seqlen,
-                      prompts=args.prompts, new_tokens=args.new_tokens, log=log)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
+    df = run_recovery(args.models, settings, steps=args.steps, eval_every=args.eval_every, lr=args.lr,
+                      ste_lr=args.ste_lr, batch=args.batch, train_seqlen=args.train_seqlen, windows=args.windows,
+                      seqlen=args.seqlen, prompts=args.prompts, new_tokens=args.new_tokens,
+                      table=None if args.fresh else out / "recovery.csv", log=log)
+    df = df[df.model.isin(args.models) & df.setting.isin([label(m, st) for m, st in settings])]
     from hemorrhage.sim.fetch import atomic_write_text
 
     atomic_write_text(out / "recovery.csv", df.to_csv(index=False))

@@ -61,8 +61,8 @@ def run(args) -> int:
     probe = make_probe(loaded, windows=args.windows, seqlen=args.seqlen, prompts=args.prompts,
                        new_tokens=args.new_tokens)
     log = None if args.json else (lambda msg: print(f"[recover] {msg}", file=sys.stderr, flush=True))
-    rec = recover(loaded, comp, steps=args.steps, lr=args.lr, ste_lr=args.ste_lr, batch=args.batch, seqlen=args.train_seqlen,
-                  pool=args.pool, loss=args.loss, lora_rank=args.lora_rank, seed=args.seed, probe=probe,
+    rec = recover(loaded, comp, steps=args.steps, lr=args.lr, ste_lr=args.ste_lr, batch=args.batch,
+                  seqlen=args.train_seqlen, pool=args.pool, loss=args.loss, lora_rank=args.lora_rank, seed=args.seed, probe=probe,
                   eval_every=args.eval_every, log=log)
     out = {"model": loaded.name, "record": record, "base_note": loaded.base_note, **rec.summary()}
     if args.out:
@@ -74,7 +74,8 @@ def run(args) -> int:
         print_json(out)
         return 0
     print(f"{loaded.name}, {record['method']} {record.get('settings', {})}: {args.steps} steps of "
-          f"{args.loss} training, lr {args.lr:g}, STE lr {args.ste_lr:g} grid steps" + (f", LoRA r={args.lora_rank}" if args.lora_rank else ""))
+          f"{args.loss} training, lr {args.lr:g}, STE lr {args.ste_lr:g} grid steps"
+          + (f", LoRA r={args.lora_rank}" if args.lora_rank else ""))
     rows = [("KL(p‖q)", "kl"), ("top-1 agreement", "top1"), ("Var_p(Δz)", "var_p"), ("perplexity", "ppl"),
             ("gen. prefix agreement", "gen_prefix_agreement")]
     print(f"{'':>24} {'before':>10} {'after':>10}")
