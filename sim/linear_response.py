@@ -382,7 +382,8 @@ class Context:
 
 def _tokens_and_gen(ctx, dh, scales):
     he, hg = ctx.flat(dh)
-    met = {k: np.asarray(v) for k, v in logit_metrics(ctx.model, ctx.h_eval, he, jnp.asarray(scales, jnp.float32)).items()}
+    met = logit_metrics(ctx.model, ctx.h_eval, he, jnp.asarray(scales, jnp.float32))
+    met = {k: np.asarray(v) for k, v in met.items()}
     d = None if hg is None else np.asarray(pair_response(ctx.model, ctx.h_gen, hg, ctx.pair), np.float64)
     return met, d
 

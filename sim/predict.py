@@ -75,9 +75,9 @@ from hemorrhage.errors import UserError
 
 QUANT, PRUNE = ("rtn", "gptq"), ("magnitude", "wanda", "sparsegpt")
 PREDICTABLE = QUANT + PRUNE
-FULL_GRID = ("rtn:bits=2,3,4,5,6,7,8;rtn:bits=2,3,4,5,6,7,8,group_size=64;gptq:bits=2,3,4,5,6,7,8;"
-             "magnitude:sparsity=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9;wanda:sparsity=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9;"
-             "sparsegpt:sparsity=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9;"
+_BITS, _SPARSITY = "2,3,4,5,6,7,8", "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+FULL_GRID = (f"rtn:bits={_BITS};rtn:bits={_BITS},group_size=64;gptq:bits={_BITS};magnitude:sparsity={_SPARSITY};"
+             f"wanda:sparsity={_SPARSITY};sparsegpt:sparsity={_SPARSITY};"
              "magnitude:pattern=2:4;wanda:pattern=2:4;sparsegpt:pattern=2:4")
 SQRT3 = math.sqrt(3.0)
 

@@ -136,7 +136,8 @@ def test_gptq_error_model_matches_a_real_gptq_layer():
 
     r, ok = _chol_r(h, gptq.damp)  # the triangular-solve form used by predict: same probe
     assert bool(ok)
-    np.testing.assert_allclose(obs_shape_r(probe, r), obs_shape(probe, u), rtol=1e-3, atol=1e-3 * float(jnp.abs(probe).max()))
+    np.testing.assert_allclose(obs_shape_r(probe, r), obs_shape(probe, u), rtol=1e-3,
+                               atol=1e-3 * float(jnp.abs(probe).max()))
 
 
 @pytest.fixture(scope="module")

@@ -56,8 +56,6 @@ def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps
 
     table: a CSV written after every setting and read back first, so a killed run resumes
     where it stopped (rows of the same model, setting, steps and rates are reused)."""
-    import gc
-
     import pandas as pd
 
     from hemorrhage.sim import load
@@ -86,7 +84,7 @@ def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps
                           pool=pool, seed=seed, probe=probe, eval_every=eval_every)
             history, constraints, after = rec.history, rec.constraints, rec.after
             del rec, comp  # two 135M-parameter copies and their latents: free them before the next run
-            gc.collect()
+            _free_memory()
             h0 = history[0]
             for h in history:
                 row = {"model": name, "method": method, "setting": label(method, st), "verdict": verdict,
@@ -109,8 +107,22 @@ def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps
                     f"{after['var_p']:.4g}, gen {h0.get('gen_prefix_agreement', np.nan):.3f} -> "
                     f"{after.get('gen_prefix_agreement', np.nan):.3f}  ({time.perf_counter() - t0:.0f} s)")
         del loaded, probe
-        gc.collect()
+        _free_memory()
     return pd.DataFrame(rows)
+
+
+def _free_memory() -> None:
+    """Each setting compiles its own programs for a 30-layer model (new layer types): drop
+    them, or a sweep of settings grows by gigabytes."""
+    import gc
+
+    import jax
+
+    from hemorrhage.sim import recover as R
+
+    R._step_fn.cache_clear()
+    jax.clear_caches()
+    gc.collect()
 
 
 def summary(df) -> list[dict]:
@@ -132,7 +144,8 @@ def summary(df) -> list[dict]:
 
 
 def recovery_figure(df, path: Path, title: str) -> Path:
-    """KL, top-1 agreement, generation agreement and Var_p(Δz) against training step."""
+    """One row per model; KL, top-1 agreement, generation agreement and Var_p(Δz) against the
+    training step; colour = compression setting, marker = Experiment 5's verdict."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -140,22 +153,30 @@ def recovery_figure(df, path: Path, title: str) -> Path:
 
     sns.set_theme(style="whitegrid", context="notebook")
     d = df.copy()
-    d["run"] = d["model"] + ": " + d["setting"] + " (" + d["verdict"].str.replace("_", " ") + ")"
+    d["verdict"] = d["verdict"].str.replace("_", " ")
+    models = list(dict.fromkeys(d["model"]))
+    settings = list(dict.fromkeys(d["setting"]))
+    palette = dict(zip(settings, sns.color_palette("tab10", len(settings))))
+    markers = {"intact": "o", "signal degradation": "X", "computation collapse": "s"}
     panels = [("kl", "KL(p ‖ q)  (log)", True), ("top1", "top-1 agreement with the base", False),
               ("gen_prefix_agreement", "greedy generation: share identical\nbefore the first divergence", False),
               ("var_p", "Var_p(Δz)  (log; KL ≈ ½Var_p)", True)]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), sharex=True)
-    for ax, (col, ylabel, log) in zip(axes.flat, panels):
-        ok = d[np.isfinite(d[col].astype(float))]
-        if log:
-            ok = ok[ok[col] > 0]
-        sns.lineplot(ok, x="step", y=col, hue="run", style="verdict", markers=True, dashes=False, ax=ax,
-                     legend=(ax is axes.flat[0]))
-        if log:
-            ax.set_yscale("log")
-        ax.set_ylabel(ylabel)
-        ax.set_xlabel("training step (KL distillation; masks and grids fixed)")
-    axes.flat[0].legend(fontsize=7, loc="best")
+    fig, axes = plt.subplots(len(models), len(panels), figsize=(19, 4.2 * len(models)), squeeze=False)
+    for r, model in enumerate(models):
+        for c, (col, ylabel, log) in enumerate(panels):
+            ax = axes[r, c]
+            ok = d[(d.model == model) & np.isfinite(d[col].astype(float))]
+            if log:
+                ok = ok[ok[col] > 0]
+            sns.lineplot(ok, x="step", y=col, hue="setting", style="verdict", markers=markers, dashes=False,
+                         palette=palette, hue_order=settings, markersize=8, ax=ax, legend=(r == 0 and c == 0))
+            if log:
+                ax.set_yscale("log")
+            ax.set_ylabel(ylabel)
+            ax.set_xlabel("training step (masks and grids fixed)")
+            ax.set_title(model, fontsize=10)
+    if axes[0, 0].get_legend() is not None:
+        axes[0, 0].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save(fig, path)
