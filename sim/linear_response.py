@@ -19,7 +19,9 @@ models and assembles the result.
 
 from __future__ import annotations
 
+import ctypes
 import math
+from contextlib import contextmanager
 from functools import partial
 
 import jax
@@ -141,7 +143,6 @@ def logit_metrics(model, h, dh, scales, chunk: int = 64):
     return {"kl": f(kl), "kl2": f(k2), "top1": f(t1)}
 
 
-@nnx.jit
 @partial(nnx.jit, static_argnames=("k",))
 def base_margins(model, h, k: int = 8):
     """Margins m_j = z_top1 − z_j to the next k−1 tokens [N k−1] and the top-k ids [N k]
@@ -240,21 +241,74 @@ def obs_shape(x, u):
     return (x / jnp.diag(u)[None, :]) @ u
 
 
-@jax.jit
-def obs_shape_r(x, r):
-    """The same with R = U⁻¹ (H = RRᵀ, R upper): (x ⊙ diag R)·R⁻¹, one triangular solve."""
-    z = x * jnp.diag(r)[None, :]
-    return jax.scipy.linalg.solve_triangular(r, z.T, trans="T", lower=False).T
+_BLAS: list | None = None
+
+
+@contextmanager
+def _one_blas_thread():
+    """OpenBLAS (numpy's and scipy's copies) on one thread for a while: on a small shared CPU
+    beside XLA's threads its threaded Cholesky is 10–100× slower than the serial one.
+    A no-op where the libraries do not expose openblas_set_num_threads."""
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = []
+        try:
+            paths = {ln.split()[-1] for ln in open("/proc/self/maps") if "openblas" in ln.lower() and ".so" in ln}
+            for path in sorted(paths):
+                lib = ctypes.CDLL(path)
+                names = [
+                    (s, g) for s, g in (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+                                        ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+                                        ("openblas_set_num_threads", "openblas_get_num_threads"))
+                    if hasattr(lib, s) and hasattr(lib, g)]
+                if names:
+                    _BLAS.append((getattr(lib, names[0][0]), getattr(lib, names[0][1])))
+        except OSError:
+            pass
+    before = [get() for _, get in _BLAS]
+    for set_, _ in _BLAS:
+        set_(1)
+    try:
+        yield
+    finally:
+        for (set_, _), n in zip(_BLAS, before):
+            set_(n)
+
+
+def obs_factor(h, damp: float, act_order: bool = False):
+    """(column order, U) with H⁻¹ = UᵀU, U upper, for the dampened calibration Hessian in
+    that order — what obs.factor / GPTQ.factor compute (dead inputs H_jj = 1, λ·mean(diag H)
+    added, λ ×10 until it factors), done by LAPACK on the host (XLA:CPU's Cholesky of a
+    reversed matrix is ~10× slower)."""
+    import scipy.linalg as sl
+
+    with _one_blas_thread():
+        return _obs_factor(sl, np.asarray(h, np.float64), float(damp), act_order)
+
+
+def _obs_factor(sl, h, damp, act_order):
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(h.shape[0])
+    h = h[perm][:, perm]
+    h[np.diag_indices_from(h)] += np.diag(h) <= 0
+    mean_diag = float(np.mean(np.diag(h)))
+    lam = float(damp)
+    tries = [lam] + [max(lam, 1e-6) * 10 ** k for k in range(1, 10)] if lam > 0 else \
+        [0.0] + [10.0 ** k for k in range(-6, 3)]
+    for lam in tries:
+        hd = h + lam * (mean_diag if mean_diag > 0 else 1.0) * np.eye(h.shape[0])
+        try:
+            r = sl.cholesky(np.ascontiguousarray(hd[::-1, ::-1]), lower=True, check_finite=False)[::-1, ::-1]
+        except np.linalg.LinAlgError:
+            continue
+        u, info = sl.lapack.dtrtri(np.ascontiguousarray(r), lower=0)
+        if info == 0 and np.all(np.isfinite(u)) and np.all(np.diag(u) > 0):
+            return jnp.asarray(perm), jnp.asarray(u, jnp.float32)
+    raise UserError("the calibration Hessian cannot be factored even with heavy dampening")
 
 
 @jax.jit
-def _chol_r(h, lam):
-    """R upper with H + λ·mean(diag H)·I = R·Rᵀ (obs._factor without the inverse)."""
-    d = h.shape[0]
-    mean_diag = jnp.mean(jnp.diag(h))
-    hd = h + lam * jnp.where(mean_diag > 0, mean_diag, 1.0) * jnp.eye(d, dtype=h.dtype)
-    r = jnp.linalg.cholesky(hd[::-1, ::-1])[::-1, ::-1]
-    return r, jnp.all(jnp.isfinite(r)) & jnp.all(jnp.diag(r) > 0)
+def _obs_perm(x, u, perm, inv):
+    return obs_shape(x[:, perm], u)[:, inv]
 
 
 @jax.jit
@@ -309,34 +363,23 @@ class Context:
         self.say = lambda msg: None
 
     def factor(self, path: str, method):
-        """(perm, inverse perm, R) for `path`'s input, R upper with H_damp = R·Rᵀ in the
-        method's column order (H⁻¹ = UᵀU, U = R⁻¹: GPTQ's factor without forming the
-        inverse); the dampening the compressor would use.  Cached per input."""
+        """(perm, inverse perm, U) of `path`'s input Hessian (obs_factor; cached per input)."""
         st = self.stats[path]
         act = bool(getattr(method, "act_order", False))
         key = (id(st), float(method.damp), act)
         if key not in self._factors:
-            h = jnp.asarray(st.hessian(), jnp.float32)
-            perm = jnp.argsort(-jnp.diag(h), stable=True) if act else jnp.arange(h.shape[0])
-            h = h + jnp.diag((jnp.diag(h) <= 0).astype(h.dtype))  # dead inputs, as obs.factor
-            h = h[perm][:, perm]
-            r, ok = _chol_r(h, float(method.damp))
-            if not bool(ok):  # the compressor raises the dampening until it factors
-                from hemorrhage.sim.compress import obs
-
-                _, _, lam = obs.factor(h, method.damp)
-                r, _ = _chol_r(h, lam)
-            self._factors[key] = (perm, jnp.argsort(perm), r)
+            perm, u = obs_factor(st.hessian(), method.damp, act)
+            self._factors[key] = (perm, jnp.argsort(perm), u) if act else (None, None, u)
         return self._factors[key]
 
     def obs(self, path, method, x):
-        perm, inv, r = self.factor(path, method)
-        return obs_shape_r(x[:, perm], r)[:, inv]
+        perm, inv, u = self.factor(path, method)
+        return obs_shape(x, u) if perm is None else _obs_perm(x, u, perm, inv)
 
     def obs_diag(self, path, method):
-        """diag U = 1/diag R in the original column order."""
-        perm, inv, r = self.factor(path, method)
-        return (1.0 / jnp.diag(r))[inv]
+        """diag U in the original column order."""
+        perm, inv, u = self.factor(path, method)
+        return jnp.diag(u) if perm is None else jnp.diag(u)[inv]
 
     def flat(self, dh: dict):
         e = dh["eval"][:, :-1]
@@ -460,14 +503,14 @@ def prune_levels(ctx: Context, methods: list) -> list[np.ndarray]:
 def price_prune(ctx: Context, methods: list) -> dict:
     """Magnitude / Wanda / SparseGPT at every sparsity of `methods`: one JVP per band."""
     lr, m0 = ctx.lr, methods[0]
-    levs = prune_levels(ctx, methods)
+    levs = [jnp.asarray(v) for v in prune_levels(ctx, methods)]
     ctx.say("  mask levels")
     obs_ = m0.name == "sparsegpt"
 
     def tangent(fn, j):
         out = []
         for path, w, lev in zip(lr.paths, lr.weights, levs):
-            x = fn(w, jnp.asarray(lev), j)
+            x = fn(w, lev, j)
             out.append(ctx.obs(path, m0, x) if obs_ else x)
         return out
 

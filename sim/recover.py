@@ -285,9 +285,9 @@ def _step_fn(loss: str):
 
         value, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, TRAINED))(model)
         if opt_w is not None:
-            opt_w.update(model, grads.filter(WEIGHT_UNITS))
+            opt_w.update(model, nnx.filter_state(grads, WEIGHT_UNITS))
         if opt_g is not None:
-            opt_g.update(model, grads.filter(GRID_UNITS))
+            opt_g.update(model, nnx.filter_state(grads, GRID_UNITS))
         return value, optax.tree.norm(grads)
 
     return step

@@ -132,12 +132,13 @@ def test_gptq_error_model_matches_a_real_gptq_layer():
     probe = obs_shape(jnp.sqrt(sig2) * jax.random.uniform(jax.random.key(0), w.shape, minval=-3 ** .5,
                                                          maxval=3 ** .5), u)
     assert err(probe) == pytest.approx(pred_gptq, rel=0.25)
-    from hemorrhage.sim.linear_response import _chol_r, obs_shape_r
+    from hemorrhage.sim.linear_response import obs_factor
 
-    r, ok = _chol_r(h, gptq.damp)  # the triangular-solve form used by predict: same probe
-    assert bool(ok)
-    np.testing.assert_allclose(obs_shape_r(probe, r), obs_shape(probe, u), rtol=1e-3,
-                               atol=1e-3 * float(jnp.abs(probe).max()))
+    for act in (False, True):  # predict's host-side factor is the compressor's
+        perm, u2 = obs_factor(h, gptq.damp, act)
+        perm_ref, u_ref, _, _ = make_method("gptq", bits=4, act_order=act).factor(h)
+        np.testing.assert_array_equal(perm, perm_ref)
+        np.testing.assert_allclose(u2, u_ref, rtol=2e-3, atol=2e-3 * float(jnp.abs(u_ref).max()))
 
 
 @pytest.fixture(scope="module")

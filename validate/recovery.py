@@ -169,16 +169,20 @@ def recovery_figure(df, path: Path, title: str) -> Path:
             if log:
                 ok = ok[ok[col] > 0]
             sns.lineplot(ok, x="step", y=col, hue="setting", style="verdict", markers=markers, dashes=False,
-                         palette=palette, hue_order=settings, markersize=8, ax=ax, legend=(r == 0 and c == 0))
+                         palette=palette, hue_order=settings, markersize=8, ax=ax, legend=False)
             if log:
                 ax.set_yscale("log")
             ax.set_ylabel(ylabel)
             ax.set_xlabel("training step (masks and grids fixed)")
             ax.set_title(model, fontsize=10)
-    if axes[0, 0].get_legend() is not None:
-        axes[0, 0].legend(fontsize=7, loc="best")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=palette[x], lw=2, label=x) for x in settings]
+    handles += [Line2D([], [], color="0.3", marker=markers.get(v, "o"), lw=0, markersize=8, label=v)
+                for v in dict.fromkeys(d["verdict"])]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return save(fig, path)
 
 
