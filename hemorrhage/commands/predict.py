@@ -112,7 +112,8 @@ def _print(res: dict, validate: bool) -> None:
     print(head + ("   measured kl  top1  1st div  kl ratio" if validate else ""))
     for p in res["points"]:
         reg = p.get("regime", {})
-        flag = "" if reg.get("linear_regime_ok", True) else " !"
+        flag = (" !" if not reg.get("kl_prediction_ok", True) else "") + ("" if reg.get("linear_regime_ok", True) else " ~")
+        flag += " C" if reg.get("collapse_signature") else ""
         iv = f"[{f(p['kl_interval'][0], 3)}, {f(p['kl_interval'][1], 3)}]"
         line = (f"{p['family'] + ' ' + str(p['level']):<30} {f(p['kl']):>9} {iv:>19} {f(p['kl_second_order']):>9} "
                 f"{p['top1_agreement']:>6.3f} {f(p.get('first_divergence_mean'), 3):>7} "
@@ -123,10 +124,19 @@ def _print(res: dict, validate: bool) -> None:
                      f"{p['kl_ratio']:>9.2f}")
         print(line)
     for c in res["cliffs"]:
-        iv = "" if c["interval"] is None else f" (5–95 %: {c['interval'][0]:.3g}–{c['interval'][1]:.3g})"
-        where = f"{c['cliff']:.3g}" if c["cliff"] is not None else "beyond the grid"
+        if c["cliff"] is None:
+            where, iv = "beyond the grid", f" (inside in {100 * (1 - c['beyond_share']):.0f} % of resamples)"
+        else:
+            where = f"{c['cliff']:.3g}" + (" (at or before the mildest level)" if c["status"] == "at_mildest" else "")
+            iv = "" if c["interval"] is None else f" (5–95 %: {c['interval'][0]:.3g}–{c['interval'][1]:.3g})"
         meas = f"; measured {f(c.get('measured'), 3)}" if "measured" in c else ""
         print(f"cliff {c['family']}: KL crosses {c['threshold_kl']:g} nat at {c['axis']} {where}{iv}{meas}")
-    if any(not p.get("regime", {}).get("linear_regime_ok", True) for p in res["points"]):
-        print("! nonlinearity > 0.3: the linear response is breaking there (a candidate signature of "
-              "Computation Collapse; see collapse_signature in --json)")
+    regs = [p.get("regime", {}) for p in res["points"]]
+    if any(not r.get("linear_regime_ok", True) for r in regs):
+        print("~ nonlinearity > 0.3: Δz is no longer linear in ΔW (the KL prediction was seen to hold up to ≈ 0.9, "
+              "the cliff)")
+    if any(not r.get("kl_prediction_ok", True) for r in regs):
+        print("! the forward with W + ΔW gives < 0.45 × the linear KL: the prediction overshoots here")
+    if any(r.get("collapse_signature") for r in regs):
+        print("C early gate flips > 25 % or attention entropy shift > 0.15: validate.diagnose's Computation "
+              "Collapse evidence")
