@@ -93,3 +93,59 @@ def truncate_at_eos(tokens, eos_id: int | None) -> list[int]:
             break
         out.append(t)
     return out
+
+
+# ------------------------------------------------------------------ beam search
+@partial(nnx.jit, static_argnames=("max_new_tokens", "beams"))
+def _beam(model, prompt, *, max_new_tokens, beams):
+    """Beam search of width W with a KV cache; fixed length (EOS is not special, as greedy).
+
+    Rows are (prompt b, beam w) flattened to b·W + w.  Every step scores W·V extensions
+    per prompt by the summed log-probability, keeps the W best, and gathers the KV cache
+    and the token history of their parent beams."""
+    B, T0 = prompt.shape
+    W, N = beams, max_new_tokens
+    rows = jnp.repeat(prompt, W, axis=0)  # [B·W T0]
+    cache = model.empty_cache(B * W, T0 + N)
+    z, cache, _ = model(rows, pos0=0, cache=cache)
+    # only beam 0 is live at the start: the W copies of a prompt must not fill the beam
+    score0 = jnp.tile(jnp.where(jnp.arange(W) == 0, 0.0, -jnp.inf), B).astype(jnp.float32)
+
+    def extend(score, z_last, hist, cache, t):
+        V = z_last.shape[-1]
+        total = score[:, None] + jax.nn.log_softmax(z_last, axis=-1)  # [B·W V]
+        best, flat = jax.lax.top_k(total.reshape(B, W * V), W)  # [B W]
+        parent = (flat // V).astype(jnp.int32) + (jnp.arange(B, dtype=jnp.int32) * W)[:, None]
+        tok = (flat % V).astype(jnp.int32).reshape(-1)
+        parent = parent.reshape(-1)
+        hist = hist[parent].at[:, t].set(tok)
+        cache = jax.tree_util.tree_map(lambda c: c[parent], cache)
+        return best.reshape(-1), tok, hist, cache
+
+    hist = jnp.zeros((B * W, N), jnp.int32)
+    score, tok, hist, cache = extend(score0, z[:, -1], hist, cache, 0)
+
+    def step(carry, t):
+        score, tok, hist, cache = carry
+        z, cache, _ = model(tok[:, None], pos0=T0 + t - 1, cache=cache)
+        return extend(score, z[:, -1], hist, cache, t), None
+
+    (score, _, hist, _), _ = jax.lax.scan(step, (score, tok, hist, cache), jnp.arange(1, N, dtype=jnp.int32))
+    best = jnp.argmax(score.reshape(B, W), axis=-1)
+    return hist.reshape(B, W, N)[jnp.arange(B), best], score.reshape(B, W)[jnp.arange(B), best]
+
+
+def beam_search(model, prompt: Int[Array, "B T"], max_new_tokens: int = 20, *, beams: int = 4):
+    """The highest-scoring continuation [B N] of a width-`beams` beam search, and its summed
+    log-probability [B].  beams = 1 is greedy decoding."""
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+    if beams < 1:
+        raise UserError(f"beams must be ≥ 1, got {beams}")
+    prompt = jnp.asarray(prompt, jnp.int32)
+    if prompt.ndim == 1:
+        prompt = prompt[None]
+    if prompt.shape[1] + max_new_tokens > model.cfg.max_positions:
+        raise UserError(f"prompt + new tokens ({prompt.shape[1] + max_new_tokens}) exceed the model's "
+                        f"{model.cfg.max_positions} positions")
+    return _beam(model, prompt, max_new_tokens=max_new_tokens, beams=beams)

@@ -155,7 +155,8 @@ def test_choice_scores_match_a_plain_forward(tiny_ckpt):
 
     from hemorrhage.sim import load
     from hemorrhage.sim.models.base import forward
-    from hemorrhage.validate.measure import MeasureConfig, _mc_inputs, choice_scores
+    from hemorrhage.validate.mc import choice_scores, mc_inputs as _mc_inputs
+    from hemorrhage.validate.measure import MeasureConfig
 
     loaded = load(str(tiny_ckpt), quiet=True)
     mc = _mc_inputs(loaded, MeasureConfig(mc_tasks=("cloze", "navigate"), mc_items=2))

@@ -35,11 +35,17 @@ def test_every_tutorial_runs_quick_and_draws(tmp_path):
             failures.append(f"{t.stem}: exit {rc}, {len(pngs)} PNG\n" + (tmp_path / f"{t.stem}.log").read_text()[-3000:])
     assert not failures, "\n\n".join(failures)
 
-    # end to end on a real sweep: `hemorrhage experiment` reads what tutorial 1's run_sweep wrote
+    # end to end on a real sweep: every experiment reads what tutorial 1's run_sweep wrote
     sweep = tmp_path / "why_does_a_pruned_model_still_answer_multiple_choice" / "sweep_mc.jsonl"
-    res = subprocess.run([sys.executable, "-m", "hemorrhage", "experiment", "mc_vs_generation", "--sweep", str(sweep),
+    res = subprocess.run([sys.executable, "-m", "hemorrhage", "experiment", "all", "--sweep", str(sweep),
                           "--results", str(tmp_path / "r"), "--figures", str(tmp_path / "f"), "--json"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    v = json.loads(res.stdout)
-    assert v["settings"] == 2 and v["holds"] in (True, False, None) and Path(v["figure"]).is_file()
+    verdicts = json.loads(res.stdout)
+    assert set(verdicts) >= {"hierarchy", "mc_vs_generation", "compounding", "thresholds", "ppl_not_enough",
+                             "seed000", "decoding"}
+    assert verdicts["mc_vs_generation"]["settings"] == 2
+    for name in ("mc_vs_generation", "compounding", "seed000"):  # real rows carry what these read
+        v = verdicts[name]
+        assert v["holds"] in (True, False, None) and Path(v["figure"]).is_file(), (name, v["summary"])
+    assert verdicts["compounding"]["evidence"]["identity_match_mean"] >= 0.5  # KV-cache decode = full forward

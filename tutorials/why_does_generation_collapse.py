@@ -96,6 +96,18 @@ def main(argv=None) -> int:
         curves += [{"setting": label, "step t": t + 1, "S(t)": float(S[t])} for t in range(n)]
         print(f"  {label}: top-1 agreement {r['top1_agreement']:.3f} -> predicted first divergence "
               f"{pred:.1f}, measured {r['first_divergence_mean']:.1f} (of {n} steps)")
+    # ---------------------------------------------------------------- 4. the margins
+    # The constant π ignores WHERE the flips can happen.  Along the base's own greedy path
+    # every row also carries, per prompt and step, the margin m_t and the noise d_t on it
+    # (teacher-forced, validate/steps.py).  With one σ per setting, σ² = mean d², theory
+    # gives P_flip,t = Φ(−m_t/σ) step by step (exp 3, validate/exp_compounding.py).
+    from hemorrhage.validate.exp_compounding import compounding_frames
+
+    summ, _ = compounding_frames(rows)
+    path_pred = dict(zip(summ.label, summ.first_div_pooled))
+    for rec in recs:
+        rec["predicted_from_margins"] = path_pred.get(rec["setting"], float("nan"))
+        print(f"  {rec['setting']}: from the path's margins {rec['predicted_from_margins']:.1f}")
     df = pd.DataFrame(recs)
     (out / "results").mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results" / "why_generation_collapses.csv", index=False)
@@ -105,7 +117,12 @@ def main(argv=None) -> int:
     sns.lineplot(pd.DataFrame(curves), x="step t", y="S(t)", hue="setting", ax=ax1)
     ax1.set_ylim(-0.02, 1.02)
     ax1.set_title("Predicted survival S(t) = (1 − P_flip)^t of a generated text", fontsize=11)
-    sns.scatterplot(df, x="predicted_first_divergence", y="measured_first_divergence", hue="setting", s=80, ax=ax2)
+    long = df.melt(id_vars=["setting", "measured_first_divergence"], value_vars=["predicted_first_divergence",
+                   "predicted_from_margins"], var_name="prediction", value_name="predicted")
+    long["prediction"] = long.prediction.map({"predicted_first_divergence": "constant π = 1 − top-1 agreement",
+                                              "predicted_from_margins": "Φ(−m_t/σ) along the base's path"})
+    sns.scatterplot(long, x="predicted", y="measured_first_divergence", hue="setting", style="prediction", s=80,
+                    ax=ax2)
     n = int(df.new_tokens.max())
     ax2.plot([0, n], [0, n], "k--", lw=1, label="prediction = measurement")
     ax2.set_xlabel("predicted first divergence  Σ S(t)")
@@ -121,9 +138,10 @@ def main(argv=None) -> int:
     # measured divergence for mild settings (points above the diagonal): greedy text follows
     # the model's own confident choices, whose top-1/top-2 margins m are larger than on
     # human-written text, so P_flip = Φ(−m/σ) is smaller there.  A better prediction uses
-    # the margins along the generated path (theory.greedy_flip_probability); that is the
-    # exercise.  Either way the lesson stands: once the per-step flip rate is not tiny,
-    # the text diverges within a few tokens (the strong setting here), whatever MC says.
+    # the margins along the generated path: step 4's crosses (exp 3 does it for every
+    # setting of a sweep and compares the whole survival curve).  Either way the lesson
+    # stands: once the per-step flip rate is not tiny, the text diverges within a few
+    # tokens (the strong setting here), whatever MC says.
     return 0
 
 

@@ -144,7 +144,7 @@ def thresholds(rows, results="results", figures="figures", stem="sweep", boot: i
     import pandas as pd
     import seaborn as sns
 
-    from hemorrhage.validate.experiments import _theme, _verdict, _write, rows_frame
+    from hemorrhage.validate.exp_common import rows_frame, theme as _theme, verdict as _verdict, write_table as _write
     from hemorrhage.validate.plots import save
 
     df = rows_frame(rows)

@@ -7,6 +7,7 @@ Notation (seeds): base h, z, p; compressed h + Δh, z + Δz, q; T = 1.
     kl_pred = var_p / 2            Theorem 3 (arXiv 2603.24652)
     one_minus_cos_p_pred = var_r/2 Theorem 2
     one_minus_cos_h_pred = ‖Δh⊥‖²/(2‖h‖²)  Theorem 1 (Taylor cosine)
+    one_minus_cos_z_pred = ‖Δz⊥‖²/(2‖z‖²)  Theorem 1 applied to the logits
 NaN/inf from a collapsed model propagate into the numbers: they are results.
 """
 
@@ -28,6 +29,7 @@ def compare_logits(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str
     vp, vr = var_p(z, dz), var_r(z, dz)
     return {
         "cos_z": cos_sim(z, z_c),
+        "one_minus_cos_z_pred": one_minus_cos_taylor(z, dz),
         "cos_p": cosine_pq(z, dz),
         "kl": kl_exact(z, dz),
         "var_p": vp,

@@ -14,6 +14,9 @@ def add_arguments(p) -> None:
     p.add_argument("--windows", type=int, default=2, help="held-out Wikipedia windows")
     p.add_argument("--seqlen", type=int, default=64)
     p.add_argument("--figures", default="figures", help="folder for the figure ('' for none)")
+    p.add_argument("--results", default="results/diagnose",
+                   help="folder for the stored verdict and evidence, JSON ('' for none); `hemorrhage figures` "
+                        "redraws the figure from it")
     p.add_argument("--json", action="store_true")
 
 
@@ -32,10 +35,18 @@ def run(args) -> int:
                           max_windows=args.windows)
     res = diagnose(loaded.model, comp, tokens)
     res.update(model=loaded.name, record=record, base_note=loaded.base_note)
+    stem = f"diagnose_{Path(loaded.name).name}_{record['method']}_{setting_label(record)}".replace(",", "_")
+    res["title"] = f"{loaded.name}, {record['method']} ({setting_label(record)}): {res['verdict'].replace('_', ' ')}"
     if args.figures:
-        stem = f"diagnose_{Path(loaded.name).name}_{record['method']}_{setting_label(record)}".replace(",", "_")
-        title = f"{loaded.name}, {record['method']} ({setting_label(record)}): {res['verdict'].replace('_', ' ')}"
-        res["figure"] = str(diagnose_figure(res["layers"], Path(args.figures) / f"{stem}.png", title))
+        res["figure"] = str(diagnose_figure(res["layers"], Path(args.figures) / f"{stem}.png", res["title"]))
+    if args.results:
+        import json
+
+        from hemorrhage.sim.fetch import atomic_write_text
+
+        Path(args.results).mkdir(parents=True, exist_ok=True)
+        res["table"] = str(Path(args.results) / f"{stem}.json")
+        atomic_write_text(Path(res["table"]), json.dumps(res, indent=1, sort_keys=True, allow_nan=True, default=str))
     if args.json:
         print_json(res)
         return 0

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 import time
 
-from hemorrhage.commands.common import add_compression, add_model, compress_loaded, load_model, print_json
+from hemorrhage.commands.common import (add_compression, add_mesh, add_model, compress_loaded, load_model, mesh_shape,
+                                        place_on_mesh, print_json)
 
 
 def add_measure_arguments(p, *, per_layer_default: bool = True) -> None:
@@ -28,6 +29,14 @@ def add_measure_arguments(p, *, per_layer_default: bool = True) -> None:
     g.add_argument("--prompts", type=int, default=8, help="generation prompts, 0 = none (default 8)")
     g.add_argument("--prompt-len", type=int, default=16, help="tokens per prompt (default 16)")
     g.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated per prompt (default 32)")
+    g.add_argument("--strategies", default="greedy",
+                   help="comma-separated decoding strategies compared with the base: greedy, tempT, toppP, "
+                        "beamW, e.g. greedy,temp0.7,topp0.9,beam4 (default greedy)")
+    g.add_argument("--gen-seed", type=int, default=0, help="seed of the sampling strategies (base and compressed)")
+    g.add_argument("--no-steps", dest="steps", action="store_false",
+                   help="skip the per-step teacher-forced / free-running metrics")
+    g.add_argument("--strata-bins", type=int, default=5,
+                   help="quantiles of the base's target NLL the damage is split by, 0 = none (default 5)")
     if per_layer_default:
         g.add_argument("--no-per-layer", dest="per_layer", action="store_false",
                        help="skip the per-layer logit lens (the slowest part)")
@@ -43,13 +52,16 @@ def measure_config(args):
     tasks = tuple(t.strip() for t in str(args.mc_tasks).split(",") if t.strip())
     return MeasureConfig(windows=args.windows, seqlen=args.seqlen, source=args.source, mc_tasks=tasks,
                          mc_items=args.mc_items, mc_seed=args.mc_seed, prompts=args.prompts,
-                         prompt_len=args.prompt_len, new_tokens=args.new_tokens, per_layer=args.per_layer)
+                         prompt_len=args.prompt_len, new_tokens=args.new_tokens, per_layer=args.per_layer,
+                         strategies=tuple(t.strip() for t in str(args.strategies).split(",") if t.strip()),
+                         gen_seed=args.gen_seed, steps=args.steps, strata_bins=args.strata_bins)
 
 
 def add_arguments(p) -> None:
     add_model(p)
     add_compression(p)
     add_measure_arguments(p)
+    add_mesh(p)
     p.add_argument("--json", action="store_true", help="print every metric as JSON (NaN/Infinity kept)")
 
 
@@ -61,11 +73,12 @@ def run(args) -> int:
     from hemorrhage.validate.measure import base_cache, measure
 
     config = measure_config(args)  # validates before the model loads
-    loaded = load_model(args)
+    shape = mesh_shape(args)
+    loaded, mesh = place_on_mesh(load_model(args), shape)
     t0 = time.perf_counter()
     base = base_cache(loaded, config, log=_log)
     t1 = time.perf_counter()
-    comp, record = compress_loaded(loaded, args)
+    comp, record = compress_loaded(loaded, args, mesh)
     t2 = time.perf_counter()
     res = measure(loaded, comp, base, record)
     _log(f"base phase {t1 - t0:.1f} s, compression {t2 - t1:.1f} s, measurement {time.perf_counter() - t2:.1f} s")
@@ -84,6 +97,13 @@ def run(args) -> int:
     if "first_divergence_mean" in res:
         print(f"generation: first divergence at step {g('first_divergence_mean'):.2f} of {res['new_tokens']} "
               f"(mean of {res['prompts']} prompts), identical continuations {g('gen_identical'):.2f}")
+    for name, st in res.get("strategies", {}).items():
+        print(f"  {name:<10} first divergence {st['first_divergence_mean']:.2f}, same token {st['gen_token_agreement']:.2f}")
+    if "steps" in res:
+        st = res["steps"]
+        print(f"teacher-forced along the base's path: top-1 agreement {st['tf_agreement']:.3f}; first flip = "
+              f"free-running first divergence in {st.get('tf_first_flip_matches_free_running', float('nan')):.0%} "
+              f"of prompts")
     if res["collapsed"]:
         print("COLLAPSED: " + " ".join(res["notes"]))
     print(f"note: {res['base_note']}")

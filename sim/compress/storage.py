@@ -344,6 +344,8 @@ class ZeroMLP(nnx.Module):
     def __call__(self, x, *, trace: bool = False):
         if trace and self.gated:
             self.sow(nnx.Intermediate, "gate_pos", jnp.zeros(x.shape[:-1] + (self.d_ff,), bool))
+        if trace:  # its hidden activation is all zeros: fully sparse (layers.hoyer)
+            self.sow(nnx.Intermediate, "mlp_hoyer", jnp.ones(x.shape[:-1], jnp.float32))
         return jnp.zeros_like(x)
 
 

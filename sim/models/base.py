@@ -46,6 +46,7 @@ class Trace:
     gate_pos: Array | None = None  # [L B T d_ff] bool, sign of the gate pre-activation
     attn_out: Float[Array, "L B T d"] | None = None  # branch outputs added to the residual
     mlp_out: Float[Array, "L B T d"] | None = None
+    mlp_hoyer: Float[Array, "L B T"] | None = None  # Hoyer sparsity of the MLP's hidden activation
 
 
 class CausalLM(nnx.Module):
@@ -105,7 +106,7 @@ def _trace(model: CausalLM, tokens, perturb):
     if ent is not None:  # [L B K G T] -> mean over heads [L B T]
         ent = ent.mean(axis=(2, 3))
     return Trace(h=h, logits=z, attn_entropy=ent, gate_pos=stack("gate_pos"),
-                 attn_out=stack("attn_out"), mlp_out=stack("mlp_out"))
+                 attn_out=stack("attn_out"), mlp_out=stack("mlp_out"), mlp_hoyer=stack("mlp_hoyer"))
 
 
 @nnx.jit(static_argnums=(2,))
@@ -115,5 +116,5 @@ def forward(model: CausalLM, tokens: Int[Array, "B T"], perturb: Perturb = None)
 
 
 jax.tree_util.register_dataclass(
-    Trace, data_fields=["h", "logits", "attn_entropy", "gate_pos", "attn_out", "mlp_out"], meta_fields=[]
+    Trace, data_fields=["h", "logits", "attn_entropy", "gate_pos", "attn_out", "mlp_out", "mlp_hoyer"], meta_fields=[]
 )

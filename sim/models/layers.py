@@ -80,6 +80,19 @@ def activation(name: str):
     return {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}[name]
 
 
+def hoyer(a: Float[Array, "... n"]) -> Float[Array, "..."]:
+    """Hoyer sparsity (√n − ‖a‖₁/‖a‖₂)/(√n − 1): 0 for a flat vector, 1 for a one-hot one.
+
+    Scale-free, so it compares activations of a base and a compressed model whose
+    magnitudes differ (seed 000: do hidden states sparsify on hard inputs?).  An all-zero
+    vector (a dropped MLP) counts as fully sparse, 1."""
+    n = a.shape[-1]
+    l1 = jnp.sum(jnp.abs(a), axis=-1)
+    l2 = jnp.sqrt(jnp.sum(jnp.square(a), axis=-1))
+    root = jnp.sqrt(jnp.float32(n))
+    return jnp.where(l2 > 0, (root - l1 / jnp.where(l2 > 0, l2, 1.0)) / (root - 1.0), 1.0)
+
+
 class GatedMLP(nnx.Module):
     """SwiGLU / GeGLU: down(act(gate(x)) ⊙ up(x)).  Sows the gate's sign for flip rates."""
 
@@ -91,9 +104,11 @@ class GatedMLP(nnx.Module):
 
     def __call__(self, x, *, trace: bool = False):
         g = self.gate(x)
+        a = activation(self.act)(g) * self.up(x)
         if trace:
             self.sow(nnx.Intermediate, "gate_pos", g > 0)
-        return self.down(activation(self.act)(g) * self.up(x))
+            self.sow(nnx.Intermediate, "mlp_hoyer", hoyer(a))
+        return self.down(a)
 
 
 class MLP(nnx.Module):
@@ -105,7 +120,10 @@ class MLP(nnx.Module):
         self.act = act
 
     def __call__(self, x, *, trace: bool = False):
-        return self.proj(activation(self.act)(self.fc(x)))
+        a = activation(self.act)(self.fc(x))
+        if trace:
+            self.sow(nnx.Intermediate, "mlp_hoyer", hoyer(a))
+        return self.proj(a)
 
 
 # ------------------------------------------------------------------- attention
