@@ -93,9 +93,39 @@ def mc_vs_generation(rows, results="results", figures="figures", stem="sweep") -
                f"of them" + (f" ({', '.join(regime.label)}); there the choice-subspace KL / full KL median is "
                              f"{med_ratio:.3g} ({'≪' if sub_ok else 'not ≪'} 1: ≤ {SUBSPACE_RATIO} needed)"
                              if len(regime) else ""))
+    ev["by_task"] = by_task(rows, set(coll.model + " " + coll.label))
     return verdict("mc_vs_generation", "multiple-choice answers survive compression that collapses "
                     "generation; the answer-subspace KL is much smaller than the full KL",
                     holds, why, ev, {"mc_high": MC_HIGH, "gen_collapsed_below": GEN_COLLAPSED,
                                      "subspace_ratio_max": SUBSPACE_RATIO}, table, figure, len(tab))
 
 
+
+
+def by_task(rows, collapsed: set[str]) -> dict:
+    """Per model and MC task: the base's accuracy against chance (a task the base cannot do
+    says little), and the median agreement and subspace/full KL ratio over the settings where
+    generation collapsed (`collapsed`: "model method setting" labels)."""
+    from hemorrhage.validate.exp_common import identity, records
+
+    acc: dict = {}
+    for r in records(rows):
+        model, method, setting, _, _ = identity(r)
+        for task, t in (r.get("mc_by_task") or {}).items():
+            a = acc.setdefault(f"{model}: {task}", {"acc_base": t.get("acc_base"), "chance": t.get("chance"),
+                                                     "items": t.get("items"), "agreement": [], "ratio": []})
+            if f"{model} {method} {setting}" in collapsed:
+                a["agreement"].append(t.get("agreement", math.nan))
+                kf = t.get("kl_full") or math.nan
+                a["ratio"].append((t.get("kl_choices") or math.nan) / kf if kf else math.nan)
+    out = {}
+    for k, a in acc.items():
+        ag, ra = np.asarray(a["agreement"], float), np.asarray(a["ratio"], float)
+        ch = a["chance"]
+        out[k] = {"items": a["items"], "acc_base": a["acc_base"], "chance": ch,
+                  "base_above_chance": None if ch is None or a["acc_base"] is None else bool(a["acc_base"] > ch),
+                  "median_agreement_where_generation_collapsed": finite(np.nanmedian(ag)) if np.isfinite(ag).any()
+                  else None,
+                  "median_subspace_ratio_where_generation_collapsed": finite(np.nanmedian(ra))
+                  if np.isfinite(ra).any() else None}
+    return out

@@ -133,7 +133,8 @@ def mc_metrics(mc: dict, task_names, s_c: np.ndarray, ans_c: np.ndarray) -> dict
     kl_full = kl_rows(mc["ans_logp"], ans_c)
 
     def summary(sel) -> dict:
-        return {"items": int(sel.sum()), "agreement": mean(pred_b[sel] == pred_c[sel]),
+        return {"items": int(sel.sum()), "chance": mean(1.0 / valid[sel].sum(-1)),
+                "agreement": mean(pred_b[sel] == pred_c[sel]),
                 "acc_base": mean(pred_b[sel] == answer[sel]), "acc": mean(pred_c[sel] == answer[sel]),
                 "kl_choices": mean(kl_choices[sel]), "kl_full": mean(kl_full[sel])}
 
