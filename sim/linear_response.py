@@ -19,9 +19,7 @@ models and assembles the result.
 
 from __future__ import annotations
 
-import ctypes
 import math
-from contextlib import contextmanager
 from functools import partial
 
 import jax
@@ -30,6 +28,9 @@ import numpy as np
 from flax import nnx
 
 from hemorrhage.errors import UserError
+from hemorrhage.sim.tangents import (  # noqa: F401  (the tangents live there; these names are public here)
+    _band, _kappa_terms, _obs_perm, _probe, _upto, levels_flat, levels_rows, obs_factor, obs_shape, quant_noise_std,
+    rtn_kappa, step_ratio)
 from hemorrhage.theory import (expected_first_divergence, flip_probability, kl_exact, kl_second_order,
                                prob_no_divergence, var_p)
 
@@ -167,186 +168,6 @@ def nonlinearity_terms(model, h, dh, z_true):
     dz_true = z_true - z
     return (jnp.sum(var_p(z, dz_true - dz)), jnp.sum(var_p(z, dz)),
             jnp.mean(kl_exact(z, dz_true)), jnp.mean(kl_exact(z, dz)))
-
-
-# ------------------------------------------------------------------ tangents ----------
-# The weight error ΔW of each method (sim.predict's docstring states the models).
-
-@partial(jax.jit, static_argnames=("group_size", "symmetric"))
-def quant_noise_std(w, bits, group_size: int | None, symmetric: bool):
-    """σ = √(Δ²/12) per weight, Δ the step of its row (group_size None) or group, the two
-    range-defining weights exact (theory.noise.quant_noise_var); symmetric: the step of
-    the compressor's symmetric grid, max|w|/(2^{b−1} − 1).  `bits` may be traced."""
-    from hemorrhage.sim.compress.quantizer import qparams
-    from hemorrhage.theory import quant_noise_var, uniform_noise_var
-
-    g = group_size or w.shape[1]
-    if symmetric:
-        scale, _ = qparams(w.reshape(w.shape[0], -1, g), bits, True)
-        var = uniform_noise_var(jnp.repeat(scale, g, axis=1)) * (1 - 1 / g)
-    else:
-        var = quant_noise_var(w, bits, endpoint_correction=True, granularity="group" if group_size else "channel",
-                              group_size=group_size)
-    return jnp.sqrt(var)
-
-
-def step_ratio(bits: int, ref_bits: int, symmetric: bool) -> float:
-    """Δ(bits)/Δ(ref_bits) at a fixed range."""
-    lv = (lambda b: 2 ** (b - 1) - 1) if symmetric else (lambda b: 2 ** b - 1)
-    return lv(ref_bits) / lv(bits)
-
-
-@partial(jax.jit, static_argnames=("group_size", "symmetric"))
-def _kappa_terms(w, bits, group_size: int | None, symmetric: bool):
-    """(Σ actual RTN error², Σ σ²) of w at `bits` (traced: one compile per shape).  The
-    compressor's grids: asymmetric min–max = theory.noise.quantize_rtn; symmetric ±max|w|
-    with 2^{b−1} − 1 levels a side."""
-    from hemorrhage.sim.compress.quantizer import qparams
-    from hemorrhage.theory import quantize_rtn
-
-    g = group_size or w.shape[1]
-    if symmetric:
-        wg = w.reshape(w.shape[0], -1, g)
-        scale, _ = qparams(wg, bits, True)
-        c0 = 2.0 ** (bits - 1) - 1
-        q = (jnp.clip(jnp.round(wg / scale[..., None]), -c0, c0) * scale[..., None]).reshape(w.shape)
-    else:
-        q = quantize_rtn(w, bits, granularity="group" if group_size else "channel", group_size=group_size)
-    return jnp.sum(jnp.square(q - w)), jnp.sum(jnp.square(quant_noise_std(w, bits, group_size, symmetric)))
-
-
-def rtn_kappa(weights: list, bits: list[int], group_size, symmetric, rows: int = 64) -> dict[int, float]:
-    """κ(b) = Σ(actual RTN error)² / Σ σ² over `rows` evenly spaced rows of every linear."""
-    by_d: dict[int, list] = {}
-    for w in weights:
-        idx = np.unique(np.linspace(0, w.shape[0] - 1, min(rows, w.shape[0])).astype(int))
-        by_d.setdefault(int(w.shape[1]), []).append(w[idx])
-    cat = [jnp.concatenate(v) for v in by_d.values()]
-    out = {}
-    for b in bits:
-        terms = [_kappa_terms(w, jnp.float32(b), group_size, symmetric) for w in cat]
-        num, den = sum(float(t[0]) for t in terms), sum(float(t[1]) for t in terms)
-        out[b] = num / den if den > 0 else 1.0
-    return out
-
-
-@jax.jit
-def _probe(std, key):
-    return std * jax.random.uniform(key, std.shape, jnp.float32, -math.sqrt(3.0), math.sqrt(3.0))
-
-
-@jax.jit
-def obs_shape(x, u):
-    """(x / diag U)·U: sequential-OBS error of scaled residuals x (GPTQ / SparseGPT), H⁻¹ = UᵀU."""
-    return (x / jnp.diag(u)[None, :]) @ u
-
-
-_BLAS: list | None = None
-
-
-@contextmanager
-def _one_blas_thread():
-    """OpenBLAS (numpy's and scipy's copies) on one thread for a while: on a small shared CPU
-    beside XLA's threads its threaded Cholesky is 10–100× slower than the serial one.
-    A no-op where the libraries do not expose openblas_set_num_threads."""
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = []
-        try:
-            paths = {ln.split()[-1] for ln in open("/proc/self/maps") if "openblas" in ln.lower() and ".so" in ln}
-            for path in sorted(paths):
-                lib = ctypes.CDLL(path)
-                names = [
-                    (s, g) for s, g in (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-                                        ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-                                        ("openblas_set_num_threads", "openblas_get_num_threads"))
-                    if hasattr(lib, s) and hasattr(lib, g)]
-                if names:
-                    _BLAS.append((getattr(lib, names[0][0]), getattr(lib, names[0][1])))
-        except OSError:
-            pass
-    before = [get() for _, get in _BLAS]
-    for set_, _ in _BLAS:
-        set_(1)
-    try:
-        yield
-    finally:
-        for (set_, _), n in zip(_BLAS, before):
-            set_(n)
-
-
-def obs_factor(h, damp: float, act_order: bool = False):
-    """(column order, U) with H⁻¹ = UᵀU, U upper, for the dampened calibration Hessian in
-    that order — what obs.factor / GPTQ.factor compute (dead inputs H_jj = 1, λ·mean(diag H)
-    added, λ ×10 until it factors), done by LAPACK on the host (XLA:CPU's Cholesky of a
-    reversed matrix is ~10× slower)."""
-    import scipy.linalg as sl
-
-    with _one_blas_thread():
-        return _obs_factor(sl, np.asarray(h, np.float64), float(damp), act_order)
-
-
-def _obs_factor(sl, h, damp, act_order):
-    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(h.shape[0])
-    h = h[perm][:, perm]
-    h[np.diag_indices_from(h)] += np.diag(h) <= 0
-    mean_diag = float(np.mean(np.diag(h)))
-    lam = float(damp)
-    tries = [lam] + [max(lam, 1e-6) * 10 ** k for k in range(1, 10)] if lam > 0 else \
-        [0.0] + [10.0 ** k for k in range(-6, 3)]
-    for lam in tries:
-        hd = h + lam * (mean_diag if mean_diag > 0 else 1.0) * np.eye(h.shape[0])
-        try:
-            r = sl.cholesky(np.ascontiguousarray(hd[::-1, ::-1]), lower=True, check_finite=False)[::-1, ::-1]
-        except np.linalg.LinAlgError:
-            continue
-        u, info = sl.lapack.dtrtri(np.ascontiguousarray(r), lower=0)
-        if info == 0 and np.all(np.isfinite(u)) and np.all(np.diag(u) > 0):
-            return jnp.asarray(perm), jnp.asarray(u, jnp.float32)
-    raise UserError("the calibration Hessian cannot be factored even with heavy dampening")
-
-
-@jax.jit
-def _obs_perm(x, u, perm, inv):
-    return obs_shape(x[:, perm], u)[:, inv]
-
-
-@jax.jit
-def _band(w, lev, j):
-    return jnp.where(lev == j, -w, 0.0)
-
-
-@jax.jit
-def _upto(w, lev, j):
-    return jnp.where(lev <= j, -w, 0.0)
-
-
-def levels_flat(a: np.ndarray, ks) -> np.ndarray:
-    """Level at which each entry of `a` is first pruned when level j prunes the ks[j]
-    smallest (stable rank, ties by position, as the compressor's topk); len(ks) if never."""
-    a = np.ravel(a)
-    ks = np.asarray(ks, np.int64)
-    kth = sorted({int(k) - 1 for k in ks if 0 < k <= a.size})
-    part = np.partition(a, kth) if kth else a
-    t = np.array([part[k - 1] if k > 0 else -np.inf for k in ks], a.dtype)
-    lev = np.searchsorted(t, a, side="right")
-    for v in np.unique(t[np.isfinite(t)]):
-        idx = np.flatnonzero(a == v)
-        lev[idx] = np.searchsorted(ks, np.count_nonzero(a < v) + np.arange(idx.size), side="right")
-    return lev.astype(np.int8)
-
-
-def levels_rows(score: np.ndarray, k_rows: np.ndarray) -> np.ndarray:
-    """Per row r, level j prunes the k_rows[j, r] smallest scores (ties all pruned)."""
-    out_dim, d = score.shape
-    k_rows = np.maximum.accumulate(np.asarray(k_rows, np.int64), axis=0)
-    kth = sorted({int(k) - 1 for k in np.unique(k_rows) if 0 < k <= d})
-    part = np.partition(score, kth, axis=1) if kth else score
-    lev = np.zeros(score.shape, np.int8)
-    for kj in k_rows:
-        t = np.where(kj > 0, part[np.arange(out_dim), np.maximum(kj - 1, 0)], -np.inf)
-        lev += score > t[:, None]
-    return lev
 
 
 # ------------------------------------------------------------------ pricing a family --
@@ -503,6 +324,11 @@ def prune_levels(ctx: Context, methods: list) -> list[np.ndarray]:
     return out
 
 
+@jax.jit
+def _add(a: list, b: list) -> list:
+    return [x + y for x, y in zip(a, b)]
+
+
 def price_prune(ctx: Context, methods: list) -> dict:
     """Magnitude / Wanda / SparseGPT at every sparsity of `methods`: one JVP per band."""
     lr, m0 = ctx.lr, methods[0]
@@ -510,22 +336,26 @@ def price_prune(ctx: Context, methods: list) -> dict:
     ctx.say("  mask levels")
     obs_ = m0.name == "sparsegpt"
 
-    def tangent(fn, j):
+    def band(j):
         out = []
         for path, w, lev in zip(lr.paths, lr.weights, levs):
-            x = fn(w, lev, j)
+            x = _band(w, lev, j)
             out.append(ctx.obs(path, m0, x) if obs_ else x)
         return out
 
-    mets, ds, regimes, cum = [], [], [], None
+    # ΔW(s_j) = Σ_{i≤j} band_i and the OBS shape is linear, so both the response and the
+    # tangent of the regime forward are running sums: each band is built and shaped once
+    mets, ds, regimes, cum, cum_dw = [], [], [], None, None
     for j in range(len(methods)):
-        dh = lr.respond(tangent(_band, j))
+        dw = band(j)
+        dh = lr.respond(dw)
         cum = dh if cum is None else {k: cum[k] + dh[k] for k in dh}
         met, d = _tokens_and_gen(ctx, cum, [1.0])
         mets.append(met)
         r = 0.0
         if ctx.regime_tokens is not None:
-            regimes.append(ctx.regime(tangent(_upto, j), 1.0, cum["eval"]))
+            cum_dw = dw if cum_dw is None else _add(cum_dw, dw)
+            regimes.append(ctx.regime(cum_dw, 1.0, cum["eval"]))
             r = regimes[-1]["nonlinearity"]
         ds.append(None if d is None else ctx.first_divergence(d[None], r, False))
         ctx.say(f"  band {j}: JVP, metrics, regime")
