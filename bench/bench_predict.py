@@ -5,10 +5,11 @@
 
 Prediction: `hemorrhage.sim.predict.predict` (calibration statistics, base generation,
 linearisation, every JVP, the regime forwards, compilation included).  Measurement:
-`Measurer` — each setting compressed with `compress_from_args` (as `hemorrhage
-measure` does), then KL / top-1 on the prediction's scored tokens and greedy generation
-from the same prompts (a reduced `hemorrhage measure`: no perplexity, MC or per-layer
-lens, so the measured time is a lower bound and the ratio conservative).
+`Measurer` — each setting compressed with `compress_from_args` and measured with the
+project's own `validate.measure` (what `hemorrhage measure` / `sweep` run) on exactly the
+prediction's data: its held-out windows, its prompts and greedy continuations, and 24
+cloze items for the measured MC-vs-generation gap (no per-layer lens, no strata: those are
+not predicted).  The base phase of the measurement is computed once and timed as setup.
 
 Targets (the issue): predicted KL within ×1.5 of measured wherever measured KL ≤ 0.5;
 cliff (KL crosses 1 nat, `cliff_crossing`) within ±0.5 bit / ±0.05 sparsity; predicting
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
 
     print(f"\n{args.model}: {len(grid)} settings, {cfg.windows}x{cfg.seqlen} tokens, {cfg.prompts} prompts")
     print(f"{'setting':<34} {'kl_pred':>9} {'kl_meas':>9} {'ratio':>6} {'top1 p/m':>11} {'1st div p/m':>12} "
-          f"{'nonlin':>7}")
+          f"{'nonlin':>7} {'gap p/m':>11}")
     hits = total = 0
     by_method: dict[str, list[int]] = {}
     for p, m in zip(pred["points"], meas["points"]):
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
         reg = p.get("regime", {}).get("nonlinearity", float("nan"))
         print(f"{s:<34} {p['kl']:>9.4g} {m['kl']:>9.4g} {ratio:>6.2f} {p['top1_agreement']:>5.3f}/{m['top1_agreement']:<5.3f} "
               f"{p.get('first_divergence_mean', float('nan')):>5.1f}/{m.get('first_divergence_mean', float('nan')):<6.1f} "
-              f"{reg:>7.3f}")
+              f"{reg:>7.3f} {p.get('mc_vs_gen_gap', float('nan')):>5.2f}/{m.get('mc_vs_gen_gap', float('nan')):<5.2f}")
         if m["kl"] <= 0.5:
             ok = 1 / 1.5 <= ratio <= 1.5
             hits, total = hits + ok, total + 1

@@ -312,40 +312,34 @@ def _regime_at(res, levels, value, axis):
 # ------------------------------------------------------------------ measured -----------
 
 class Measurer:
-    """Compress a setting for real and measure it on the prediction's tokens: kl and top-1
-    (validate.metrics.compare_logits over the same scored positions) and the first
-    divergence of greedy generation from the same prompts (0-based, N if none, as
-    `hemorrhage measure`).  The base's logits and generations are computed once."""
+    """Compress a setting for real and measure it with the project's own measurement
+    (`validate.measure`, what `hemorrhage measure` / `sweep` run) on exactly the
+    prediction's data: its first `windows` held-out windows and its `prompts` prompts (the
+    windows after them), greedy generation of `new_tokens`, plus the cloze multiple-choice
+    items (the measured MC-vs-generation gap).  The base phase is computed once."""
 
-    def __init__(self, loaded, cfg: PredictConfig = PredictConfig()):
-        import jax.numpy as jnp
-
-        from hemorrhage.sim.models import forward
+    def __init__(self, loaded, cfg: PredictConfig = PredictConfig(), mc_items: int = 24):
+        from hemorrhage.validate.measure import MeasureConfig, base_cache
 
         self.loaded, self.cfg = loaded, cfg
-        sets, self.prompts, self.gen = _data(loaded, cfg)
-        self.tokens = jnp.asarray(sets["eval"])
-        z0 = forward(loaded.model, self.tokens)[:, :-1]
-        self.z0 = z0.reshape(-1, z0.shape[-1])
+        self.config = MeasureConfig(windows=cfg.windows, seqlen=cfg.seqlen, source=cfg.source, mc_items=mc_items,
+                                    prompts=cfg.prompts, prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
+                                    per_layer=False, strata_bins=0)
+        self.base = base_cache(loaded, self.config)
 
     def __call__(self, method: str, settings: dict) -> dict:
-        import jax.numpy as jnp
-
         from hemorrhage.sim.compress import compress_from_args
-        from hemorrhage.sim.generate import generate
-        from hemorrhage.sim.models import forward
-        from hemorrhage.validate.metrics import compare_logits
+        from hemorrhage.validate.measure import measure
 
         cfg, t0 = self.cfg, time.perf_counter()
-        comp, _ = compress_from_args(self.loaded, method, calib_samples=cfg.calib_samples,
-                                     calib_seqlen=cfg.calib_seqlen, seed=cfg.calib_seed, **settings)
-        z = forward(comp, self.tokens)[:, :-1]
-        m = compare_logits(self.z0, z.reshape(-1, z.shape[-1]))
-        row = {"method": method, "settings": settings, "kl": float(jnp.mean(m["kl"])),
-               "top1_agreement": float(jnp.mean(m["top1"]))}
-        if self.prompts is not None:
-            diff = np.asarray(generate(comp, self.prompts, cfg.new_tokens)) != self.gen
-            row["first_divergence_mean"] = float(np.where(diff.any(-1), diff.argmax(-1), diff.shape[1]).mean())
+        comp, record = compress_from_args(self.loaded, method, calib_samples=cfg.calib_samples,
+                                          calib_seqlen=cfg.calib_seqlen, seed=cfg.calib_seed, **settings)
+        res = measure(self.loaded, comp, self.base, record)
+        row = {"method": method, "settings": settings,
+               **{k: res[k] for k in ("kl", "top1_agreement", "ppl", "mc_agreement", "first_divergence_mean",
+                                      "gen_identical", "collapsed") if k in res}}
+        if "mc_agreement" in row and "gen_identical" in row:
+            row["mc_vs_gen_gap"] = row["mc_agreement"] - row["gen_identical"]
         row["seconds"] = round(time.perf_counter() - t0, 2)
         return row
 

@@ -94,7 +94,8 @@ def run(args) -> int:
     if args.validate:
         meas = measure_grid(loaded, grid, cfg, log=_log)
         for p, m in zip(res["points"], meas["points"]):
-            p["measured"] = {k: m[k] for k in ("kl", "top1_agreement", "first_divergence_mean") if k in m}
+            p["measured"] = {k: m[k] for k in ("kl", "top1_agreement", "first_divergence_mean", "gen_identical",
+                                               "mc_agreement", "mc_vs_gen_gap") if k in m}
             p["kl_ratio"] = p["kl"] / m["kl"] if m["kl"] > 0 else math.inf
         res["cliffs"] = measured_cliffs(res, meas, cfg.kl_threshold)
         res["seconds_measure"] = meas["seconds"]
@@ -109,7 +110,7 @@ def _print(res: dict, validate: bool) -> None:
     f = lambda x, n=4: "-" if x is None else f"{x:.{n}g}"  # noqa: E731
     print(f"{res['model']}: predicted from the base ({res['seconds']:.1f} s)")
     head = f"{'setting':<30} {'kl':>9} {'interval':>19} {'½Var_p':>9} {'top1':>6} {'1st div':>7} {'nonlin':>7}"
-    print(head + ("   measured kl  top1  1st div  kl ratio" if validate else ""))
+    print(head + ("   measured kl  top1  1st div  kl ratio  MC−gen gap p/m" if validate else ""))
     for p in res["points"]:
         reg = p.get("regime", {})
         flag = (" !" if not reg.get("kl_prediction_ok", True) else "") + ("" if reg.get("linear_regime_ok", True) else " ~")
@@ -121,7 +122,7 @@ def _print(res: dict, validate: bool) -> None:
         if validate:
             m = p["measured"]
             line += (f"   {f(m['kl']):>11} {m['top1_agreement']:>5.3f} {f(m.get('first_divergence_mean'), 3):>8} "
-                     f"{p['kl_ratio']:>9.2f}")
+                     f"{p['kl_ratio']:>9.2f}  {f(p.get('mc_vs_gen_gap'), 2):>5}/{f(m.get('mc_vs_gen_gap'), 2):<5}")
         print(line)
     for c in res["cliffs"]:
         if c["cliff"] is None:
