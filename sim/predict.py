@@ -344,11 +344,12 @@ class Measurer:
         return row
 
 
-def measure_grid(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictConfig(), *, log=None) -> dict:
-    """Every setting of `grid` compressed and measured (`Measurer`)."""
+def measure_grid(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictConfig(), *, log=None,
+                 mc_items: int = 24) -> dict:
+    """Every setting of `grid` compressed and measured (`Measurer`; mc_items = 0: no MC)."""
     say = log or (lambda m: None)
     t0 = time.perf_counter()
-    meas = Measurer(loaded, cfg)
+    meas = Measurer(loaded, cfg, mc_items=mc_items)
     rows = []
     for method, settings in grid:
         say(f"measuring {method} {settings}")

@@ -86,7 +86,8 @@ def regenerate(results="results", figures="figures", log=print) -> list[str]:
     """Every figure from the stored results, no model needed: each results/*.jsonl sweep →
     every experiment's figure; with sweeps of ≥ 2 models, the same over all of them together
     (stem `models`: the real models beside the clean control); results/hierarchy/*.csv →
-    the main job's figure; results/diagnose/*.json → the diagnosis figure."""
+    the main job's figure; results/diagnose/*.json → the diagnosis figure;
+    results/recovery/recovery.csv → the recovery figure."""
     import pandas as pd
 
     from hemorrhage.validate.plots import diagnose_figure, hierarchy_figure
@@ -118,5 +119,16 @@ def regenerate(results="results", figures="figures", log=print) -> list[str]:
             log(f"skipped {js}: not a stored diagnosis")
             continue
         written.append(str(diagnose_figure(layers, figures / f"{js.stem}.png", title)))
+        log(written[-1])
+    rec = results / "recovery" / "recovery.csv"
+    if rec.is_file():
+        from hemorrhage.validate.recovery import recovery_figure
+
+        df = pd.read_csv(rec)
+        try:
+            title = json.loads((rec.parent / "figure.json").read_text())["title"]
+        except (OSError, ValueError, KeyError):
+            title = "Recovery by KL distillation (masks and grids fixed)"
+        written.append(str(recovery_figure(df, figures / "recovery.png", title)))
         log(written[-1])
     return written

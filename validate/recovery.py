@@ -219,10 +219,11 @@ def main(argv=None) -> int:
     summ = summary(df)
     atomic_write_text(out / "recovery_summary.json", json.dumps(summ, indent=2, default=float))
     n_tok = args.windows * (args.seqlen - 1)
-    fig = recovery_figure(df, Path(args.figures) / "recovery.png",
-                          f"Recovery by KL distillation ({args.steps} steps, {args.batch}×{args.train_seqlen} train "
-                          f"tokens/step), measured on {n_tok} held-out Wikipedia tokens and {args.prompts} prompts.  "
-                          "SmolLM2's base is a dequantized GGUF; the control's is clean fp32")
+    title = (f"Recovery by KL distillation ({args.steps} steps, {args.batch}×{args.train_seqlen} train "
+             f"tokens/step), measured on {n_tok} held-out Wikipedia tokens and {args.prompts} prompts.  "
+             "SmolLM2's base is a dequantized GGUF; the control's is clean fp32")
+    atomic_write_text(out / "figure.json", json.dumps({"title": title}))  # `hemorrhage figures` redraws with it
+    fig = recovery_figure(df, Path(args.figures) / "recovery.png", title)
     for s in summ:
         print(f"{s['model']:>14} {s['setting']:<30} {s['verdict']:<22} KL {s['kl_before']:.4g} -> {s['kl_after']:.4g} "
               f"({s['kl_recovered']:+.0%})  top-1 {s['top1_before']:.3f} -> {s['top1_after']:.3f}  "
