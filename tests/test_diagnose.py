@@ -17,7 +17,7 @@ def run_json(capsys, *argv):
 def test_diagnose_rtn(capsys, tmp_path, smollm2, bits, expected):
     code, res = run_json(capsys, "diagnose", "--model", "smollm2-135m", "--method", "rtn", "--bits", str(bits),
                          "--group-size", "64", "--windows", "1", "--seqlen", "48",
-                         "--figures", str(tmp_path), "--json")
+                         "--figures", str(tmp_path), "--results", str(tmp_path / "r"), "--json")
     assert code == 0
     assert res["verdict"] in expected, {k: res[k] for k in ("verdict", "final_kl", "top1_agreement")}
     layers = res["layers"]
@@ -27,3 +27,5 @@ def test_diagnose_rtn(capsys, tmp_path, smollm2, bits, expected):
     for x in layers:
         assert 0.0 <= x["gate_flip"] <= 1.0 and -1.0 <= x["entropy_shift"] <= 1.0
     assert open(res["figure"], "rb").read(4) == b"\x89PNG"
+    stored = json.loads(open(res["table"]).read())  # what `hemorrhage figures` redraws from
+    assert stored["verdict"] == res["verdict"] and stored["title"] and len(stored["layers"]) == len(layers)

@@ -97,8 +97,10 @@ def _figure(df, sp, path: Path, stem: str) -> Path:
     axs[0].set_ylabel("share of the continuation before the first divergence")
     axs[0].set_title("Same strategy for base and compressed: how long do they agree?", fontsize=11)
     if len(sp):
-        sns.boxplot(sp, x="model", y="spread", hue="aligned", ax=axs[1])
-        sns.stripplot(sp, x="model", y="spread", color="k", size=3, ax=axs[1])
+        sp = sp.assign(kind=np.where(sp.aligned, "aligned (instruction-tuned)", "base"))
+        sns.stripplot(sp, x="model", y="spread", hue="kind", size=5, alpha=0.6, ax=axs[1])
+        sns.pointplot(sp, x="model", y="spread", estimator="median", errorbar=None, color="k", markers="D",
+                      linestyles="none", ax=axs[1], label="median")
     axs[1].set_ylabel("max − min over strategies (prefix agreement)")
     axs[1].set_title("Spread across strategies: aligned vs base models", fontsize=11)
     fig.suptitle(f"Exp 8, {stem}: decoding strategy under compression", fontsize=12)
