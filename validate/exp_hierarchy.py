@@ -187,17 +187,23 @@ def _figure(df, final, steps, reg, path: Path, stem: str) -> Path:
     fig, axs = plt.subplots(2, 2, figsize=(14, 10), layout="constrained")
     ax = axs[0, 0]
     if len(final):
-        f = final.sort_values("kl")
-        f = f.assign(label=(f.model + ": " if f.model.nunique() > 1 else "") + f.method + " " + f.setting)
-        long = pd.concat([pd.DataFrame({"label": f.label, "value": f[c], "space": name}) for c, name in
-                          (("one_minus_cos_h", "1 − cos(h)"), ("one_minus_cos_z", "1 − cos(z)"),
-                           ("one_minus_cos_p", "1 − cos(p)"), ("kl", "KL(p ‖ q)"))])
+        f = final[np.isfinite(final.one_minus_cos_h) & (final.one_minus_cos_h > 0)]
+        long = pd.concat([pd.DataFrame({"h": f.one_minus_cos_h, "value": f[c], "space": name, "model": f.model})
+                          for c, name in (("one_minus_cos_z", "1 − cos(z)  logits"),
+                                          ("one_minus_cos_p", "1 − cos(p)  probabilities"),
+                                          ("kl", "KL(p ‖ q)"))])
         long = long[np.isfinite(long.value) & (long.value > 0)]
-        sns.pointplot(long, x="label", y="value", hue="space", linestyles="none", ax=ax, log_scale=True)
-        ax.tick_params(axis="x", labelrotation=90, labelsize=6)
-        ax.set_xlabel("setting (sorted by final KL)")
-    ax.set_ylabel("damage at the model's output (token mean)")
-    ax.set_title("Is p damaged more than h and z?", fontsize=11)
+        if len(long):
+            sns.scatterplot(long, x="h", y="value", hue="space", style="model" if f.model.nunique() > 1 else None,
+                            s=30, alpha=0.8, ax=ax)
+            lo, hi = float(min(long.h.min(), long.value.min())), float(max(long.h.max(), long.value.max()))
+            ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="as damaged as h")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
+    ax.set_xlabel("1 − cos(h) at the last layer (one point per setting)")
+    ax.set_ylabel("damage in z, p and KL at the output")
+    ax.set_title("Is p damaged more than h?  (above the diagonal: amplified)", fontsize=11)
 
     ax = axs[0, 1]
     ok = df[np.isfinite(df.kl) & np.isfinite(df.kl_pred) & (df.kl > 0) & (df.kl_pred > 0)]
