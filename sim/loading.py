@@ -32,9 +32,13 @@ def load_tokenizer(path: str | Path):
 def load(model: str, *, allow_pickle: bool = False, quiet: bool = False) -> Loaded:
     """`model` is a registry name (fetched on first use) or a local HF checkpoint folder."""
     from hemorrhage.sim.models import load_checkpoint
+    from hemorrhage.sim.models.loader import checkpoint_files
+    from hemorrhage.sim.preflight import check_checkpoint
     from hemorrhage.sim.registry import resolve
 
     path = resolve(model, quiet=quiet)
+    checkpoint_files(path, allow_pickle)  # the folder itself first: not one, no config.json, pickle only
+    check_checkpoint(path)  # then a malformed config or weight file, as one line (sim/preflight.py)
     net, cfg = load_checkpoint(path, allow_pickle=allow_pickle)
     tok = load_tokenizer(path)
     note = "user checkpoint: base precision as stored"

@@ -103,11 +103,10 @@ def model_fingerprint(loaded) -> dict:
 def scored_trace(model, tokens, all_layers: bool) -> tuple[np.ndarray, dict]:
     """Residuals at the scored positions (all but each window's last): [L+1 or 1, N, d], and
     the per-token activation sparsity there (validate.strata.token_sparsity)."""
-    import jax.numpy as jnp
-
+    from hemorrhage.sim.shard import on_active_mesh
     from hemorrhage.validate.strata import token_sparsity
 
-    tr = model.trace(jnp.asarray(tokens))
+    tr = model.trace(on_active_mesh(tokens))
     h = tr.h[:, :, :-1, :]
     h = h.reshape(h.shape[0], -1, h.shape[-1])
     return np.asarray(h if all_layers else h[-1:]), token_sparsity(tr)

@@ -102,19 +102,19 @@ def mc_inputs(loaded, config) -> dict:
 
 def choice_scores(model, mc: dict) -> tuple[np.ndarray, np.ndarray]:
     """(scores [I C] = summed log-probs, −inf for missing choices; answer-position log-probs [I V])."""
-    import jax.numpy as jnp
-
     I, Lq = mc["q_tok"].shape
     C, Lc = mc["c_tok"].shape[1:]
     vocab = int(model.cfg.vocab_size) if hasattr(model, "cfg") else 50_000
     batch = int(max(1, min(8, I, (1 << 27) // max(1, Lq * vocab))))  # ≤ ~0.5 GB of prefill logits
     n_pad = (-I) % batch
     idx = np.concatenate([np.arange(I), np.zeros(n_pad, int)])
+    from hemorrhage.sim.shard import on_active_mesh
+
     fn = _choices_jit()
     tok_lp, ans = [], []
     for s in range(0, len(idx), batch):
         b = idx[s:s + batch]
-        lp, za = fn(model, jnp.asarray(mc["q_tok"][b]), jnp.asarray(mc["q_len"][b]), jnp.asarray(mc["c_tok"][b]))
+        lp, za = fn(model, *(on_active_mesh(mc[k][b]) for k in ("q_tok", "q_len", "c_tok")))
         tok_lp.append(np.asarray(lp))
         ans.append(np.asarray(za))
     tok_lp = np.concatenate(tok_lp)[:I].astype(np.float64)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import re
 from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -73,8 +72,10 @@ def decode(model, prompts, n: int, strategy: str = "greedy", seed: int = 0) -> n
     """[K N] continuation of each prompt under `strategy` (module docstring)."""
     from hemorrhage.sim.generate import beam_search, generate
 
+    from hemorrhage.sim.shard import on_active_mesh
+
     s = parse_strategy(strategy)
-    prompts = jnp.asarray(prompts)
+    prompts = on_active_mesh(prompts)
     if s["kind"] == "greedy":
         out = generate(model, prompts, n)
     elif s["kind"] == "sample":
@@ -104,9 +105,11 @@ def _last_hidden(model, tokens):
 
 def path_hidden(model, prompts: np.ndarray, gen: np.ndarray) -> np.ndarray:
     """h_L [K N d] at the positions that predict gen[:, t] when `model` reads prompt + gen[:, :t]."""
+    from hemorrhage.sim.shard import on_active_mesh
+
     P = prompts.shape[1]
     seq = np.concatenate([prompts, gen[:, :-1]], axis=1)
-    return np.asarray(_last_hidden(model, jnp.asarray(seq)))[:, P - 1:]
+    return np.asarray(_last_hidden(model, on_active_mesh(seq)))[:, P - 1:]
 
 
 @partial(nnx.jit, static_argnames=("chunk",))

@@ -33,6 +33,14 @@ NaN/inf from a collapsed model are results (collapsed = true, notes say why), wr
 NaN/Infinity.  A setting whose compression raises is reported on stderr and not written (a
 rerun retries it); the sweep goes on and exits 1 at the end.  No timings are in the rows: the
 same command with the same seeds gives a byte-identical file.
+
+Devices (`--devices N`, `--mesh`; validate/sweep_workers.py, sim/shard.py).  N settings are
+measured at once, one per device group, each group holding its own copy of the base; this
+thread still appends every row itself, one write each, in grid order (a later setting that
+finishes first waits), so the file, its resume and its bytes are those of a one-device run
+(on devices of one kind; a mesh with model > 1 or data > 1 reorders sums: equal to fp32
+rounding).  The calibration windows are drawn once per distinct calibration setting before
+any setting runs.  Multi-host: only process 0 (`shard.is_writer()`) locks and writes.
 """
 
 from __future__ import annotations
@@ -85,6 +93,7 @@ def _cast(method_cls, key: str, value):
 def parse_grid(spec: str) -> list[tuple[str, dict]]:
     """[(method, settings)] in grid order, each validated (UserError: one line)."""
     from hemorrhage.sim.compress import METHODS, make_method
+    from hemorrhage.sim.compress.registry import check_calibration
 
     if not spec or not spec.strip():
         raise UserError("--grid is empty; e.g. --grid 'magnitude:sparsity=0.1,0.5;rtn:bits=4'")
@@ -117,6 +126,7 @@ def parse_grid(spec: str) -> list[tuple[str, dict]]:
             settings = dict(combo)
             method_settings = {k: v for k, v in settings.items() if k not in CALIB_KEYS}
             try:
+                check_calibration(**{k: v for k, v in settings.items() if k in CALIB_KEYS})
                 make_method(name, **method_settings)
             except UserError as e:
                 raise UserError(f"--grid: {name} {settings}: {e}") from None
@@ -227,34 +237,43 @@ def base_path_for(out: Path) -> Path:
 # ------------------------------------------------------------------ the run ------------
 
 def run_sweep(loaded, grid: list[tuple[str, dict]], config, out: Path, *, calib: dict | None = None,
-              progress: bool = True, log=None) -> dict:
+              progress: bool = True, log=None, devices: int = 1, mesh_shape: dict | None = None) -> dict:
     """Measure every setting of `grid` not yet in `out`.  Returns {'rows', 'done_before',
-    'computed', 'failed': [(method, settings, error)]}."""
+    'computed', 'failed': [(method, settings, error)], 'placement': {key: [devices]}}.
+
+    devices > 1: that many settings at once, one per device group of `mesh_shape` devices
+    (validate.sweep_workers); rows are still written one at a time in grid order."""
+    from hemorrhage.sim import shard
+
     log = log or (lambda msg: print(f"[sweep] {msg}", file=sys.stderr, flush=True))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     calib = {k: v for k, v in (calib or {}).items() if v is not None}
     run_info = {"config": config.as_dict(), "calib": calib}
-    fd = _lock(out)
+    writer = shard.is_writer()  # multi-host: process 0 writes, the others only compute
+    fd = _lock(out) if writer else None
     try:
-        failed, n_done, n_todo = _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log)
+        failed, n_done, n_todo, placement = _run_locked(loaded, grid, config, out, fd, calib, run_info, progress,
+                                                        log, devices, mesh_shape)
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
     rows = read_rows(out, repair=False)
     order: dict[str, int] = {}
     for m, st in grid:
         order.setdefault(row_key(loaded.name, m, st), len(order))
     rows = sorted((r for r in rows if r["key"] in order), key=lambda r: order[r["key"]])
-    return {"rows": rows, "done_before": n_done, "computed": n_todo - len(failed), "failed": failed}
+    return {"rows": rows, "done_before": n_done, "computed": n_todo - len(failed), "failed": failed,
+            "placement": placement}
 
 
-def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log):
+def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log, devices, mesh_shape):
     from tqdm import tqdm
 
-    from hemorrhage.sim.compress import compress_from_args
-    from hemorrhage.validate.measure import base_cache, measure, row_view
+    from hemorrhage.validate.measure import base_cache, row_view
+    from hemorrhage.validate.sweep_workers import make_runner
 
-    existing = read_rows(out)
+    existing = read_rows(out, repair=fd is not None)
     for r in existing:
         if not isinstance(r, dict) or "key" not in r:
             raise UserError(f"{out} is not a sweep file (a line without a key); use another --out")
@@ -272,22 +291,20 @@ def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log):
             todo.append((key, method, settings))
     n_total, n_done = len(seen), len(seen & done)
     log(f"{n_total} settings, {n_done} already in {out}, {len(todo)} to run")
-    failed = []
+    failed: list = []
     if not todo:
-        return failed, n_done, 0
-    base = base_cache(loaded, config, base_path_for(out), log=log)
+        return failed, n_done, 0, {}
+    base = base_cache(loaded, config, base_path_for(out) if fd is not None else None, log=log)
+    _draw_calibration(loaded, todo, calib, log)
+    runner = make_runner(loaded, devices, mesh_shape, log)
     bar = tqdm(total=n_total, initial=n_done, desc="sweep", unit="setting", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     try:
-        for key, method, settings in todo:
+        for (key, method, settings), (status, res) in runner.run(todo, calib, base):
             label = f"{method} " + (",".join(f"{k}={v}" for k, v in settings.items()) or "default")
             bar.set_postfix_str(label)
-            try:
-                comp, record = compress_from_args(loaded, method, **{**calib, **settings})
-                res = measure(loaded, comp, base, record)
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # one bad setting must not take the sweep down
+            if status == "err":
+                e = res
                 msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
                 failed.append((method, settings, f"{type(e).__name__}: {msg}"))
                 tqdm.write(f"[sweep] FAILED {label}: {type(e).__name__}: {msg}", file=sys.stderr)
@@ -295,13 +312,35 @@ def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log):
                 continue
             row = {"key": key, "grid": {"method": method, "settings": settings}, "sweep": run_info,
                    **row_view(res)}
-            append_row(out, row, fd)
+            if fd is not None:
+                append_row(out, row, fd)
             tqdm.write(f"[sweep] {label}: kl {res['kl']:.4g}, top-1 {res['top1_agreement']:.3f}, "
                        f"ppl {res['ppl']:.4g}" + (" COLLAPSED" if res["collapsed"] else ""), file=sys.stderr)
             bar.update(1)
     finally:
         bar.close()
-    return failed, n_done, len(todo)
+    return failed, n_done, len(todo), runner.placement
+
+
+def _draw_calibration(loaded, todo, calib: dict, log) -> None:
+    """Draw each distinct set of calibration windows once, before any setting runs: every
+    calibrated setting after the first reuses it (registry.calibration_tokens_for memoises),
+    and parallel workers never tokenize concurrently.  Errors are left to the setting."""
+    from hemorrhage.sim.compress.registry import calibration_tokens_for, plan
+
+    sets, n = set(), 0
+    for _, method, settings in todo:
+        try:
+            _, c = plan(method, **{**calib, **settings})
+            if c is not None:
+                n += 1
+                if tuple(sorted(c.items())) not in sets:
+                    calibration_tokens_for(loaded, **c)
+                    sets.add(tuple(sorted(c.items())))
+        except UserError:
+            continue
+    if n:
+        log(f"calibration inputs: {len(sets)} distinct set(s) of windows drawn once for {n} calibrated setting(s)")
 
 
 def _diff(a, b) -> str:

@@ -21,6 +21,33 @@ def load_model(args):
     return load(args.model, allow_pickle=getattr(args, "allow_pickle", False))
 
 
+def add_mesh(parser) -> None:
+    parser.add_argument("--mesh", metavar="AXIS=N[,AXIS=N]",
+                        help="run on a device mesh, e.g. data=8 or data=2,model=4: calibration and batches "
+                             "split over 'data', weights tensor-parallel over 'model' (hemorrhage.sim.shard)")
+
+
+def mesh_shape(args) -> dict | None:
+    """The --mesh shape, validated (one-line UserError: syntax, enough devices) before anything loads."""
+    from hemorrhage.sim.shard import make_mesh, parse_mesh
+
+    shape = parse_mesh(getattr(args, "mesh", None))
+    if shape:
+        make_mesh(shape)
+    return shape
+
+
+def place_on_mesh(loaded, shape: dict | None):
+    """(loaded with its model's weights placed on the mesh, the mesh) or (loaded, None)."""
+    if not shape:
+        return loaded, None
+    from hemorrhage.sim.shard import make_mesh, shard_model
+
+    mesh = make_mesh(shape)
+    shard_model(loaded.model, mesh)
+    return loaded, mesh
+
+
 def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=True, allow_nan=True, default=_jsonable)
     sys.stdout.write("\n")
@@ -79,9 +106,21 @@ def compression_settings(args) -> dict:
     return s
 
 
-def compress_loaded(loaded, args):
-    """(compressed model, record) for the plan on the command line."""
+def check_compression(args) -> None:
+    """Build the method and check the calibration flags before a model loads, so a bad
+    setting is one line in a second rather than after loading the model."""
+    from hemorrhage.sim.compress import make_method
+    from hemorrhage.sim.compress.registry import check_calibration
+
+    check_calibration(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed)
+    make_method(args.method, **compression_settings(args))
+
+
+def compress_loaded(loaded, args, mesh=None):
+    """(compressed model, record) for the plan on the command line (calibration
+    data-parallel over `mesh`'s "data" axis when given)."""
     from hemorrhage.sim.compress import compress_from_args
 
     return compress_from_args(loaded, args.method, calib_samples=args.calib_samples,
-                              calib_seqlen=args.calib_seqlen, seed=args.seed, **compression_settings(args))
+                              calib_seqlen=args.calib_seqlen, seed=args.seed, mesh=mesh,
+                              **compression_settings(args))

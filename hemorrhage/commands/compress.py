@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import argparse
 
-from hemorrhage.commands.common import add_compression, add_model, compression_settings, load_model, print_json
+from hemorrhage.commands.common import (add_compression, add_mesh, add_model, compression_settings, load_model,
+                                        mesh_shape, place_on_mesh, print_json)
 from hemorrhage.errors import UserError
 
 
@@ -35,6 +36,7 @@ def add_arguments(p) -> None:
     add_model(p)
     add_compression(p)
     p.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
+    add_mesh(p)
     p.add_argument("--json", action="store_true", help="print the full record as JSON")
 
 
@@ -80,9 +82,10 @@ def run(args) -> int:
     if args.calib_samples < 1 or args.calib_seqlen < 2:
         raise UserError(f"--calib-samples must be >= 1 and --calib-seqlen >= 2, "
                         f"got {args.calib_samples} and {args.calib_seqlen}")
-    loaded = load_model(args)
+    shape = mesh_shape(args)
+    loaded, mesh = place_on_mesh(load_model(args), shape)
     model, record = compress_from_args(loaded, args.method, calib_samples=args.calib_samples,
-                                       calib_seqlen=args.calib_seqlen, seed=args.seed, **settings)
+                                       calib_seqlen=args.calib_seqlen, seed=args.seed, mesh=mesh, **settings)
     out = export_hf(model, loaded.path, args.out, record)
     if args.json:
         for w in record.get("warnings", []):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 import time
 
-from hemorrhage.commands.common import (add_compression, add_mesh, add_model, compress_loaded, load_model, mesh_shape,
-                                        place_on_mesh, print_json)
+from hemorrhage.commands.common import (add_compression, add_mesh, add_model, check_compression, compress_loaded,
+                                        load_model, mesh_shape, place_on_mesh, print_json)
 
 
 def add_measure_arguments(p, *, per_layer_default: bool = True) -> None:
@@ -73,6 +73,7 @@ def run(args) -> int:
     from hemorrhage.validate.measure import base_cache, measure
 
     config = measure_config(args)  # validates before the model loads
+    check_compression(args)
     shape = mesh_shape(args)
     loaded, mesh = place_on_mesh(load_model(args), shape)
     t0 = time.perf_counter()

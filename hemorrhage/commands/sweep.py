@@ -5,6 +5,10 @@ one JSON line per setting).  Resumable: kill it and rerun the same command, it c
 where it stopped (no row lost or repeated).  The base phase is computed once and cached
 beside the output (<out stem>.base.npz).  Grid syntax and file format: see
 hemorrhage.validate.sweep's docstring.
+
+--devices N measures N settings at once, one per device (or per group of --mesh devices,
+e.g. --devices 4 --mesh data=2 on 8 GPUs); the file is still written in grid order, one row
+per setting (hemorrhage.validate.sweep_workers).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hemorrhage.commands.common import add_model, load_model, print_json
+from hemorrhage.commands.common import add_mesh, add_model, load_model, mesh_shape, print_json
 from hemorrhage.commands.measure import add_measure_arguments, measure_config
 
 
@@ -27,6 +31,10 @@ def add_arguments(p) -> None:
     c.add_argument("--calib-seqlen", type=int, default=128, help="tokens per calibration window")
     c.add_argument("--seed", type=int, default=0, help="calibration seed")
     add_measure_arguments(p, per_layer_default=False)
+    d = p.add_argument_group("devices (hemorrhage.sim.shard)")
+    d.add_argument("--devices", type=int, default=1,
+                   help="settings measured at once, one per device group (default 1: in order, one device)")
+    add_mesh(d)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print all rows as one JSON list at the end")
 
@@ -39,13 +47,22 @@ def run(args) -> int:
     config = measure_config(args)
     if args.calib_samples < 1 or args.calib_seqlen < 2:
         raise UserError("--calib-samples must be >= 1 and --calib-seqlen >= 2")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.devices < 1:
+        raise UserError(f"--devices must be >= 1, got {args.devices}")
+    shape = mesh_shape(args)
+    if args.devices > 1 or shape:
+        from hemorrhage.sim.shard import device_groups
+
+        device_groups(args.devices, shape)  # enough devices? (before the model loads)
     loaded = load_model(args)
     out = Path(args.out or f"results/sweep_{Path(loaded.name).name}.jsonl")
     if out.exists() and out.is_dir():
         raise UserError(f"--out {out} is a directory")
-    res = run_sweep(loaded, grid, config, out, progress=not args.no_progress,
-                    calib={"calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen,
-                           "seed": args.seed})
+    res = run_sweep(loaded, grid, config, out, progress=not args.no_progress, devices=args.devices,
+                    mesh_shape=shape, calib={"calib_samples": args.calib_samples,
+                                             "calib_seqlen": args.calib_seqlen, "seed": args.seed})
     rows = res["rows"]
     if args.json:
         print_json(rows)

@@ -13,6 +13,12 @@ linear inputs are captured by wrapping the linears of a copy of the block inside
 trace, and only the statistics leave the jit (XLA drops the rest of the block).
 
 H = 2·XᵀX/n is the layer-wise Hessian of ‖WX − ŴX‖² (GPTQ's convention).
+
+Data parallel (sim.shard): inside `shard.data_parallel(mesh)` (or with `mesh=`) each chunk
+of calibration samples is split over the mesh's "data" axis (chunks are sized to a multiple
+of it; a ragged last chunk is replicated), and so is every block activation h computed from
+it.  Σxxᵀ and Σ|x| are then sums over a sharded axis: jit makes them per-device partial sums
+plus one all-reduce.  Without a mesh (or a 1-device one) nothing changes.
 """
 
 from __future__ import annotations
@@ -147,17 +153,27 @@ def _embed(model, tokens, pos):
 class Sequential:
     """Calibration activations flowing through the model one block at a time."""
 
-    def __init__(self, model, tokens, *, chunk_tokens: int = 4096, keep_history: bool = False):
+    def __init__(self, model, tokens, *, chunk_tokens: int = 4096, keep_history: bool = False, mesh=None):
         tokens = np.asarray(tokens)
         if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
             raise UserError(f"calibration tokens must be [samples, seqlen], got shape {tokens.shape}")
+        if not np.issubdtype(tokens.dtype, np.integer):  # floats would be truncated to other ids
+            raise UserError(f"calibration tokens must be integer token ids, got dtype {tokens.dtype}")
         if tokens.min() < 0 or tokens.max() >= model.cfg.vocab_size:
             raise UserError(f"calibration token ids must lie in [0, {model.cfg.vocab_size})")
+        from hemorrhage.sim import shard
+
         self.model = model
+        mesh = shard.active_mesh() if mesh is None else mesh
+        self.mesh = mesh if shard.axis_size(mesh, "data") > 1 else None
         n, T = tokens.shape
         self.pos = jnp.arange(T, dtype=jnp.int32)
         per = max(1, chunk_tokens // T)
-        self.h = [_embed(model, jnp.asarray(tokens[i:i + per], jnp.int32), self.pos) for i in range(0, n, per)]
+        if self.mesh is not None:  # whole samples per device: a multiple of the data axis
+            d = shard.axis_size(self.mesh, "data")
+            per = max(d, per - per % d)
+        self.h = [_embed(model, shard.place_rows(np.asarray(tokens[i:i + per], np.int32), self.mesh), self.pos)
+                  for i in range(0, n, per)]
         self.n_tokens = n * T
         self.history = [self.h] if keep_history else None
 

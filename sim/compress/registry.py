@@ -12,10 +12,14 @@ A method is a frozen dataclass with a class attribute `name`, settings as fields
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import threading
 import time
 from typing import Any, Iterator
 
+import numpy as np
 from flax import nnx
 
 from hemorrhage.errors import UserError
@@ -68,8 +72,12 @@ def needs_calibration(method) -> bool:
     return bool(getattr(method, "needs_calibration", False))
 
 
-def compress(model, method, calib_tokens=None):
-    """A compressed copy of `model` (same class) and a JSON-able record of what was done."""
+def compress(model, method, calib_tokens=None, *, mesh=None):
+    """A compressed copy of `model` (same class) and a JSON-able record of what was done.
+
+    `mesh` (sim.shard): calibrate data-parallel over its "data" axis (same result up to
+    fp32 rounding); None keeps whatever `shard.data_parallel` set, else one device."""
+    from hemorrhage.sim import shard
     from hemorrhage.sim.compress.storage import memory_report
 
     if hasattr(method, "check"):
@@ -80,7 +88,8 @@ def compress(model, method, calib_tokens=None):
 
     small = nnx.clone(model)
     t0 = time.perf_counter()
-    with single_thread_blas():
+    dp = shard.data_parallel(mesh) if mesh is not None else contextlib.nullcontext()
+    with single_thread_blas(), dp:
         record = method.apply(small, calib_tokens if needs_calibration(method) else None) or {}
     out = {"method": method.name, "settings": dataclasses.asdict(method), **record}
     out["memory"] = memory_report(small)
@@ -88,37 +97,81 @@ def compress(model, method, calib_tokens=None):
     return small, out
 
 
+# (tokenizer id, samples, seqlen, seed, source, cache folder) -> (tokenizer, tokens): a sweep draws the
+# same calibration windows for every calibrated setting; they are drawn once (the tokenizer
+# is held so its id cannot be reused while the entry lives).
+_CALIB_MEMO: dict[tuple, tuple] = {}
+_CALIB_LOCK = threading.Lock()
+CALIB_STATS = {"drawn": 0, "reused": 0}  # counters, for bench/bench_sweep.py
+
+
+def check_calibration(**calib) -> None:
+    """UserError unless every given calibration setting is usable (integers in range, a
+    known text source): checked before a model loads, not deep inside the run."""
+    from hemorrhage.sim.data import TEXT_SOURCES
+
+    for name, lo in (("calib_samples", 1), ("calib_seqlen", 2), ("seed", 0)):
+        v = calib.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < lo):
+            raise UserError(f"{name} must be an integer >= {lo}, got {v!r}")
+    src = calib.get("calib_source")
+    if src is not None and src not in TEXT_SOURCES:
+        raise UserError(f"calib_source must be one of {', '.join(TEXT_SOURCES)}, got {src!r}")
+
+
 def calibration_tokens_for(loaded, *, calib_samples: int = 16, calib_seqlen: int = 128, seed: int = 0,
                            calib_source: str = "wiki"):
+    """[calib_samples, calib_seqlen] int32 of the train split (sim.data.calibration_tokens),
+    memoised per tokenizer and settings (a read-only array: callers must not write into it)."""
     from hemorrhage.sim.data import calibration_tokens
 
-    if int(calib_samples) < 1 or int(calib_seqlen) < 2:
-        raise UserError(f"--calib-samples must be >= 1 and --calib-seqlen >= 2, "
-                        f"got {calib_samples} and {calib_seqlen}")
-    return calibration_tokens(loaded.tokenizer, source=calib_source, n_samples=int(calib_samples),
-                              seqlen=int(calib_seqlen), seed=int(seed))
+    check_calibration(calib_samples=calib_samples, calib_seqlen=calib_seqlen, seed=seed,
+                      calib_source=calib_source)
+    key = (id(loaded.tokenizer), int(calib_samples), int(calib_seqlen), int(seed), calib_source,
+           os.environ.get("HEMORRHAGE_CACHE"))  # another cache folder may hold other text
+    with _CALIB_LOCK:  # sweep workers share one tokenizer: draw under the lock
+        hit = _CALIB_MEMO.get(key)
+        if hit is not None and hit[0] is loaded.tokenizer:
+            CALIB_STATS["reused"] += 1
+            return hit[1]
+        tokens = calibration_tokens(loaded.tokenizer, source=calib_source, n_samples=int(calib_samples),
+                                    seqlen=int(calib_seqlen), seed=int(seed))
+        tokens.setflags(write=False)
+        while len(_CALIB_MEMO) >= 8:
+            _CALIB_MEMO.pop(next(iter(_CALIB_MEMO)))
+        _CALIB_MEMO[key] = (loaded.tokenizer, tokens)
+        CALIB_STATS["drawn"] += 1
+        return tokens
 
 
-def compress_from_args(loaded, method_name: str, **settings):
+CALIB_DEFAULTS = {"calib_samples": 16, "calib_seqlen": 128, "seed": 0, "calib_source": "wiki"}
+
+
+def plan(method_name: str, **settings):
+    """(method, calibration settings with defaults filled in, or None if it needs none) from
+    CLI-style settings (method fields plus CALIB_SETTINGS; None values mean the default)."""
+    calib = {k: settings.pop(k) for k in CALIB_SETTINGS if k in settings}
+    method = make_method(method_name, **settings)
+    if not needs_calibration(method):
+        return method, None
+    return method, {**CALIB_DEFAULTS, **{k: v for k, v in calib.items() if v is not None}}
+
+
+def compress_from_args(loaded, method_name: str, *, mesh=None, **settings):
     """Build the method from CLI-style settings, fetch calibration text if it needs it
     (the packaged Wikipedia excerpt by default), compress `loaded.model`.
 
     settings: the method's fields (sparsity, pattern, bits, group_size, symmetric,
     act_order, n_drop, part, rank, layers, ...) plus calib_samples, calib_seqlen, seed,
-    calib_source.  None values mean "the method's default".  Returns (model, record)."""
-    calib = {k: settings.pop(k) for k in CALIB_SETTINGS if k in settings}
-    calib = {k: v for k, v in calib.items() if v is not None}
-    method = make_method(method_name, **settings)
+    calib_source.  None values mean "the method's default".  `mesh`: see `compress`.
+    Returns (model, record)."""
+    method, calib = plan(method_name, **settings)
     if hasattr(method, "check"):
         method.check(loaded.model)
     tokens = None
-    if needs_calibration(method):
-        calib.setdefault("calib_samples", 16)
-        calib.setdefault("calib_seqlen", 128)
-        calib.setdefault("seed", 0)
-        calib.setdefault("calib_source", "wiki")
+    if calib is not None:
         tokens = calibration_tokens_for(loaded, **calib)
-    model, record = compress(loaded.model, method, tokens)
+    model, record = compress(loaded.model, method, tokens, mesh=mesh)
     if tokens is not None:
         record["calibration"] = {"source": calib["calib_source"], "samples": int(tokens.shape[0]),
                                  "seqlen": int(tokens.shape[1]), "seed": int(calib["seed"])}

@@ -12,7 +12,6 @@ consistency tests, as penzai does for each architecture variant.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +68,8 @@ class ModelConfig:
                 raise UserError(f"config: {name} must be a positive integer, got {getattr(self, name)!r}")
         if self.n_heads % self.n_kv_heads:
             raise UserError(f"config: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.query_pre_attn_scalar is not None and not float(self.query_pre_attn_scalar) > 0:
+            raise UserError(f"config: query_pre_attn_scalar must be > 0, got {self.query_pre_attn_scalar!r}")
         if self.family == "gpt2" and self.n_heads * self.head_dim != self.d_model:
             raise UserError("config: gpt2 needs n_heads * head_dim == d_model")
 
@@ -84,7 +85,13 @@ class ModelConfig:
     # ------------------------------------------------------------------ HF I/O
     @classmethod
     def from_hf(cls, hf: dict) -> "ModelConfig":
-        """Read a transformers config.json dict; raise UserError if unsupported."""
+        """Read a transformers config.json dict; raise UserError if unsupported or malformed
+        (sim/preflight.py checks every field's type and range first)."""
+        from hemorrhage.sim.preflight import check_config
+
+        if not isinstance(hf, dict):
+            raise UserError("config.json is not a JSON object")
+        check_config(hf)
         if hf.get("model_type") == "gemma3" and "text_config" in hf:
             hf = {**hf["text_config"], "model_type": "gemma3_text"}
         mt = hf.get("model_type")
@@ -166,13 +173,9 @@ class ModelConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "ModelConfig":
-        try:
-            hf = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read {path}: {e}") from None
-        if not isinstance(hf, dict):
-            raise UserError(f"{path} is not a JSON object")
-        return cls.from_hf(hf)
+        from hemorrhage.sim.preflight import read_config
+
+        return cls.from_hf(read_config(Path(path)))
 
 
 def _rope_params(hf: dict) -> dict:
