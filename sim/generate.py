@@ -62,24 +62,30 @@ def _generate(model, prompt, key, *, max_new_tokens, temperature, top_p, perturb
     return toks, (jnp.swapaxes(zs, 0, 1) if keep_logits else None)
 
 
-def generate(model, prompt: Int[Array, "B T"], max_new_tokens: int = 20, *, temperature: float = 0.0,
-             top_p: float = 1.0, seed: int = 0, perturb=None, return_logits: bool = False):
-    """New tokens [B N] (and the logits each was drawn from, [B N vocab], if asked).
-
-    The scan computes one extra step beyond the last token it returns; that keeps
-    the loop body uniform (XLA compiles it once)."""
+def _checked_prompt(model, prompt, max_new_tokens: int):
+    """The prompt as int32 [B T] (one row if 1-D), after the length checks every decoder needs."""
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise UserError(f"temperature must be ≥ 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise UserError(f"top_p must be in (0, 1], got {top_p}")
     prompt = jnp.asarray(prompt, jnp.int32)
     if prompt.ndim == 1:
         prompt = prompt[None]
     if prompt.shape[1] + max_new_tokens > model.cfg.max_positions:
         raise UserError(f"prompt + new tokens ({prompt.shape[1] + max_new_tokens}) exceed the model's "
                         f"{model.cfg.max_positions} positions")
+    return prompt
+
+
+def generate(model, prompt: Int[Array, "B T"], max_new_tokens: int = 20, *, temperature: float = 0.0,
+             top_p: float = 1.0, seed: int = 0, perturb=None, return_logits: bool = False):
+    """New tokens [B N] (and the logits each was drawn from, [B N vocab], if asked).
+
+    The scan computes one extra step beyond the last token it returns; that keeps
+    the loop body uniform (XLA compiles it once)."""
+    if temperature < 0:
+        raise UserError(f"temperature must be ≥ 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise UserError(f"top_p must be in (0, 1], got {top_p}")
+    prompt = _checked_prompt(model, prompt, max_new_tokens)
     toks, zs = _generate(model, prompt, jax.random.key(seed), max_new_tokens=max_new_tokens,
                          temperature=float(temperature), top_p=float(top_p), perturb=perturb,
                          keep_logits=return_logits)
@@ -138,14 +144,7 @@ def _beam(model, prompt, *, max_new_tokens, beams):
 def beam_search(model, prompt: Int[Array, "B T"], max_new_tokens: int = 20, *, beams: int = 4):
     """The highest-scoring continuation [B N] of a width-`beams` beam search, and its summed
     log-probability [B].  beams = 1 is greedy decoding."""
-    if max_new_tokens < 1:
-        raise UserError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
     if beams < 1:
         raise UserError(f"beams must be ≥ 1, got {beams}")
-    prompt = jnp.asarray(prompt, jnp.int32)
-    if prompt.ndim == 1:
-        prompt = prompt[None]
-    if prompt.shape[1] + max_new_tokens > model.cfg.max_positions:
-        raise UserError(f"prompt + new tokens ({prompt.shape[1] + max_new_tokens}) exceed the model's "
-                        f"{model.cfg.max_positions} positions")
+    prompt = _checked_prompt(model, prompt, max_new_tokens)
     return _beam(model, prompt, max_new_tokens=max_new_tokens, beams=beams)
