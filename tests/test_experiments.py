@@ -184,6 +184,8 @@ def test_figures_and_experiment_commands(tmp_path, capsys):
         assert (fig / f"{name}.png").stat().st_size > 1000, name
     verdicts = json.loads((res / "verdicts_sweep_rich.json").read_text())
     assert verdicts["hierarchy"]["holds"] is True and verdicts["seed000"]["holds"] is True
+    summary = (res / "SUMMARY.md").read_text()
+    assert "| hierarchy | " in summary and "## models" in summary and verdicts["hierarchy"]["summary"] in summary
     capsys.readouterr()
     assert main(["experiment", "thresholds", "--sweep", str(res / "sweep_synth.jsonl"), "--results", str(res),
                  "--figures", str(fig), "--json"]) == 0

@@ -64,6 +64,22 @@ def run_all(rows, results="results", figures="figures", stem="sweep", log=print)
     return out
 
 
+def summary_markdown(verdicts: dict[str, dict[str, dict]]) -> str:
+    """One table: experiment × sweep, each cell the verdict word; then every summary line."""
+    word = {True: "holds", False: "**does not hold**", None: "not tested"}
+    stems = list(verdicts)
+    lines = ["# Verdicts of every experiment on every stored sweep", "",
+             "Written by `hemorrhage figures` from results/*.jsonl (`models`: all sweeps together). "
+             "Each claim, rule and threshold is in the experiment's module docstring (validate/README.md).", "",
+             "| experiment | " + " | ".join(stems) + " |", "|---|" + "---|" * len(stems)]
+    for name in EXPERIMENTS:
+        lines.append(f"| {name} | " + " | ".join(word[verdicts[s][name]["holds"]] for s in stems) + " |")
+    for s in stems:
+        lines += ["", f"## {s}", ""]
+        lines += [f"- **{name}**: {verdicts[s][name]['summary']}" for name in EXPERIMENTS]
+    return "\n".join(lines) + "\n"
+
+
 def _sweeps(results: Path, log) -> dict[str, list[dict]]:
     from hemorrhage.errors import UserError
     from hemorrhage.validate.sweep import read_rows
@@ -94,12 +110,19 @@ def regenerate(results="results", figures="figures", log=print) -> list[str]:
 
     results, figures, written = Path(results), Path(figures), []
     sweeps = _sweeps(results, log)
+    verdicts = {}
     for stem, rows in sweeps.items():
-        written += [v["figure"] for v in run_all(rows, results, figures, stem, log).values() if v["figure"]]
+        verdicts[stem] = run_all(rows, results, figures, stem, log)
     models = {str(r.get("model")) for rows in sweeps.values() for r in rows}
     if len(models) > 1:
         allrows = [r for rows in sweeps.values() for r in rows]
-        written += [v["figure"] for v in run_all(allrows, results, figures, "models", log).values() if v["figure"]]
+        verdicts["models"] = run_all(allrows, results, figures, "models", log)
+    written += [v["figure"] for vs in verdicts.values() for v in vs.values() if v["figure"]]
+    if verdicts:
+        from hemorrhage.sim.fetch import atomic_write_text
+
+        atomic_write_text(results / "SUMMARY.md", summary_markdown(verdicts))
+        log(str(results / "SUMMARY.md"))
     for csv in sorted((results / "hierarchy").glob("*.csv")):
         df = pd.read_csv(csv)
         need = {"layer", "cos_h", "cos_z", "cos_p", "kl", "kl_pred"}
