@@ -75,7 +75,9 @@ def main(argv=None) -> int:
     pred = next((d["pred"] for d in done if "pred" in d), None)
     if pred is None:
         t0 = time.perf_counter()
-        pred = predict(loaded, grid, cfg, log=log)
+        stages: list[str] = []
+        pred = predict(loaded, grid, cfg, log=lambda m: (stages.append(m), log(m)))
+        pred["stages"] = stages  # "<seconds since start>  <stage>", for where the time goes
         pred["bench_seconds"] = time.perf_counter() - t0
         with part.open("a") as f:
             f.write(json.dumps({"pred": pred}, default=str) + "\n")
@@ -133,6 +135,14 @@ def main(argv=None) -> int:
               f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7}")
     ratio = t_pred / t_meas
     print(f"\ntime: predict {t_pred:.1f} s, measure {t_meas:.1f} s, ratio {100 * ratio:.2f} % (target <= 2 %)")
+    # the floor of the prediction: one JVP (≈ 2 forwards of the blocks) per probe of a
+    # quantization family and per band of a pruning family, on every token it scores
+    fams = {(p["method"], p["family"]) for p in pred["points"]}
+    n_jvp = sum(cfg.probes if m in ("rtn", "gptq") else sum(1 for p in pred["points"] if (p["method"], p["family"])
+                                                            == (m, f)) for m, f in fams)
+    n_tok = cfg.windows * cfg.seqlen + cfg.prompts * (cfg.prompt_len + cfg.new_tokens - 1)
+    print(f"JVPs: {n_jvp} over {n_tok} tokens each ({len(fams)} families); measuring: {len(grid)} compressions "
+          f"and evaluations ({t_meas / max(len(grid), 1):.1f} s each)")
     out.write_text(json.dumps({"model": args.model, "predicted": pred, "measured": meas, "cliffs": cl,
                                "seconds_predict": t_pred, "seconds_measure": t_meas, "ratio": ratio,
                                "kl_hits": [hits, total]}, indent=1, default=str, allow_nan=True))
