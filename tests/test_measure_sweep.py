@@ -240,6 +240,16 @@ def test_sweep_resumes_after_sigkill_and_is_deterministic(tiny_ckpt, tmp_path, c
     assert clean2.read_bytes() == clean.read_bytes()
     assert main(_sweep_argv(tiny_ckpt, clean2)) == 0
     assert clean2.read_bytes() == clean.read_bytes()
+    # past the memory limit the compiled programs are dropped between settings: same bytes
+    os.environ["HEMORRHAGE_SWEEP_MEMORY_GB"] = "0.001"
+    try:
+        capsys.readouterr()
+        lean = tmp_path / "lean.jsonl"
+        assert main(_sweep_argv(tiny_ckpt, lean, "magnitude:sparsity=0,0.1")) == 0
+        assert "freed compiled programs" in capsys.readouterr().err
+        assert lean.read_bytes().splitlines() == clean.read_bytes().splitlines()[:2]
+    finally:
+        del os.environ["HEMORRHAGE_SWEEP_MEMORY_GB"]
     # other measurement flags on the same file are refused, not mixed in
     capsys.readouterr()
     assert main([*_sweep_argv(tiny_ckpt, clean2), "--windows", "3"]) == 2

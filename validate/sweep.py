@@ -317,9 +317,53 @@ def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log, d
             tqdm.write(f"[sweep] {label}: kl {res['kl']:.4g}, top-1 {res['top1_agreement']:.3f}, "
                        f"ppl {res['ppl']:.4g}" + (" COLLAPSED" if res["collapsed"] else ""), file=sys.stderr)
             bar.update(1)
+            if devices <= 1:  # with worker threads running, compiled programs are left alone
+                _bound_memory(lambda m: tqdm.write(f"[sweep] {m}", file=sys.stderr))
     finally:
         bar.close()
     return failed, n_done, len(todo), runner.placement
+
+
+def _rss() -> int:
+    """Resident memory of this process in bytes (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def memory_limit() -> int:
+    """Bytes of resident memory a sweep may hold before it frees its compiled programs:
+    $HEMORRHAGE_SWEEP_MEMORY_GB, else 40 % of the machine's memory."""
+    gb = os.environ.get("HEMORRHAGE_SWEEP_MEMORY_GB")
+    if gb:
+        try:
+            return int(float(gb) * 2**30)
+        except ValueError:
+            raise UserError(f"HEMORRHAGE_SWEEP_MEMORY_GB must be a number, got {gb!r}") from None
+    try:
+        return int(0.4 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError):
+        return 1 << 62
+
+
+def _bound_memory(log) -> None:
+    """Every (method, bits, group size, ...) compiles its own programs for a 30-layer model
+    (tens of MB each, kept by jit for reuse): a long sweep would hold them all and outgrow
+    the machine (seen: 12 GB, killed by the kernel).  Past memory_limit() they are dropped
+    and recompiled where needed: slower, never a lost run.  Results do not change."""
+    import gc
+
+    if _rss() <= memory_limit():
+        return
+    import jax
+
+    before = _rss()
+    jax.clear_caches()
+    gc.collect()
+    log(f"freed compiled programs: resident memory {before / 2**30:.1f} -> {_rss() / 2**30:.1f} GB "
+        f"(limit {memory_limit() / 2**30:.1f} GB)")
 
 
 def _draw_calibration(loaded, todo, calib: dict, log) -> None:
