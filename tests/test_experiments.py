@@ -173,10 +173,24 @@ def _write_rich_sweep(root):
         append_row(root / "sweep_rich.jsonl", r)
 
 
+def _write_diagnoses(root):
+    """Two stored diagnoses as `hemorrhage diagnose` writes them: 4-bit degrades, 2-bit collapses."""
+    (root / "diagnose").mkdir(parents=True)
+    for bits, verdict in ((4, "signal_degradation"), (2, "computation_collapse")):
+        layers = [{"block": b, "label": "collapse" if bits == 2 else "degradation", "restore_h": 0.1 * b,
+                   "restore_attn": 0.05, "restore_mlp": 0.05, "cka": 0.9, "gate_flip": 0.1, "entropy_shift": 0.0}
+                  for b in range(4)]
+        res = {"model": "m", "record": {"method": "rtn", "settings": {"bits": bits}}, "verdict": verdict,
+               "title": f"m, rtn (bits={bits}): {verdict}", "final_kl": 1.0 / bits, "top1_agreement": 0.5,
+               "early_collapsed_blocks": [0, 1] if bits == 2 else [], "layers": layers}
+        (root / "diagnose" / f"diagnose_m_rtn_bits={bits}.json").write_text(json.dumps(res))
+
+
 def test_figures_and_experiment_commands(tmp_path, capsys):
     res, fig = tmp_path / "results", tmp_path / "figures"
     _write_results(res)
     _write_rich_sweep(res)
+    _write_diagnoses(res)
     assert main(["figures", "--results", str(res), "--figures", str(fig)]) == 0
     for name in ("mc_vs_generation_sweep_synth", "thresholds_sweep_synth", "ppl_not_enough_sweep_synth", "hier_x",
                  "hierarchy_sweep_rich", "compounding_sweep_rich", "seed000_sweep_rich", "decoding_sweep_rich",
@@ -186,6 +200,8 @@ def test_figures_and_experiment_commands(tmp_path, capsys):
     assert verdicts["hierarchy"]["holds"] is True and verdicts["seed000"]["holds"] is True
     summary = (res / "SUMMARY.md").read_text()
     assert "| hierarchy | " in summary and "## models" in summary and verdicts["hierarchy"]["summary"] in summary
+    assert "HOLDS: m: RTN 4-bit signal_degradation, 2-bit computation_collapse → agrees" in summary
+    assert (fig / "diagnose_m_rtn_bits=2.png").stat().st_size > 1000
     capsys.readouterr()
     assert main(["experiment", "thresholds", "--sweep", str(res / "sweep_synth.jsonl"), "--results", str(res),
                  "--figures", str(fig), "--json"]) == 0

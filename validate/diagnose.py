@@ -129,3 +129,41 @@ def diagnose(base, comp, tokens) -> dict:
                  "kl_damage": KL_DAMAGE, "collapse_needs_top1_below": 0.5},
         "layers": layers,
     }
+
+
+def stored_verdict(folder) -> dict | None:
+    """Exp 5 over the stored diagnoses (results/diagnose/*.json, `hemorrhage diagnose`): the
+    seed's claim (arXiv 2604.19884) is that 4-bit quantization degrades the signal while 2-bit
+    collapses the computation.  Per model with both an RTN 4-bit and an RTN 2-bit diagnosis:
+    agrees when 4-bit is not computation_collapse and 2-bit is.  Verdict format of
+    validate/exp_common.py; None without such a pair."""
+    import json
+    from pathlib import Path
+
+    from hemorrhage.validate.exp_common import verdict
+
+    rows = []
+    for js in sorted(Path(folder).glob("*.json")):
+        try:
+            r = json.loads(js.read_text())
+            st = r["record"]["settings"]
+            rows.append({"model": r["model"], "method": r["record"]["method"], "bits": st.get("bits"),
+                         "setting": r["title"].split(": ")[0], "verdict": r["verdict"], "final_kl": r["final_kl"],
+                         "top1_agreement": r["top1_agreement"], "early_collapsed_blocks": r["early_collapsed_blocks"]})
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not rows:
+        return None
+    per_model = {}
+    for m in dict.fromkeys(r["model"] for r in rows):
+        got = {r["bits"]: r["verdict"] for r in rows if r["model"] == m and r["method"] == "rtn"}
+        if 4 in got and 2 in got:
+            per_model[m] = bool(got[4] != "computation_collapse" and got[2] == "computation_collapse")
+    holds = all(per_model.values()) if per_model else None
+    why = ("; ".join(f"{m}: RTN 4-bit {next(r['verdict'] for r in rows if r['model'] == m and r['bits'] == 4)}, "
+                     f"2-bit {next(r['verdict'] for r in rows if r['model'] == m and r['bits'] == 2)} → "
+                     f"{'agrees' if ok else 'disagrees'}" for m, ok in per_model.items())
+           or "no model has both an RTN 4-bit and a 2-bit diagnosis")
+    return verdict("diagnose", "4-bit quantization is Signal Degradation, 2-bit is Computation Collapse (seed 001)",
+                   holds, why, {"diagnoses": rows, "agrees_by_model": per_model},
+                   {"rule": "validate/diagnose.py's docstring"}, "", "", len(rows))

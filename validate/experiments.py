@@ -64,8 +64,9 @@ def run_all(rows, results="results", figures="figures", stem="sweep", log=print)
     return out
 
 
-def summary_markdown(verdicts: dict[str, dict[str, dict]]) -> str:
-    """One table: experiment × sweep, each cell the verdict word; then every summary line."""
+def summary_markdown(verdicts: dict[str, dict[str, dict]], diagnose: dict | None = None) -> str:
+    """One table: experiment × sweep, each cell the verdict word; then every summary line;
+    then exp 5 over the stored diagnoses (validate.diagnose.stored_verdict)."""
     word = {True: "holds", False: "**does not hold**", None: "not tested"}
     stems = list(verdicts)
     lines = ["# Verdicts of every experiment on every stored sweep", "",
@@ -77,6 +78,13 @@ def summary_markdown(verdicts: dict[str, dict[str, dict]]) -> str:
     for s in stems:
         lines += ["", f"## {s}", ""]
         lines += [f"- **{name}**: {verdicts[s][name]['summary']}" for name in EXPERIMENTS]
+    if diagnose is not None:
+        lines += ["", "## Exp 5: Signal Degradation or Computation Collapse (results/diagnose)", "",
+                  f"- **diagnose**: {diagnose['summary']}", "",
+                  "| model | setting | verdict | final KL | top-1 agreement | early collapsed blocks |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['setting'].split(', ', 1)[-1]} | {r['verdict'].replace('_', ' ')} | "
+                  f"{r['final_kl']:.4g} | {r['top1_agreement']:.3f} | {len(r['early_collapsed_blocks'])} |"
+                  for r in diagnose["evidence"]["diagnoses"]]
     return "\n".join(lines) + "\n"
 
 
@@ -120,8 +128,10 @@ def regenerate(results="results", figures="figures", log=print) -> list[str]:
     written += [v["figure"] for vs in verdicts.values() for v in vs.values() if v["figure"]]
     if verdicts:
         from hemorrhage.sim.fetch import atomic_write_text
+        from hemorrhage.validate.diagnose import stored_verdict
 
-        atomic_write_text(results / "SUMMARY.md", summary_markdown(verdicts))
+        diag = stored_verdict(results / "diagnose")
+        atomic_write_text(results / "SUMMARY.md", summary_markdown(verdicts, diag))
         log(str(results / "SUMMARY.md"))
     for csv in sorted((results / "hierarchy").glob("*.csv")):
         df = pd.read_csv(csv)
