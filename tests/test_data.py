@@ -185,3 +185,26 @@ def test_cli_fetch(capsys):
     assert main(["fetch", "bogus"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "all, models, data" in err
+
+
+def test_cache_lock_makes_a_second_process_wait(tmp_path, monkeypatch):
+    """Two processes fetching the same model: the second blocks until the first is done
+    (so it finds the finished folder instead of writing into the same partial file)."""
+    import os
+    import subprocess
+    import sys
+
+    from hemorrhage.sim import fetch
+
+    monkeypatch.setenv("HEMORRHAGE_CACHE", str(tmp_path))
+    done = tmp_path / "done"
+    holder = ("import sys, time\nfrom pathlib import Path\nfrom hemorrhage.sim.fetch import cache_lock\n"
+              "with cache_lock('m'):\n    print('held', flush=True)\n    time.sleep(1.0)\n"
+              f"    Path({str(done)!r}).write_text('x')\n")
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "HEMORRHAGE_CACHE": str(tmp_path)})
+    assert proc.stdout.readline().strip() == "held"
+    with fetch.cache_lock("m"):
+        finished_first = done.exists()  # the holder's work, written before it let go
+    proc.wait(timeout=30)
+    assert finished_first
