@@ -157,7 +157,7 @@ def _write_results(root):
                                                                             index=False)
 
 
-def _write_rich_sweep(root):
+def _write_rich_sweep(root, stem="sweep_rich", model="synthetic-b"):
     """A second model's sweep whose rows carry every nested section (per layer, steps,
     strata, strategies), built from the synthetic rows of test_exp_synthetic."""
     from test_exp_synthetic import compounding_row, decoding_rows, hierarchy_rows, strata_row
@@ -167,10 +167,10 @@ def _write_rich_sweep(root):
     rows = hierarchy_rows()
     for r, s in zip(rows, (0.1, 0.3, 0.5, 0.7)):
         c = compounding_row(seed=int(10 * s), sigma=1 + s, label=s, K=40, N=12)
-        r.update(model="synthetic-b", first_divergence=c["first_divergence"],
+        r.update(model=model, first_divergence=c["first_divergence"],
                  steps={**c["steps"], "mean": r["steps"]["mean"]}, strata=strata_row(s)["strata"],
                  strategies=decoding_rows(0.05, 0.4)[0]["strategies"], top1_agreement=0.9, ppl=10.0, ppl_base=9.0)
-        append_row(root / "sweep_rich.jsonl", r)
+        append_row(root / f"{stem}.jsonl", r)
 
 
 def _write_diagnoses(root):
@@ -190,11 +190,12 @@ def test_figures_and_experiment_commands(tmp_path, capsys):
     res, fig = tmp_path / "results", tmp_path / "figures"
     _write_results(res)
     _write_rich_sweep(res)
+    _write_rich_sweep(res, "sweep_rich2", "synthetic-c")  # two models with steps: figures compare them
     _write_diagnoses(res)
     assert main(["figures", "--results", str(res), "--figures", str(fig)]) == 0
     for name in ("mc_vs_generation_sweep_synth", "thresholds_sweep_synth", "ppl_not_enough_sweep_synth", "hier_x",
                  "hierarchy_sweep_rich", "compounding_sweep_rich", "seed000_sweep_rich", "decoding_sweep_rich",
-                 "hierarchy_models", "thresholds_models"):  # `models`: both sweeps together
+                 "hierarchy_models", "thresholds_models", "compounding_models", "seed000_models"):  # `models`: both sweeps together
         assert (fig / f"{name}.png").stat().st_size > 1000, name
     verdicts = json.loads((res / "verdicts_sweep_rich.json").read_text())
     assert verdicts["hierarchy"]["holds"] is True and verdicts["seed000"]["holds"] is True

@@ -183,9 +183,10 @@ def _figure(summ, curves, path: Path, stem: str) -> Path:
     axs[1].set_title("Does the damage compound? Own context vs the base's", fontsize=11)
     ok = summ[np.isfinite(summ.first_div_pooled)]
     if len(ok):
-        long = ok.melt(id_vars=["label", "first_div_meas", "method"], value_vars=["first_div_pooled",
+        hue = "model" if "model" in ok and ok.model.nunique() > 1 else "method"
+        long = ok.melt(id_vars=["label", "first_div_meas", hue], value_vars=["first_div_pooled",
                        "first_div_shifted"], var_name="noise model", value_name="predicted")
-        sns.scatterplot(long, x="first_div_meas", y="predicted", hue="model" if ok.model.nunique() > 1 else "method",
+        sns.scatterplot(long, x="first_div_meas", y="predicted", hue=hue,
                         style="noise model", s=60, ax=axs[2])
         hi = float(max(ok.steps.max(), 1))
         axs[2].plot([0, hi], [0, hi], "k--", lw=1)

@@ -1,7 +1,7 @@
 """A grid of compression settings measured against one base: resumable, two-phase.
 
     grid = parse_grid("magnitude:sparsity=0.1,0.3,0.5;rtn:bits=8,4,3,2")
-    run_sweep(loaded, grid, MeasureConfig(), "results/sweep_smollm2.jsonl")
+    run_sweep(loaded, grid, MeasureConfig(), "results/sweep_smollm2-135m.jsonl")
 
 Grid syntax (`--grid`): entries separated by ';', each `METHOD` or `METHOD:KEY=V1,V2,...`.
 A comma-separated token that holds '=' starts the next key, so an entry may vary several
