@@ -33,3 +33,14 @@ def torch_logits(path: Path, tokens: np.ndarray) -> np.ndarray:
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     with torch.no_grad():
         return model(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
+
+
+def assert_one_line_error(code: int, err: str, *needles: str, prefix: str | None = None) -> None:
+    """A user mistake: non-zero exit, one line on stderr (no traceback) holding each needle.
+    A first use may print "[hemorrhage] fetching X from PyPI" first: progress, not the error."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith("[hemorrhage] fetching ")]
+    assert code != 0, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert prefix is None or lines[0].startswith(prefix), err
+    for n in needles:
+        assert n in lines[0], lines[0]

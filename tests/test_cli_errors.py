@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from helpers import assert_one_line_error
+
 from hemorrhage.cli import main
 
 
@@ -13,14 +15,6 @@ def run_cli(capsys, *argv):
     out, err = capsys.readouterr()
     return code, out, err
 
-
-def assert_one_line_error(code, err, *needles):
-    assert code != 0
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_unknown_model_lists_known_ones(capsys):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import save_tiny_hf, torch_logits
+from helpers import assert_one_line_error as one_line_error
 
 from hemorrhage.cli import main
 from hemorrhage.sim.compress import compress_from_args, linears
@@ -41,13 +42,6 @@ def run_cli(capsys, *argv):
     out, err = capsys.readouterr()
     return code, out, err
 
-
-def one_line_error(code, err, *needles):
-    assert code != 0
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("argv, needles", [

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from helpers import assert_one_line_error as one_line_error
 
 from hemorrhage.cli import main
 from hemorrhage.errors import UserError
@@ -43,10 +44,7 @@ def run_cli(capsys, argv) -> tuple[int, str]:
 
 
 def assert_one_line_error(code: int, err: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert code != 0, err
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and lines[0].startswith("hemorrhage: error:"), err
+    one_line_error(code, err, prefix="hemorrhage: error:")
 
 
 # ------------------------------------------------------------------ settings ------------

@@ -172,8 +172,10 @@ def thresholds(rows, results="results", figures="figures", stem="sweep", boot: i
     axes_used = [a for a in ("bits", "sparsity", "n_drop") if any(f["axis"] == a for f in fams.values())] or ["bits"]
     fig, axs = plt.subplots(1, len(axes_used), figsize=(6.5 * len(axes_used), 4.8), layout="constrained",
                             squeeze=False)
-    pal = dict(zip(fams, sns.color_palette(n_colors=max(1, len(fams)))))
     for ax, axis in zip(axs[0], axes_used):
+        # one palette per panel: a models figure has more families in all than 10 colours
+        here = [k for k, f in fams.items() if f["axis"] == axis]
+        pal = dict(zip(here, sns.color_palette("tab10" if len(here) <= 10 else "husl", n_colors=max(1, len(here)))))
         for name, f in ((k, f) for k, f in fams.items() if f["axis"] == axis):
             x, y = np.asarray(f["levels"]), _logkl(f["kl"])
             ax.plot(x, np.exp(y), "o", color=pal[name], label=name)
