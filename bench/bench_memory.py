@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+from bench_speed import best_of  # run as `python bench/bench_memory.py`: bench/ is on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VARIANTS = {"dense": ("none", {}), "rtn4": ("rtn", {"bits": 4, "group_size": 64}),
@@ -46,15 +48,6 @@ VARIANTS = {"dense": ("none", {}), "rtn4": ("rtn", {"bits": 4, "group_size": 64}
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def child(args) -> dict:

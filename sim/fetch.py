@@ -114,6 +114,16 @@ def cache_lock(name: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def build_once(name: str, done, build) -> None:
+    """Run `build()` unless `done()`; under `cache_lock(name)`, checking again once the lock
+    is ours (another process may have finished the same build while we waited)."""
+    if done():
+        return
+    with cache_lock(name):
+        if not done():
+            build()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -96,11 +96,7 @@ def fetch_model(name: str, *, quiet: bool = False) -> Path:
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; known: {', '.join(MODELS)} (or a checkpoint folder)")
     out = model_dir(name)
-    if is_fetched(name):
-        return out
-    with fetch.cache_lock(name):
-        if not is_fetched(name):  # another process may have finished it while we waited
-            _fetch_and_convert(name, out, quiet=quiet)
+    fetch.build_once(name, lambda: is_fetched(name), lambda: _fetch_and_convert(name, out, quiet=quiet))
     return out
 
 

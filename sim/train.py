@@ -332,14 +332,10 @@ def is_trained(path: Path) -> bool:
 
 def control_dir(*, quiet: bool = False) -> Path:
     """The cached control folder; trained (default spec, seed 0) on first use."""
-    path = control_path()
-    if is_trained(path):
-        return path
-    from hemorrhage.sim.fetch import cache_lock
+    from hemorrhage.sim.fetch import build_once
 
-    with cache_lock("control"):
-        if not is_trained(path):
-            _train_default_control(path, quiet=quiet)
+    path = control_path()
+    build_once("control", lambda: is_trained(path), lambda: _train_default_control(path, quiet=quiet))
     return path
 
 

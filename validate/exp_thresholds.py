@@ -176,7 +176,8 @@ def thresholds(rows, results="results", figures="figures", stem="sweep", boot: i
         # one palette per panel: a models figure has more families in all than 10 colours
         here = [k for k, f in fams.items() if f["axis"] == axis]
         pal = dict(zip(here, sns.color_palette("tab10" if len(here) <= 10 else "husl", n_colors=max(1, len(here)))))
-        for name, f in ((k, f) for k, f in fams.items() if f["axis"] == axis):
+        for name in here:
+            f = fams[name]
             x, y = np.asarray(f["levels"]), _logkl(f["kl"])
             ax.plot(x, np.exp(y), "o", color=pal[name], label=name)
             h = f["hinge_fit"]
