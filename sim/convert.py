@@ -90,6 +90,10 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path, *, quiet: bool = False) -> None:
     from safetensors.numpy import save_file
 
     transformers.logging.set_verbosity_error()
+    try:  # transformers reads GGUF only with torch installed (a core dependency, but check)
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("converting a GGUF checkpoint needs torch: pip install torch==2.13.0") from None
     folder, fname = str(gguf_path.parent), gguf_path.name
     config = transformers.AutoConfig.from_pretrained(folder, gguf_file=fname)
     hf = config.to_dict()
