@@ -13,8 +13,8 @@ tokens (`logit_metrics`, `pair_response`): the vocabulary never enters a JVP.
 The tangent is zero outside the linears that `sim.compress.linears` visits (the ones a
 compression method touches); `trace_perturbed` runs the model with W + s·ΔW for the
 nonlinearity check (Δz_true vs Δz_lin).  Below: the ΔW of each method (tangents) and the
-pricing of a family of grid points (`price_quant`, `price_prune`); sim.predict states the
-models and assembles the result.
+pricing of a family of grid points is in sim.pricing (`price_quant`, `price_prune`);
+sim.predict states the models and assembles the result.
 """
 
 from __future__ import annotations
@@ -120,26 +120,39 @@ def _chunks(x, chunk):
     return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, chunk, *x.shape[1:]), n
 
 
+@nnx.jit
+def base_logits(model, h):
+    """z = W·norm(h) of the base at h [N d]: [N vocab] (computed once, shared by every point)."""
+    return model.unembed(h)
+
+
 @partial(nnx.jit, static_argnames=("chunk",))
-def logit_metrics(model, h, dh, scales, chunk: int = 64):
-    """Per token, for Δz = s·J_unembed(h)Δh at every scale s: KL(p‖q) exact, its second
-    order ½Var_p(Δz) and whether the argmax survives.  h, dh [N d]; scales [S].
+def logit_metrics(model, h, z, dhs, which, scales, chunk: int = 64):
+    """Per token, for every point i with Δz_i = s_i·J_unembed(h)·Δh_{which_i}: KL(p‖q) exact,
+    its second order ½Var_p(Δz_i) and whether the argmax survives.  h [N d], z [N vocab] the
+    base logits at h, dhs [A N d] (A responses), which [S] int, scales [S].  Each response is
+    taken through the head once per chunk of tokens; the points only rescale it.
     Returns dict of [S N]."""
+    w = head_weight(model)
     hc, n = _chunks(h, chunk)
-    dc, _ = _chunks(dh, chunk)
+    zc, _ = _chunks(z, chunk)
+    dc, _ = _chunks(jnp.moveaxis(dhs, 0, 1), chunk)  # [C chunk A d]
 
     def one(args):
-        hb, db = args
-        z, dz = jax.jvp(model.unembed, (hb,), (db,))
-        top = jnp.argmax(z, -1)
-        k2 = kl_second_order(z, dz)
+        hb, zb, db = args
+        dhn = jax.vmap(lambda d: jax.jvp(model.norm, (hb,), (d,))[1], in_axes=1)(db)  # [A chunk d]
+        dz = jnp.einsum("acd,vd->acv", dhn, w)
+        top = jnp.argmax(zb, -1)
+        k2 = jax.vmap(lambda d: kl_second_order(zb, d))(dz)  # [A chunk]
 
-        def at(s):
-            return kl_exact(z, s * dz), s * s * k2, (jnp.argmax(z + s * dz, -1) == top).astype(jnp.float32)
+        def at(args):
+            a, s = args
+            dza = s * dz[a]
+            return kl_exact(zb, dza), s * s * k2[a], (jnp.argmax(zb + dza, -1) == top).astype(jnp.float32)
 
-        return jax.lax.map(at, scales)
+        return jax.lax.map(at, (which, scales))
 
-    kl, k2, t1 = jax.lax.map(one, (hc, dc))  # [C S chunk]
+    kl, k2, t1 = jax.lax.map(one, (hc, zc, dc))  # [C S chunk]
     f = lambda a: jnp.moveaxis(a, 1, 0).reshape(scales.shape[0], -1)[:, :n]  # noqa: E731
     return {"kl": f(kl), "kl2": f(k2), "top1": f(t1)}
 
@@ -152,11 +165,17 @@ def base_margins(model, h, k: int = 8):
     return vals[:, :1] - vals[:, 1:], idx
 
 
+def head_weight(model):
+    """The head's W [vocab d] of z = W·norm(h) (tied: the embedding)."""
+    return model.embed.w[...] if model.lm_head is None else model.lm_head.weight()
+
+
 @nnx.jit
 def pair_response(model, h, dh, idx):
-    """Δz_top1 − Δz_j (first order) at h [N d] for the competitors j of idx [N k]: [N k−1]."""
-    _, dz = jax.jvp(model.unembed, (h,), (dh,))
-    sel = jnp.take_along_axis(dz, idx, -1)
+    """Δz_top1 − Δz_j (first order) at h [N d] for the competitors j of idx [N k]: [N k−1].
+    Only the k head rows are touched: Δz_j = W_j·J_norm(h)Δh."""
+    _, dhn = jax.jvp(model.norm, (h,), (dh,))
+    sel = jnp.einsum("nd,nkd->nk", dhn, head_weight(model)[idx])
     return sel[:, :1] - sel[:, 1:]
 
 
@@ -178,7 +197,7 @@ class Context:
 
     def __init__(self, lr: Linearization, cfg, stats=None):
         self.lr, self.cfg, self.stats, self.model = lr, cfg, stats, lr.model
-        self.h_eval = self.h_gen = self.margin = self.pair = None
+        self.h_eval = self.h_gen = self.margin = self.pair = self.z_eval = None
         self.regime_tokens = self.base_trace = None
         self._factors: dict = {}
         self.say = lambda msg: None
@@ -201,6 +220,14 @@ class Context:
         """diag U in the original column order."""
         perm, inv, u = self.factor(path, method)
         return jnp.diag(u) if perm is None else jnp.diag(u)[inv]
+
+    def metrics(self, dhs: list, which, scales) -> dict[str, np.ndarray]:
+        """logit_metrics on the scored tokens for responses dhs [N d] each, points (which, scales)."""
+        if self.z_eval is None:
+            self.z_eval = base_logits(self.model, self.h_eval)
+        met = logit_metrics(self.model, self.h_eval, self.z_eval, jnp.stack(dhs), jnp.asarray(which, jnp.int32),
+                            jnp.asarray(scales, jnp.float32))
+        return {k: np.asarray(v) for k, v in met.items()}
 
     def flat(self, dh: dict):
         e = dh["eval"][:, :-1]
@@ -245,119 +272,3 @@ class Context:
         pf = pf.reshape(-1, self.cfg.new_tokens)
         return {"first_divergence_mean": float(jnp.mean(expected_first_divergence(pf) - 1)),
                 "gen_identical": float(jnp.mean(prob_no_divergence(pf)))}
-
-
-def _tokens_and_gen(ctx, dh, scales):
-    he, hg = ctx.flat(dh)
-    met = logit_metrics(ctx.model, ctx.h_eval, he, jnp.asarray(scales, jnp.float32))
-    met = {k: np.asarray(v) for k, v in met.items()}
-    d = None if hg is None else np.asarray(pair_response(ctx.model, ctx.h_gen, hg, ctx.pair), np.float64)
-    return met, d
-
-
-def price_quant(ctx: Context, methods: list) -> dict:
-    """RTN / GPTQ at every bit width of `methods` (same other settings) from K probes."""
-    lr, cfg, m0 = ctx.lr, ctx.cfg, methods[0]
-    b0, gs, sym = max(m.bits for m in methods), m0.group_size, m0.symmetric
-    kappa = (rtn_kappa(lr.weights, sorted({m.bits for m in methods} | {b0}), gs, sym) if m0.name == "rtn"
-             else {m.bits: 1.0 for m in methods} | {b0: 1.0})
-    scales = [step_ratio(m.bits, b0, sym) * math.sqrt(kappa[m.bits] / kappa[b0]) for m in methods]
-    mets, ds, regimes = [], [], []
-    for k in range(cfg.probes):
-        key = jax.random.fold_in(jax.random.key(cfg.seed), k)  # common random numbers across families
-
-        dws = []
-        for i, (path, w) in enumerate(zip(lr.paths, lr.weights)):
-            x = _probe(quant_noise_std(w, jnp.float32(b0), gs, sym), jax.random.fold_in(key, i))
-            dws.append(ctx.obs(path, m0, x) if m0.name == "gptq" else x)
-        ctx.say(f"  probe {k}: tangent built")
-        dh = lr.respond(dws)
-        ctx.say(f"  probe {k}: JVP")
-        met, d = _tokens_and_gen(ctx, dh, scales)
-        ctx.say(f"  probe {k}: logit metrics")
-        mets.append(met)
-        ds.append(d)
-        if k == 0 and ctx.regime_tokens is not None:
-            regimes = [ctx.regime(dws, s, dh["eval"]) for s in scales]
-            ctx.say("  regime forwards")
-        del dws
-    per_tok = {name: np.stack([m[name] for m in mets], 1) for name in ("kl", "kl2", "top1")}  # [S K N]
-    gens = [None if ds[0] is None else
-            ctx.first_divergence(np.stack([s * d for d in ds]), regimes[i]["nonlinearity"] if regimes else 0.0, True)
-            for i, s in enumerate(scales)]
-    return {"per_token": per_tok, "regime": regimes, "gen": gens,
-            "notes": {"ref_bits": b0, "scale": scales, "kappa": [kappa[m.bits] for m in methods]}}
-
-
-def prune_levels(ctx: Context, methods: list) -> list[np.ndarray]:
-    """Per linear, the (int8) index of the grid level at which each weight is first pruned."""
-    from hemorrhage.sim.compress import obs
-    from hemorrhage.sim.compress.pruning import nm_mask, parse_pattern
-
-    m0 = methods[0]
-    nm = parse_pattern(m0.pattern)
-    out = []
-    for path, w in zip(ctx.lr.paths, ctx.lr.weights):
-        if m0.name == "magnitude":
-            score = jnp.abs(w)
-        elif m0.name == "wanda":
-            score = jnp.abs(w) * ctx.stats[path].col_norm()[None, :]
-        else:
-            score = jnp.square(w / ctx.obs_diag(path, m0)[None, :])
-        if nm:
-            out.append(np.where(np.asarray(nm_mask(score, *nm)), 1, 0).astype(np.int8))
-            continue
-        s = np.asarray(score)
-        if m0.name == "magnitude":
-            out.append(levels_flat(s, [int(round(m.sparsity * s.size)) for m in methods]).reshape(s.shape))
-        elif m0.name == "wanda":
-            k = np.stack([obs.cumulative_counts(s.shape[1], s.shape[0], m.sparsity) for m in methods])
-            out.append(levels_rows(s, k))
-        else:  # SparseGPT: per block of bs columns, all rows together (on the original weights)
-            bs = obs.block_size(s.shape[1])
-            kb = np.stack([obs.cumulative_counts(s.shape[0] * bs, s.shape[1] // bs, m.sparsity) for m in methods])
-            lev = np.empty(s.shape, np.int8)
-            for b in range(s.shape[1] // bs):
-                blk = s[:, b * bs:(b + 1) * bs]
-                lev[:, b * bs:(b + 1) * bs] = levels_flat(blk.T, np.maximum.accumulate(kb[:, b])).reshape(bs, -1).T
-            out.append(lev)
-    return out
-
-
-@jax.jit
-def _add(a: list, b: list) -> list:
-    return [x + y for x, y in zip(a, b)]
-
-
-def price_prune(ctx: Context, methods: list) -> dict:
-    """Magnitude / Wanda / SparseGPT at every sparsity of `methods`: one JVP per band."""
-    lr, m0 = ctx.lr, methods[0]
-    levs = [jnp.asarray(v) for v in prune_levels(ctx, methods)]
-    ctx.say("  mask levels")
-    obs_ = m0.name == "sparsegpt"
-
-    def band(j):
-        out = []
-        for path, w, lev in zip(lr.paths, lr.weights, levs):
-            x = _band(w, lev, j)
-            out.append(ctx.obs(path, m0, x) if obs_ else x)
-        return out
-
-    # ΔW(s_j) = Σ_{i≤j} band_i and the OBS shape is linear, so both the response and the
-    # tangent of the regime forward are running sums: each band is built and shaped once
-    mets, ds, regimes, cum, cum_dw = [], [], [], None, None
-    for j in range(len(methods)):
-        dw = band(j)
-        dh = lr.respond(dw)
-        cum = dh if cum is None else {k: cum[k] + dh[k] for k in dh}
-        met, d = _tokens_and_gen(ctx, cum, [1.0])
-        mets.append(met)
-        r = 0.0
-        if ctx.regime_tokens is not None:
-            cum_dw = dw if cum_dw is None else _add(cum_dw, dw)
-            regimes.append(ctx.regime(cum_dw, 1.0, cum["eval"]))
-            r = regimes[-1]["nonlinearity"]
-        ds.append(None if d is None else ctx.first_divergence(d[None], r, False))
-        ctx.say(f"  band {j}: JVP, metrics, regime")
-    per_tok = {name: np.concatenate([m[name] for m in mets])[:, None, :] for name in ("kl", "kl2", "top1")}  # [S 1 N]
-    return {"per_token": per_tok, "regime": regimes, "gen": ds, "notes": {}}

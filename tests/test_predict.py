@@ -1,7 +1,8 @@
 """`hemorrhage predict`: linear response of the logits to a compression plan.
 
 Tiny random Llama (weights ×6 so logits are peaked): the JVP is the derivative, the
-probe noise follows the bit law, pruning bands add up to the direct ΔW, the OBS error
+probe noise follows the bit law, pruning bands add up to the direct ΔW, anchored pruning
+is exact at its anchors, the OBS error
 model of GPTQ matches a real GPTQ run on one layer; the CLI end to end (--validate) on a
 tiny checkpoint carrying SmolLM2's tokenizer; RTN 8-bit on SmolLM2 within ×1.5."""
 
@@ -86,7 +87,8 @@ def test_probe_noise_follows_the_bit_law(tiny):
 def test_pruning_bands_add_up_to_the_direct_tangent(tiny):
     from hemorrhage.sim.compress import make_method
     from hemorrhage.sim.compress.pruning import topk_mask
-    from hemorrhage.sim.linear_response import Context, _band, _upto, prune_levels
+    from hemorrhage.sim.linear_response import Context, _band, _upto
+    from hemorrhage.sim.pricing import prune_levels
     from hemorrhage.sim.predict import PredictConfig
 
     _, _, lr = tiny
@@ -107,6 +109,57 @@ def test_pruning_bands_add_up_to_the_direct_tangent(tiny):
     cum = sum(lr.respond([_band(w, jnp.asarray(v), j) for w, v in zip(lr.weights, levs)])["eval"] for j in range(3))
     direct = lr.respond([_upto(w, jnp.asarray(v), 2) for w, v in zip(lr.weights, levs)])["eval"]
     np.testing.assert_allclose(cum, direct, rtol=1e-4, atol=1e-4 * float(jnp.abs(direct).max()))
+
+
+def test_energy_interpolation_is_a_power_law_through_the_anchors():
+    from hemorrhage.sim.pricing import interpolate_k2, next_anchor
+
+    energy = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    k2 = interpolate_k2(energy, {0: 0.1, 2: 0.4})  # γ = 1 between, and its slope carried beyond
+    np.testing.assert_allclose(k2, [0.1, 0.2, 0.4, 0.8, 1.6], rtol=1e-12)
+    np.testing.assert_allclose(interpolate_k2(energy, {1: 0.3}), 0.3 * energy / 2.0, rtol=1e-12)  # γ = 1 alone
+    k2 = interpolate_k2(energy, {0: 0.01, 4: 0.01 * 16 ** 2})  # γ = 2 read off the anchors
+    np.testing.assert_allclose(k2, 0.01 * energy ** 2, rtol=1e-12)
+    # secant search: from the mildest level, the first level predicted over the threshold; then
+    # its milder neighbour until the crossing lies between neighbouring anchors
+    assert next_anchor(energy, {0: (0.1, 0.1)}, 1.0) == 4  # 0.1·16 = 1.6 ≥ 1 first at level 4
+    assert next_anchor(energy, {0: (0.1, 0.1), 4: (1.6, 1.6)}, 1.0) == 3
+    assert next_anchor(energy, {0: (0.1, 0.1), 3: (0.8, 0.8), 4: (1.6, 1.6)}, 1.0) is None
+    assert next_anchor(energy, {0: (0.001, 0.001)}, 1.0) == 4  # never crosses: check the strongest
+    assert next_anchor(energy, {0: (2.0, 2.0)}, 1.0) is None  # over at the mildest: nothing to bracket
+
+
+def test_anchored_pruning_is_exact_at_the_anchors(tiny):
+    """With an anchor at every level the priced KL is the exact JVP's; with fewer, the
+    anchors stay exact and the levels between are scaled copies of the nearest anchor."""
+    from hemorrhage.sim.compress import make_method
+    from hemorrhage.sim.linear_response import Context, _upto
+    from hemorrhage.sim.predict import PredictConfig
+    from hemorrhage.sim.pricing import price_prune, prune_levels
+    from hemorrhage.theory import kl_exact
+
+    model, _, lr = tiny
+    methods = [make_method("magnitude", sparsity=s) for s in (0.1, 0.3, 0.5, 0.7)]
+    h = lr.h["eval"][:, :-1].reshape(-1, lr.h["eval"].shape[-1])
+    levs = prune_levels(Context(lr, PredictConfig(prompts=0, regime_tokens=0)), methods)
+    exact = []
+    for j in range(len(methods)):
+        dh = lr.respond([_upto(w, jnp.asarray(v), j) for w, v in zip(lr.weights, levs)])["eval"]
+        dz = jax.jvp(model.unembed, (h,), (dh[:, :-1].reshape(h.shape),))[1]
+        exact.append(float(jnp.mean(kl_exact(model.unembed(h), dz))))
+    res = {}
+    for n in (4, 2):
+        ctx = Context(lr, PredictConfig(prompts=0, regime_tokens=0, prune_anchors=n))
+        ctx.h_eval = h
+        res[n] = price_prune(ctx, methods)
+    np.testing.assert_allclose(res[4]["per_token"]["kl"].mean((1, 2)), exact, rtol=2e-3)
+    assert len(res[2]["notes"]["anchors"]) == 2
+    for j, m in enumerate(methods):
+        kl = float(res[2]["per_token"]["kl"][j].mean())
+        if m.sparsity in res[2]["notes"]["anchors"]:
+            np.testing.assert_allclose(kl, exact[j], rtol=2e-3)
+        assert np.isfinite(kl) and kl > 0
+    assert np.all(np.diff(res[2]["notes"]["energy"]) > 0)  # nested masks: the energy grows with s
 
 
 def test_gptq_error_model_matches_a_real_gptq_layer():

@@ -41,6 +41,8 @@ def add_arguments(p) -> None:
     d.add_argument("--seed", type=int, default=0, help="calibration seed (default 0)")
     e = p.add_argument_group("the estimate")
     e.add_argument("--probes", type=int, default=2, help="noise probes per quantization family (default 2)")
+    e.add_argument("--prune-anchors", type=int, default=3,
+                   help="exact JVPs per pruning family; the levels between are scaled by the pruned energy (default 3)")
     e.add_argument("--regime-tokens", type=int, default=32,
                    help="tokens of the nonlinearity check per grid point, 0 = skip (default 32)")
     e.add_argument("--kl-threshold", type=float, default=1.0, help="the cliff: KL in nats (default 1)")
@@ -71,6 +73,7 @@ def _config(args):
 
     return PredictConfig(windows=args.windows, seqlen=args.seqlen, source=args.source, prompts=args.prompts,
                          prompt_len=args.prompt_len, new_tokens=args.new_tokens, probes=args.probes,
+                         prune_anchors=args.prune_anchors,
                          calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, calib_seed=args.seed,
                          regime_tokens=args.regime_tokens, kl_threshold=args.kl_threshold)
 
