@@ -147,12 +147,17 @@ def interpolate_k2(energy: np.ndarray, anchors: dict[int, float]) -> np.ndarray:
     return np.exp(out)
 
 
+def nearest_anchor(energy, anchors) -> list[int]:
+    """For every level, the anchor nearest to it in log energy."""
+    le = np.log(np.maximum(energy, 1e-300))
+    return [min(anchors, key=lambda a: abs(le[s] - le[a])) for s in range(len(energy))]
+
+
 def next_anchor(energy, anchors: dict[int, tuple[float, float]], threshold: float) -> int | None:
     """The level to linearise next (secant search for the KL crossing), None when bracketed.
     anchors: level → (mean exact KL, K₂)."""
     k2 = interpolate_k2(energy, {a: v[1] for a, v in anchors.items()})
-    near = [min(anchors, key=lambda a: abs(math.log(max(energy[s], 1e-300) / max(energy[a], 1e-300))))
-            for s in range(len(energy))]
+    near = nearest_anchor(energy, anchors)
     kl = np.array([anchors[a][0] * k2[s] / max(anchors[a][1], 1e-300) for s, a in enumerate(near)])
     over = np.flatnonzero(kl >= threshold)
     if not len(over):
@@ -170,7 +175,7 @@ def price_prune(ctx: Context, methods: list) -> dict:
     lr, cfg, m0 = ctx.lr, ctx.cfg, methods[0]
     levs = [jnp.asarray(v) for v in prune_levels(ctx, methods)]
     S = len(methods)
-    energy = pruned_energy(lr.weights, levs, S) if S > 1 else np.ones(1)
+    energy = pruned_energy(lr.weights, levs, S)
     ctx.say("  mask levels, pruned energy")
     obs_ = m0.name == "sparsegpt"
     exact: dict[int, dict] = {}
@@ -194,8 +199,7 @@ def price_prune(ctx: Context, methods: list) -> dict:
             break
         linearise(a)
     k2 = interpolate_k2(energy, {a: v["k2"] for a, v in exact.items()})
-    near = [min(exact, key=lambda a: abs(math.log(max(energy[s], 1e-300) / max(energy[a], 1e-300))))
-            for s in range(S)]
+    near = nearest_anchor(energy, exact)
     scale = [math.sqrt(k2[s] / exact[a]["k2"]) if exact[a]["k2"] > 0 else 1.0 for s, a in enumerate(near)]
     order = sorted(exact)
     pad = [jnp.zeros_like(exact[order[0]]["he"])] * (max(cfg.prune_anchors, len(order)) - len(order))
