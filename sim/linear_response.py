@@ -20,6 +20,7 @@ sim.predict states the models and assembles the result.
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 
 import jax
@@ -211,6 +212,24 @@ class Context:
             perm, u = obs_factor(st.hessian(), method.damp, act)
             self._factors[key] = (perm, jnp.argsort(perm), u) if act else (None, None, u)
         return self._factors[key]
+
+    def prefactor(self, method) -> None:
+        """Every linear's factor at once, on threads (LAPACK releases the GIL; each call on one
+        BLAS thread, so the cores are shared by the factorisations, not oversubscribed)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from hemorrhage.sim.tangents import _one_blas_thread
+
+        act = bool(getattr(method, "act_order", False))
+        todo = {}
+        for path in self.lr.paths:
+            key = (id(self.stats[path]), float(method.damp), act)
+            if key not in self._factors:
+                todo.setdefault(key, path)
+        if not todo:
+            return
+        with _one_blas_thread(), ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+            list(pool.map(lambda p: self.factor(p, method), list(todo.values())))
 
     def obs(self, path, method, x):
         perm, inv, u = self.factor(path, method)

@@ -55,6 +55,8 @@ def price_quant(ctx: Context, methods: list) -> dict:
              else {m.bits: 1.0 for m in methods} | {b0: 1.0})
     scales = [step_ratio(m.bits, b0, sym) * math.sqrt(kappa[m.bits] / kappa[b0]) for m in methods]
     mets, ds, regimes = [], [], []
+    if m0.name == "gptq":
+        ctx.prefactor(m0)
     for k in range(cfg.probes):
         key = jax.random.fold_in(jax.random.key(cfg.seed), k)  # common random numbers across families
 
@@ -88,6 +90,8 @@ def prune_levels(ctx: Context, methods: list) -> list[np.ndarray]:
 
     m0 = methods[0]
     nm = parse_pattern(m0.pattern)
+    if m0.name == "sparsegpt":
+        ctx.prefactor(m0)
     scores = []
     for path, w in zip(ctx.lr.paths, ctx.lr.weights):
         if m0.name == "magnitude":

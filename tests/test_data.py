@@ -95,6 +95,35 @@ def test_calibration_errors(tok):
         data.calibration_tokens(tok, source="mmlu")
 
 
+def test_windows_follow_the_tokenizers_bos_convention(tok):
+    """Gemma's tokenizer starts a text with BOS, SmolLM2's does not: the windows do the same
+    unless told otherwise, and the text after a BOS is the text the window would hold."""
+    from hemorrhage.sim import load_tokenizer
+    from hemorrhage.sim.registry import fetch_model
+
+    gem = load_tokenizer(fetch_model("gemma3-270m", quiet=True))
+    assert data.adds_bos(gem) and not data.adds_bos(tok) and not data.adds_bos(object())
+    g = data.eval_windows(gem, seqlen=32, max_windows=2)
+    assert g.shape == (2, 32) and (g[:, 0] == gem.bos_token_id).all()
+    plain = data.eval_windows(gem, seqlen=32, max_windows=2, add_bos=False)
+    assert (plain[:, 0] != gem.bos_token_id).all() and np.array_equal(g[0, 1:], plain[0, :31])
+    assert np.array_equal(data.eval_windows(tok, seqlen=32, max_windows=2),
+                          data.eval_windows(tok, seqlen=32, max_windows=2, add_bos=False))
+    c = data.calibration_tokens(gem, n_samples=2, seqlen=16)
+    assert (c[:, 0] == gem.bos_token_id).all()
+    # multiple-choice questions start the same way; the choices are continuations (no BOS)
+    from types import SimpleNamespace
+
+    from hemorrhage.validate.mc import mc_inputs
+    from hemorrhage.validate.measure import MeasureConfig
+
+    cfg = MeasureConfig(mc_items=3)
+    for t, first_is_bos in ((gem, True), (tok, False)):
+        mc = mc_inputs(SimpleNamespace(tokenizer=t, cfg=SimpleNamespace(max_positions=4096)), cfg)
+        assert ((mc["q_tok"][:, 0] == t.bos_token_id).all()) == first_is_bos
+        assert not (mc["c_tok"][..., 0] == t.bos_token_id).any()
+
+
 def test_eval_windows(tok):
     w = data.eval_windows(tok)
     assert w.shape == (8, 128) and w.dtype == np.int32

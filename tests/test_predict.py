@@ -236,6 +236,13 @@ def test_cli_grid_validate_json(tiny_ckpt, capsys):
     assert within_factor(ratio, 1.5), ratio  # deep in the linear regime
     (cl,) = res["cliffs"]
     assert cl["axis"] == "bits" and {"cliff", "interval", "status", "measured"} <= set(cl)
+    # the model-error band: the linear KL times each level's own forward/linear ratio
+    for p in pts.values():
+        r = p["regime"]["kl_forward_over_linear"]
+        assert p["kl_forward_corrected"] == pytest.approx(p["kl"] * min(max(r, 0.1), 10.0))
+    if cl["cliff"] is not None and cl["cliff_forward_corrected"] is not None:
+        lo, hi = cl["model_interval"]
+        assert lo <= cl["cliff"] <= hi and lo <= cl["cliff_forward_corrected"] <= hi
 
 
 def test_bad_input_is_one_line(capsys):

@@ -19,7 +19,7 @@ import numpy as np
 
 from hemorrhage.errors import UserError
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: windows and MC questions start with BOS where the tokenizer does (sim.data.adds_bos)
 
 
 @dataclass

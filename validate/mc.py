@@ -59,7 +59,7 @@ def _round_up(n: int, m: int) -> int:
 
 def mc_inputs(loaded, config) -> dict:
     """Tokenized MC items as padded arrays (see _choices_impl)."""
-    from hemorrhage.sim.data import mc_items
+    from hemorrhage.sim.data import adds_bos, mc_items
 
     tok = loaded.tokenizer
     items, task_of = [], []
@@ -77,12 +77,14 @@ def mc_inputs(loaded, config) -> dict:
     Lc = _round_up(max(len(c) for row in cs for c in row), 4)
     C = max(len(row) for row in cs)
     max_pos = int(getattr(loaded.cfg, "max_positions", 1 << 30))
-    keep = min(config.mc_max_question, max_pos - Lc)
+    bos = [int(tok.bos_token_id)] if adds_bos(tok) else []  # the question starts as the tokenizer starts a text
+    keep = min(config.mc_max_question, max_pos - Lc) - len(bos)
     if keep < 1:
         raise UserError(f"the model's {max_pos} positions leave no room for a question")
     qs = [enc(it.question)[-keep:] for it in items]
     if any(len(q) == 0 for q in qs):
         raise UserError("a multiple-choice question tokenizes to nothing")
+    qs = [bos + q for q in qs]
     Lq = min(_round_up(max(len(q) for q in qs), 16), max_pos - Lc)
     I = len(items)
     q_tok = np.zeros((I, Lq), np.int32)

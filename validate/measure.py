@@ -10,7 +10,8 @@ calibration.  T = 1 throughout.  Definitions:
 
 Held-out text: `eval_windows(tokenizer, source, seqlen, stride=seqlen, windows)`, i.e. the
 first `windows` NON-OVERLAPPING windows of `seqlen` tokens of the held-out split (default
-4 × 128 of Wikipedia, no BOS).  In each window every token after the first is scored: the
+4 × 128 of Wikipedia; a BOS first where the tokenizer starts texts with one, as Gemma's does:
+`sim.data.adds_bos`).  In each window every token after the first is scored: the
 prediction at position t (0 ≤ t ≤ seqlen−2) for token t+1, so N = windows·(seqlen−1)
 scored positions ("tokens" below).
 

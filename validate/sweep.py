@@ -244,12 +244,15 @@ def run_sweep(loaded, grid: list[tuple[str, dict]], config, out: Path, *, calib:
     devices > 1: that many settings at once, one per device group of `mesh_shape` devices
     (validate.sweep_workers); rows are still written one at a time in grid order."""
     from hemorrhage.sim import shard
+    from hemorrhage.sim.data import adds_bos
 
     log = log or (lambda msg: print(f"[sweep] {msg}", file=sys.stderr, flush=True))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     calib = {k: v for k, v in (calib or {}).items() if v is not None}
     run_info = {"config": config.as_dict(), "calib": calib}
+    if adds_bos(loaded.tokenizer):  # windows start with BOS (Gemma): rows measured before that are not reused
+        run_info["bos"] = True
     writer = shard.is_writer()  # multi-host: process 0 writes, the others only compute
     fd = _lock(out) if writer else None
     try:

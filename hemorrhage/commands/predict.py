@@ -133,8 +133,10 @@ def _print(res: dict, validate: bool) -> None:
         else:
             where = f"{c['cliff']:.3g}" + (" (at or before the mildest level)" if c["status"] == "at_mildest" else "")
             iv = "" if c["interval"] is None else f" (5–95 %: {c['interval'][0]:.3g}–{c['interval'][1]:.3g})"
+        mi = c.get("model_interval")
+        band = "" if mi is None else f"; with the regime's nonlinearity {mi[0]:.3g}–{mi[1]:.3g}"
         meas = f"; measured {f(c.get('measured'), 3)}" if "measured" in c else ""
-        print(f"cliff {c['family']}: KL crosses {c['threshold_kl']:g} nat at {c['axis']} {where}{iv}{meas}")
+        print(f"cliff {c['family']}: KL crosses {c['threshold_kl']:g} nat at {c['axis']} {where}{iv}{band}{meas}")
     regs = [p.get("regime", {}) for p in res["points"]]
     if any(not r.get("linear_regime_ok", True) for r in regs):
         print("~ nonlinearity > 0.3: Δz is no longer linear in ΔW (the KL prediction was seen to hold up to ≈ 0.9, "
