@@ -144,15 +144,19 @@ def main(argv=None) -> int:
             h[1] += 1
     print(f"\nKL within x1.5 where measured KL <= 0.5: {hits}/{total}  "
           + "  ".join(f"{k}: {a}/{b}" for k, (a, b) in by_method.items()))
-    print(f"\n{'family':<24} {'cliff pred':>10} {'interval':>15} {'measured':>9} {'diff':>7} {'target':>7}")
+    print(f"\n{'family':<24} {'cliff pred':>10} {'interval':>15} {'measured':>9} {'diff':>7} {'target':>7} "
+          f"{'model interval':>15} {'in it':>5}")
     for c in cl:
         tol = 0.5 if c["axis"] == "bits" else 0.05
         diff = (c["cliff"] - c["measured"]) if c["cliff"] is not None and c["measured"] is not None else None
         iv = "-" if c["interval"] is None else f"[{c['interval'][0]:.2f},{c['interval'][1]:.2f}]"
         f = lambda x: "none" if x is None else f"{x:.3f}"  # noqa: E731
         ok = "ok" if diff is not None and abs(diff) <= tol else ("both none" if diff is None and c["cliff"] == c["measured"] else "miss")
+        mi = c.get("model_interval")
+        inside = "-" if mi is None or c["measured"] is None else ("yes" if mi[0] <= c["measured"] <= mi[1] else "no")
+        mi = "-" if mi is None else f"[{mi[0]:.2f},{mi[1]:.2f}]"
         print(f"{c['family']:<24} {f(c['cliff']):>10} {iv:>15} {f(c['measured']):>9} "
-              f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7}")
+              f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7} {mi:>15} {inside:>5}")
     ratio, ratio_warm = t_pred / t_meas, t_warm / t_meas
     print(f"\ntime: measure {t_meas:.1f} s; predict {t_pred:.1f} s cold (compilation included), ratio "
           f"{100 * ratio:.2f} %; {t_warm:.1f} s warm (second prediction in the process), ratio {100 * ratio_warm:.2f} % "
