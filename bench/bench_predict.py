@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     import jax
 
     from hemorrhage.sim import load
-    from hemorrhage.sim.predict import FULL_GRID, Measurer, PredictConfig, measured_cliffs, predict
+    from hemorrhage.sim.predict import FULL_GRID, PredictConfig, predict
+    from hemorrhage.sim.predict_measured import Measurer, measured_cliffs
     from hemorrhage.validate.sweep import parse_grid
 
     grid = parse_grid(FULL_GRID if args.grid == "full" else args.grid)

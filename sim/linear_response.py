@@ -203,13 +203,16 @@ class Context:
         self._factors: dict = {}
         self.say = lambda msg: None
 
+    def _factor_key(self, path: str, method) -> tuple:
+        """Linears that read the same input share its statistics, hence one factor."""
+        return id(self.stats[path]), float(method.damp), bool(getattr(method, "act_order", False))
+
     def factor(self, path: str, method):
         """(perm, inverse perm, U) of `path`'s input Hessian (obs_factor; cached per input)."""
-        st = self.stats[path]
-        act = bool(getattr(method, "act_order", False))
-        key = (id(st), float(method.damp), act)
+        key = self._factor_key(path, method)
+        act = key[2]
         if key not in self._factors:
-            perm, u = obs_factor(st.hessian(), method.damp, act)
+            perm, u = obs_factor(self.stats[path].hessian(), method.damp, act)
             self._factors[key] = (perm, jnp.argsort(perm), u) if act else (None, None, u)
         return self._factors[key]
 
@@ -220,10 +223,9 @@ class Context:
 
         from hemorrhage.sim.tangents import _one_blas_thread
 
-        act = bool(getattr(method, "act_order", False))
         todo = {}
         for path in self.lr.paths:
-            key = (id(self.stats[path]), float(method.damp), act)
+            key = self._factor_key(path, method)
             if key not in self._factors:
                 todo.setdefault(key, path)
         if not todo:

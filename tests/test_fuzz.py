@@ -238,9 +238,9 @@ def test_calibration_tokens_short_empty_or_wrong(tiny_model, method, shape, valu
 @pytest.mark.parametrize("ids", [np.zeros(0, np.int32), np.arange(5, dtype=np.int32)])
 def test_calibration_text_empty_or_shorter_than_a_window(monkeypatch, ids):
     """The train split tokenizes to nothing, or to fewer tokens than one window."""
-    from hemorrhage.sim import data
+    from hemorrhage.sim import data, windows
 
-    monkeypatch.setattr(data, "_tokens", lambda tokenizer, source, part: ids)  # no cache file is written
+    monkeypatch.setattr(windows, "_tokens", lambda tokenizer, source, part: ids)  # no cache file is written
     with pytest.raises(UserError, match="fewer than seqlen"):
         data.calibration_tokens(object(), "wiki", n_samples=2, seqlen=8)
     for bad in ({"n_samples": 0}, {"seqlen": 1}):

@@ -259,7 +259,8 @@ def test_bad_input_is_one_line(capsys):
 
 @pytest.mark.real
 def test_rtn8_on_smollm2_within_factor_1p5(smollm2):
-    from hemorrhage.sim.predict import PredictConfig, measure_grid, predict
+    from hemorrhage.sim.predict import PredictConfig, predict
+    from hemorrhage.sim.predict_measured import measure_grid
 
     cfg = PredictConfig(windows=1, seqlen=48, prompts=0, regime_tokens=0, bootstrap=20)
     grid = [("rtn", {"bits": 8})]

@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     #       one JVP per band between grid levels prices the whole sparsity grid.
     # The cliff is where the predicted KL crosses 1 nat.
     from hemorrhage.sim import load
-    from hemorrhage.sim.predict import PredictConfig, measure_grid, predict
+    from hemorrhage.sim.predict import PredictConfig, predict
+    from hemorrhage.sim.predict_measured import measure_grid
     from hemorrhage.validate.sweep import parse_grid
 
     loaded = load(args.model, quiet=True)

@@ -83,7 +83,8 @@ def _log(msg: str) -> None:
 
 
 def run(args) -> int:
-    from hemorrhage.sim.predict import PREDICTABLE, measure_grid, measured_cliffs, predict
+    from hemorrhage.sim.predict import PREDICTABLE, predict
+    from hemorrhage.sim.predict_measured import measure_grid, measured_cliffs
 
     grid = _grid(args)
     from hemorrhage.errors import UserError
