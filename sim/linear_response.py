@@ -27,13 +27,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from hemorrhage.sim.tangents import (  # noqa: F401  (the tangents live there; these names are public here)
+    _band,
+    _kappa_terms,
+    _obs_perm,
+    _probe,
+    _upto,
+    levels_flat,
+    levels_rows,
+    obs_factor,
+    obs_shape,
+    quant_noise_std,
+    rtn_kappa,
+    step_ratio,
+)
+from hemorrhage.theory import (
+    dephasing_factor,
+    dephasing_rate,
+    expected_first_divergence,
+    flip_probability,
+    kl_exact,
+    kl_second_order,
+    prob_no_divergence,
+    var_p,
+)
+from jax.experimental import jet
 
 from hemorrhage.errors import UserError
-from hemorrhage.sim.tangents import (  # noqa: F401  (the tangents live there; these names are public here)
-    _band, _kappa_terms, _obs_perm, _probe, _upto, levels_flat, levels_rows, obs_factor, obs_shape, quant_noise_std,
-    rtn_kappa, step_ratio)
-from hemorrhage.theory import (expected_first_divergence, flip_probability, kl_exact, kl_second_order,
-                               prob_no_divergence, var_p)
 
 
 def block_linear_paths(model) -> list[str]:
@@ -96,11 +116,26 @@ class Linearization:
             return tr.logits, tr.gate_pos, tr.attn_entropy
 
         self._trace_perturbed = trace_perturbed
+        eval_toks = toks[self.names.index("eval")] if "eval" in self.names else None
+
+        @jax.jit
+        def second_order(lin, rest, dws):
+            # Taylor mode along W + tΔW: (h_L', h_L'') in one pass (theory.dephasing's a and b)
+            leaves, td = jax.tree_util.tree_flatten(lin)
+            fn = lambda *ls: h_last(jax.tree_util.tree_unflatten(td, list(ls)), rest, (eval_toks,))[0]  # noqa: E731
+            _, (h1, h2) = jet.jet(fn, tuple(leaves), tuple((d, jnp.zeros_like(d)) for d in jax.tree_util.tree_leaves(dws)))
+            return h1, h2
+
+        self._second_order = second_order
 
     def respond(self, dws: list) -> dict[str, jax.Array]:
         """First-order Δh_L per token set for the weight change dws (list in path order)."""
         out = _apply(self._fn, jax.tree_util.tree_unflatten(self._treedef, list(dws)))
         return dict(zip(self.names, out))
+
+    def respond2(self, dws: list) -> tuple[jax.Array, jax.Array]:
+        """(first, second) directional derivatives of h_L along W + tΔW on the eval tokens [B T d]."""
+        return self._second_order(self.lin, self.rest, jax.tree_util.tree_unflatten(self._treedef, list(dws)))
 
     def trace_perturbed(self, dws: list, scale: float, tokens):
         """(logits, gate_pos, attn_entropy) of the model with W + scale·ΔW on `tokens` (one jit)."""
@@ -128,19 +163,21 @@ def base_logits(model, h):
 
 
 @partial(nnx.jit, static_argnames=("chunk",))
-def logit_metrics(model, h, z, dhs, which, scales, chunk: int = 64):
+def logit_metrics(model, h, z, dhs, which, scales, rates, chunk: int = 64):
     """Per token, for every point i with Δz_i = s_i·J_unembed(h)·Δh_{which_i}: KL(p‖q) exact,
-    its second order ½Var_p(Δz_i) and whether the argmax survives.  h [N d], z [N vocab] the
-    base logits at h, dhs [A N d] (A responses), which [S] int, scales [S].  Each response is
-    taken through the head once per chunk of tokens; the points only rescale it.
-    Returns dict of [S N]."""
+    its second order ½Var_p(Δz_i), whether the argmax survives, and the dephased KL: the
+    exact KL of √R(s_i²x)·Δz_i, x = rates[which_i] the token's dephasing rate at scale 1
+    (theory.dephasing; x(c) = c²x).  h [N d], z [N vocab] the base logits at h, dhs [A N d]
+    (A responses), which [S] int, scales [S], rates [A N].  Each response is taken through the
+    head once per chunk of tokens; the points only rescale it.  Returns dict of [S N]."""
     w = head_weight(model)
     hc, n = _chunks(h, chunk)
     zc, _ = _chunks(z, chunk)
     dc, _ = _chunks(jnp.moveaxis(dhs, 0, 1), chunk)  # [C chunk A d]
+    rc, _ = _chunks(jnp.moveaxis(rates, 0, 1), chunk)  # [C chunk A]
 
     def one(args):
-        hb, zb, db = args
+        hb, zb, db, rb = args
         dhn = jax.vmap(lambda d: jax.jvp(model.norm, (hb,), (d,))[1], in_axes=1)(db)  # [A chunk d]
         dz = jnp.einsum("acd,vd->acv", dhn, w)
         top = jnp.argmax(zb, -1)
@@ -149,13 +186,37 @@ def logit_metrics(model, h, z, dhs, which, scales, chunk: int = 64):
         def at(args):
             a, s = args
             dza = s * dz[a]
-            return kl_exact(zb, dza), s * s * k2[a], (jnp.argmax(zb + dza, -1) == top).astype(jnp.float32)
+            keep = jnp.sqrt(dephasing_factor(s * s * rb[:, a]))[:, None]
+            return (kl_exact(zb, dza), s * s * k2[a], (jnp.argmax(zb + dza, -1) == top).astype(jnp.float32),
+                    kl_exact(zb, keep * dza))
 
         return jax.lax.map(at, (which, scales))
 
-    kl, k2, t1 = jax.lax.map(one, (hc, zc, dc))  # [C S chunk]
+    kl, k2, t1, kd = jax.lax.map(one, (hc, zc, dc, rc))  # [C S chunk]
     f = lambda a: jnp.moveaxis(a, 1, 0).reshape(scales.shape[0], -1)[:, :n]  # noqa: E731
-    return {"kl": f(kl), "kl2": f(k2), "top1": f(t1)}
+    return {"kl": f(kl), "kl2": f(k2), "top1": f(t1), "kl_dephased": f(kd)}
+
+
+@partial(nnx.jit, static_argnames=("chunk",))
+def dephasing_rates(model, h, dh1, dh2, chunk: int = 64):
+    """Per token x = ‖b⊥‖²_p/‖a‖²_p (theory.dephasing_rate) of the logit velocity a = z' and
+    its derivative b = z'' along W + tΔW, from h_L's (dh1, dh2) = (h', h'') at h [N d]: the
+    head's own second order enters through the final norm (Taylor mode, `jet`).  [N]."""
+    w = head_weight(model)
+    hc, n = _chunks(h, chunk)
+    c1, _ = _chunks(dh1, chunk)
+    c2, _ = _chunks(dh2, chunk)
+
+    def one(args):
+        hb, d1, d2 = args
+        zb = model.unembed(hb)
+        _, (n1, n2) = jet.jet(model.norm, (hb,), ((d1, d2),))
+        a, b = n1 @ w.T, n2 @ w.T
+        aa, bb = var_p(zb, a), var_p(zb, b)
+        ab = (var_p(zb, a + b) - var_p(zb, a - b)) / 4
+        return dephasing_rate(aa, bb, ab)
+
+    return jax.lax.map(one, (hc, c1, c2)).reshape(-1)[:n]
 
 
 @partial(nnx.jit, static_argnames=("k",))
@@ -242,13 +303,23 @@ class Context:
         perm, inv, u = self.factor(path, method)
         return jnp.diag(u) if perm is None else jnp.diag(u)[inv]
 
-    def metrics(self, dhs: list, which, scales) -> dict[str, np.ndarray]:
-        """logit_metrics on the scored tokens for responses dhs [N d] each, points (which, scales)."""
+    def metrics(self, dhs: list, which, scales, rates: list | None = None) -> dict[str, np.ndarray]:
+        """logit_metrics on the scored tokens for responses dhs [N d] each, points (which,
+        scales); rates [N] per response (`dephase`; None: no dephasing, R = 1)."""
         if self.z_eval is None:
             self.z_eval = base_logits(self.model, self.h_eval)
+        rates = [jnp.zeros(self.h_eval.shape[0], jnp.float32)] * len(dhs) if rates is None else rates
         met = logit_metrics(self.model, self.h_eval, self.z_eval, jnp.stack(dhs), jnp.asarray(which, jnp.int32),
-                            jnp.asarray(scales, jnp.float32))
+                            jnp.asarray(scales, jnp.float32), jnp.stack(rates))
         return {k: np.asarray(v) for k, v in met.items()}
+
+    def dephase(self, dws: list):
+        """The dephasing rate x per scored token of the weight change dws (None if switched off)."""
+        if not getattr(self.cfg, "dephasing", False):
+            return None
+        h1, h2 = self.lr.respond2(dws)
+        flat = lambda a: a[:, :-1].reshape(-1, a.shape[-1])  # noqa: E731
+        return dephasing_rates(self.model, self.h_eval, flat(h1), flat(h2))
 
     def flat(self, dh: dict):
         e = dh["eval"][:, :-1]

@@ -79,13 +79,14 @@ Cliff (`cliff_crossing`, shared with validate/): the compression level where the
 first crosses 1 nat coming from mild compression, log KL interpolated linearly in bits or
 sparsity between grid points; None with a status when the grid never crosses.  Its
 `interval` is sampling only (the bootstrap); `model_interval` adds the model error: it spans
-the linear cliff and `cliff_forward_corrected`, the crossing of kl_forward_corrected =
-KL_lin × kl_forward_over_linear (each level's regime ratio, an interpolated pruning level its
-anchor's) — where the KL would cross if the nonlinearity seen on the regime tokens held on
-every token.  The point estimate stays linear: corrected from 32 tokens it is no better
-(within 1.5× of the measured KL ≤ 0.5: SmolLM2 19 / 21 corrected vs 21 / 21 linear, Gemma 3
-22 / 24 either way), but the measured cliff fell inside the band for 9 of 12 families
-(bench/README.md).
+the linear cliff (the logit velocity along W + tΔW kept coherent) and `cliff_dephased`, the
+crossing of kl_dephased = the exact KL of √R(x)·Δz_lin per token (theory.dephasing: the
+velocity turns at the rate x = ‖b⊥‖²_p/‖Δz_lin‖²_p read off one Taylor-mode pass, b the second
+directional derivative; x ∝ c² over a grid), base-point quantities only.  Measured with the
+forward of W + ΔW on every eval token, Wanda and SparseGPT follow the dephased KL near the
+cliff and magnitude pruning the linear one or above (bench/README.md), so the point estimate
+stays linear and the band says how far the two closures disagree.  `cliff_forward_corrected`
+(KL_lin × each level's kl_forward_over_linear on the regime tokens) is kept beside it.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class PredictConfig:
     nonlinearity_max: float = 0.3  # linear_regime_ok: r ≤ this
     kl_check_min: float = 0.45  # kl_prediction_ok: KL(W+ΔW)/KL_lin on the regime tokens ≥ this
     bootstrap: int = 200
+    dephasing: bool = True  # also the dephased closure (theory.dephasing): one Taylor-mode pass per JVP
 
     def __post_init__(self):
         for name in ("windows", "probes", "prune_anchors", "calib_samples", "bootstrap", "new_tokens", "prompt_len"):
@@ -283,7 +285,7 @@ def _family_name(fam) -> str:
 def _summarise(res: dict, fam: dict, cfg: PredictConfig) -> dict:
     """Token/probe means, bootstrap intervals (tokens and probes resampled together for all
     levels, so the cliff's interval sees correlated curves), the cliff."""
-    kl, k2, t1 = (res["per_token"][k].astype(np.float64) for k in ("kl", "kl2", "top1"))  # [S K N]
+    kl, k2, t1, kd = (res["per_token"][k].astype(np.float64) for k in ("kl", "kl2", "top1", "kl_dephased"))  # [S K N]
     S, K, N = kl.shape
     rng = np.random.default_rng(cfg.seed)
     pk = rng.integers(0, K, (cfg.bootstrap, K))
@@ -300,6 +302,8 @@ def _summarise(res: dict, fam: dict, cfg: PredictConfig) -> dict:
               "kl_interval": [float(np.percentile(boot[s], 5)), float(np.percentile(boot[s], 95))],
               "kl_second_order": float(k2[s].mean()), "top1_agreement": float(t1[s].mean()),
               "top1_interval": [float(np.percentile(boot_t1[s], 5)), float(np.percentile(boot_t1[s], 95))]}
+        if cfg.dephasing:
+            pt["kl_dephased"] = float(kd[s].mean())
         if res["gen"] and res["gen"][s] is not None:
             pt.update(res["gen"][s])
             pt["mc_vs_gen_gap"] = pt["top1_agreement"] - pt["gen_identical"]
@@ -326,8 +330,11 @@ def _summarise(res: dict, fam: dict, cfg: PredictConfig) -> dict:
         if all(r is not None for r in rho):
             corrected, _ = cliff_crossing(levels, [p["kl_forward_corrected"] for p in pts], cfg.kl_threshold, axis)
             cliff["cliff_forward_corrected"] = corrected
-            cliff["model_interval"] = (None if value is None or corrected is None
-                                       else [min(value, corrected), max(value, corrected)])
+        if cfg.dephasing:
+            dephased, _ = cliff_crossing(levels, kd.mean((1, 2)), cfg.kl_threshold, axis)
+            cliff["cliff_dephased"] = dephased
+            cliff["model_interval"] = (None if value is None or dephased is None
+                                       else [min(value, dephased), max(value, dephased)])
     return {"points": pts, "cliff": cliff}
 
 

@@ -40,9 +40,9 @@ from hemorrhage.sim.tangents import (_probe, _upto, levels_flat, levels_rows, qu
                                      step_ratio)
 
 
-def _tokens_and_gen(ctx, dh, scales):
+def _tokens_and_gen(ctx, dh, scales, rate):
     he, hg = ctx.flat(dh)
-    met = ctx.metrics([he], np.zeros(len(scales), np.int32), scales)
+    met = ctx.metrics([he], np.zeros(len(scales), np.int32), scales, None if rate is None else [rate])
     d = None if hg is None else np.asarray(pair_response(ctx.model, ctx.h_gen, hg, ctx.pair), np.float64)
     return met, d
 
@@ -67,7 +67,8 @@ def price_quant(ctx: Context, methods: list) -> dict:
         ctx.say(f"  probe {k}: tangent built")
         dh = lr.respond(dws)
         ctx.say(f"  probe {k}: JVP")
-        met, d = _tokens_and_gen(ctx, dh, scales)
+        rate = ctx.dephase(dws)
+        met, d = _tokens_and_gen(ctx, dh, scales, rate)
         ctx.say(f"  probe {k}: logit metrics")
         mets.append(met)
         ds.append(d)
@@ -75,7 +76,7 @@ def price_quant(ctx: Context, methods: list) -> dict:
             regimes = [ctx.regime(dws, s, dh["eval"]) for s in scales]
             ctx.say("  regime forwards")
         del dws
-    per_tok = {name: np.stack([m[name] for m in mets], 1) for name in ("kl", "kl2", "top1")}  # [S K N]
+    per_tok = {name: np.stack([m[name] for m in mets], 1) for name in ("kl", "kl2", "top1", "kl_dephased")}  # [S K N]
     gens = [None if ds[0] is None else
             ctx.first_divergence(np.stack([s * d for d in ds]), regimes[i]["nonlinearity"] if regimes else 0.0, True)
             for i, s in enumerate(scales)]
@@ -189,9 +190,10 @@ def price_prune(ctx: Context, methods: list) -> dict:
               for p, x in ((p, _upto(w, lev, a)) for p, w, lev in zip(lr.paths, lr.weights, levs))]
         dh = lr.respond(dw)
         he, hg = ctx.flat(dh)
-        met = ctx.metrics([he], [0], [1.0])
+        rate = ctx.dephase(dw)
+        met = ctx.metrics([he], [0], [1.0], None if rate is None else [rate])
         reg = ctx.regime(dw, 1.0, dh["eval"]) if ctx.regime_tokens is not None else None
-        exact[a] = {"he": he, "hg": hg, "kl": float(np.mean(met["kl"])), "k2": float(np.mean(met["kl2"])),
+        exact[a] = {"he": he, "hg": hg, "rate": rate, "kl": float(np.mean(met["kl"])), "k2": float(np.mean(met["kl2"])),
                     "regime": reg}
         ctx.say(f"  anchor {getattr(methods[a], 'sparsity', None)}: JVP, metrics, regime")
 
@@ -207,8 +209,10 @@ def price_prune(ctx: Context, methods: list) -> dict:
     scale = [math.sqrt(k2[s] / exact[a]["k2"]) if exact[a]["k2"] > 0 else 1.0 for s, a in enumerate(near)]
     order = sorted(exact)
     pad = [jnp.zeros_like(exact[order[0]]["he"])] * (max(cfg.prune_anchors, len(order)) - len(order))
-    met = ctx.metrics([exact[a]["he"] for a in order] + pad, [order.index(a) for a in near], scale)
-    per_tok = {name: met[name] for name in ("kl", "kl2", "top1")}  # [S N]
+    rates = None if exact[order[0]]["rate"] is None else \
+        [exact[a]["rate"] for a in order] + [jnp.zeros_like(exact[order[0]]["rate"])] * len(pad)
+    met = ctx.metrics([exact[a]["he"] for a in order] + pad, [order.index(a) for a in near], scale, rates)
+    per_tok = {name: met[name] for name in ("kl", "kl2", "top1", "kl_dephased")}  # [S N]
     gens, regimes = [None] * S, [None] * S
     for a in order:
         v = exact[a]

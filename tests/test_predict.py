@@ -63,6 +63,22 @@ def test_jvp_equals_central_difference(tiny):
     assert float(jnp.abs(_h_last(model, tokens) - lr.h["eval"]).max()) < 1e-4
 
 
+def test_second_order_pass_equals_second_difference(tiny):
+    """respond2 (Taylor mode, the dephasing closure's a and b) against finite differences."""
+    model, tokens, lr = tiny
+    keys = jax.random.split(jax.random.key(2), len(lr.weights))
+    dws = [0.05 * jnp.abs(w) * jax.random.normal(k, w.shape) for w, k in zip(lr.weights, keys)]
+    h1, h2 = lr.respond2(dws)
+    h0 = _h_last(model, tokens)
+
+    def d2(e):  # central second difference, error O(e²)
+        return (_h_last(lr.perturbed(dws, e), tokens) - 2 * h0 + _h_last(lr.perturbed(dws, -e), tokens)) / e ** 2
+
+    assert float(jnp.linalg.norm(h1 - lr.respond(dws)["eval"]) / jnp.linalg.norm(h1)) < 1e-4
+    fd2 = (4 * d2(0.5) - d2(1.0)) / 3  # Richardson: O(e⁴)
+    assert float(jnp.linalg.norm(h2 - fd2) / jnp.linalg.norm(fd2)) < 0.02
+
+
 def test_probe_noise_follows_the_bit_law(tiny):
     from hemorrhage.sim.linear_response import quant_noise_std, rtn_kappa, step_ratio
 
@@ -240,9 +256,12 @@ def test_cli_grid_validate_json(tiny_ckpt, capsys):
     for p in pts.values():
         r = p["regime"]["kl_forward_over_linear"]
         assert p["kl_forward_corrected"] == pytest.approx(p["kl"] * min(max(r, 0.1), 10.0))
-    if cl["cliff"] is not None and cl["cliff_forward_corrected"] is not None:
+    # the dephased closure never exceeds the coherent (linear) one: R ≤ 1 and KL grows along a ray
+    for p in pts.values():
+        assert p["kl_dephased"] <= p["kl"] * (1 + 1e-5)
+    if cl["cliff"] is not None and cl.get("cliff_dephased") is not None:
         lo, hi = cl["model_interval"]
-        assert lo <= cl["cliff"] <= hi and lo <= cl["cliff_forward_corrected"] <= hi
+        assert lo <= cl["cliff"] <= hi and lo <= cl["cliff_dephased"] <= hi
 
 
 def test_bad_input_is_one_line(capsys):

@@ -23,52 +23,121 @@ Notation (used in every module, as in SEEDS.md):
 
 Modules: ``cosine`` (Theorem 1, norms, head), ``softmax`` (Theorems 2–3, exact
 cumulant series, bounds), ``subspace`` (multiple-choice subspace), ``compounding``
-(flips, survival, first divergence), ``noise`` (quantisation/pruning noise and its
+(flips, survival, first divergence), ``dephasing`` (the first-order response's
+overshoot along the compression path), ``noise`` (quantisation/pruning noise and its
 propagation), ``derivations`` (sympy derivations; not imported here, use
 ``from hemorrhage.theory import derivations``).
 See README.md in this folder for the statements, regimes and tests.
 """
 
+from . import compounding, cosine, dephasing, noise, softmax, subspace  # noqa: E402
 from .compounding import (
-    expected_first_divergence, first_divergence_pmf, flip_probability,
-    greedy_flip_probability, greedy_flip_probability_exact_iid,
-    gumbel_coupling_divergence_bounds, pair_sigma_linear, prob_no_divergence,
-    sampled_survival_upper_bound, stationary_expected_first_divergence, survival,
-    teacher_forced_agreement, teacher_forced_expected_flips, top2_margin,
-    tv_distance, tv_first_order,
+    expected_first_divergence,
+    first_divergence_pmf,
+    flip_probability,
+    greedy_flip_probability,
+    greedy_flip_probability_exact_iid,
+    gumbel_coupling_divergence_bounds,
+    pair_sigma_linear,
+    prob_no_divergence,
+    sampled_survival_upper_bound,
+    stationary_expected_first_divergence,
+    survival,
+    teacher_forced_agreement,
+    teacher_forced_expected_flips,
+    top2_margin,
+    tv_distance,
+    tv_first_order,
 )
 from .cosine import (
-    cos_exact_form, cos_sim, cos_z_predicted_vs_exact, decompose, layernorm,
-    layernorm_jacobian, logit_cos_gain, norm_jvp, one_minus_cos, one_minus_cos_taylor,
-    predicted_one_minus_cos_h, predicted_one_minus_cos_z, rmsnorm,
-    rmsnorm_jacobian, theorem1_relerr_bound,
+    cos_exact_form,
+    cos_sim,
+    cos_z_predicted_vs_exact,
+    decompose,
+    layernorm,
+    layernorm_jacobian,
+    logit_cos_gain,
+    norm_jvp,
+    one_minus_cos,
+    one_minus_cos_taylor,
+    predicted_one_minus_cos_h,
+    predicted_one_minus_cos_z,
+    rmsnorm,
+    rmsnorm_jacobian,
+    theorem1_relerr_bound,
 )
+from .dephasing import dephasing_factor, dephasing_rate
 from .noise import (
-    clipped_quant_mse, equivalent_bits, linear_output_noise_energy,
-    linear_output_noise_var, magnitude_mask, magnitude_pruning_noise_var,
-    noise_var_per_bit_ratio, norm_relative_error, optimal_clip_ratio,
-    pruning_delta, pruning_output_error_diag, pruning_output_error_exact,
-    quant_noise_var, quant_range, quant_step, quantize_rtn,
-    random_pruning_noise_var, residual_error_energy, sqnr_db, sqnr_db_rule,
+    clipped_quant_mse,
+    equivalent_bits,
+    linear_output_noise_energy,
+    linear_output_noise_var,
+    magnitude_mask,
+    magnitude_pruning_noise_var,
+    noise_var_per_bit_ratio,
+    norm_relative_error,
+    optimal_clip_ratio,
+    pruning_delta,
+    pruning_output_error_diag,
+    pruning_output_error_exact,
+    quant_noise_var,
+    quant_range,
+    quant_step,
+    quantize_rtn,
+    random_pruning_noise_var,
+    residual_error_energy,
+    sqnr_db,
+    sqnr_db_rule,
     uniform_noise_var,
 )
 from .softmax import (
-    cos_second_order, cos_second_order_error_bound, cos_second_order_relerr_rms, cosine_cgf, cosine_pq,
-    cumulants, delta_cumulants, escort, expected_var_linear, fisher_matrix,
-    fisher_quadratic, kl_cgf, kl_exact, kl_second_order,
-    kl_second_order_relerr_rms, kl_series, kl_series_coefficients,
-    kl_series_remainder_bound, log_cosine_series, log_cosine_series_coefficients,
-    log_cosine_series_remainder_bound, log_softmax_T, one_minus_cos_exact,
-    one_minus_cos_series, reverse_kl_exact, reverse_kl_series,
-    reverse_kl_series_coefficients, reverse_kl_series_remainder_bound,
-    tilted_cumulants, var_p, var_r, weighted_mean, weighted_var,
+    cos_second_order,
+    cos_second_order_error_bound,
+    cos_second_order_relerr_rms,
+    cosine_cgf,
+    cosine_pq,
+    cumulants,
+    delta_cumulants,
+    escort,
+    expected_var_linear,
+    fisher_matrix,
+    fisher_quadratic,
+    kl_cgf,
+    kl_exact,
+    kl_second_order,
+    kl_second_order_relerr_rms,
+    kl_series,
+    kl_series_coefficients,
+    kl_series_remainder_bound,
+    log_cosine_series,
+    log_cosine_series_coefficients,
+    log_cosine_series_remainder_bound,
+    log_softmax_T,
+    one_minus_cos_exact,
+    one_minus_cos_series,
+    reverse_kl_exact,
+    reverse_kl_series,
+    reverse_kl_series_coefficients,
+    reverse_kl_series_remainder_bound,
+    tilted_cumulants,
+    var_p,
+    var_r,
+    weighted_mean,
+    weighted_var,
 )
 from .subspace import (
-    expected_kl_iid, expected_kl_linear, kl_chain_rule, mask_from_indices,
-    subset_cosine, subset_flip_probability, subset_kl, subset_kl_second_order,
-    subset_logits, subset_mass, subset_vs_full_expected_kl,
+    expected_kl_iid,
+    expected_kl_linear,
+    kl_chain_rule,
+    mask_from_indices,
+    subset_cosine,
+    subset_flip_probability,
+    subset_kl,
+    subset_kl_second_order,
+    subset_logits,
+    subset_mass,
+    subset_vs_full_expected_kl,
 )
-from . import compounding, cosine, noise, softmax, subspace  # noqa: E402
 
 __all__ = [
     # Theorem 1 — cosine.py
@@ -97,6 +166,8 @@ __all__ = [
     "stationary_expected_first_divergence", "teacher_forced_agreement",
     "teacher_forced_expected_flips", "tv_distance", "tv_first_order",
     "gumbel_coupling_divergence_bounds", "sampled_survival_upper_bound",
+    # dephasing along the compression path — dephasing.py
+    "dephasing_factor", "dephasing_rate",
     # noise models — noise.py
     "quant_range", "quant_step", "quantize_rtn", "quant_noise_var",
     "uniform_noise_var", "sqnr_db", "sqnr_db_rule", "noise_var_per_bit_ratio",
@@ -106,5 +177,5 @@ __all__ = [
     "linear_output_noise_var", "linear_output_noise_energy",
     "residual_error_energy", "norm_relative_error", "equivalent_bits",
     # modules
-    "compounding", "cosine", "noise", "softmax", "subspace",
+    "compounding", "cosine", "dephasing", "noise", "softmax", "subspace",
 ]

@@ -21,6 +21,8 @@ Contents
 * var_kappa3_iid_check     — Isserlis for Var κ₃ under weights w (regime of Thm 2/3).
 * kl_chain_rule_check      — KL = KL(Ber(P)‖Ber(Q)) + P·KL_S + (1−P)·KL_{Sᶜ} (subspace).
 * expected_var_linear_check — E[Var_w(WΔh)] = σ²(Σwᵢ‖Wᵢ‖² − ‖Σwᵢ Wᵢ‖²).
+* dephasing_factor_series, rotation_energy_series — R(x) of theory.dephasing from its double
+  integral; the energy of a turning velocity it is closed on.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ __all__ = [
     "quantizer_noise_variance", "sqnr_per_bit_db", "overload_noise",
     "magnitude_pruning_variance", "flip_probability_derivation",
     "first_divergence_derivation", "var_kappa3_iid_check", "kl_chain_rule_check",
-    "expected_var_linear_check",
+    "expected_var_linear_check", "dephasing_factor_series", "rotation_energy_series",
 ]
 
 t, eps = sp.symbols("t epsilon")
@@ -318,3 +320,23 @@ def expected_var_linear_check(V: int = 3, d: int = 2):
     Wbar = sum((w[i] * W.row(i) for i in range(V)), sp.zeros(1, d))
     closed = sigma ** 2 * (sum(w[i] * W.row(i).dot(W.row(i)) for i in range(V)) - Wbar.dot(Wbar))
     return sp.expand(E - closed)
+
+
+def dephasing_factor_series(order: int = 4):
+    """R(x) = ∫₀¹∫₀¹ exp(−(t−s)²x/2) ds dt (theory.dephasing): (closed form, Taylor coefficients
+    in x up to `order`), both derived from the double integral."""
+    x, s_, u = sp.symbols("x s u", positive=True)
+    inner = sp.integrate(sp.exp(-(t - s_) ** 2 * x / 2), (s_, 0, 1))
+    closed = sp.simplify(sp.integrate(inner, (t, 0, 1)))
+    # the same integral as 2∫₀¹(1 − u)e^{−u²x/2}du, expanded termwise in x
+    series = sp.integrate(2 * (1 - u) * sp.series(sp.exp(-u ** 2 * x / 2), x, 0, order + 1).removeO(), (u, 0, 1))
+    return closed, [sp.expand(series).coeff(x, k) for k in range(order + 1)]
+
+
+def rotation_energy_series(order: int = 3):
+    """‖∫₀¹ g‖² for a unit velocity turning at angular speed ω (g = (cos ωt, sin ωt)):
+    Taylor coefficients in ω² up to `order` (the case the dephasing closure is built on)."""
+    w = sp.Symbol("omega", positive=True)
+    e = sp.integrate(sp.cos(w * t), (t, 0, 1)) ** 2 + sp.integrate(sp.sin(w * t), (t, 0, 1)) ** 2
+    ser = sp.series(sp.simplify(e), w, 0, 2 * order + 1).removeO()
+    return [sp.nsimplify(ser.coeff(w, 2 * k)) for k in range(order + 1)]

@@ -46,6 +46,8 @@ def add_arguments(p) -> None:
     e.add_argument("--regime-tokens", type=int, default=32,
                    help="tokens of the nonlinearity check per grid point, 0 = skip (default 32)")
     e.add_argument("--kl-threshold", type=float, default=1.0, help="the cliff: KL in nats (default 1)")
+    e.add_argument("--no-dephasing", action="store_true",
+                   help="skip the dephased closure (one Taylor-mode pass per JVP; theory.dephasing)")
     p.add_argument("--validate", action="store_true", help="also compress each setting and measure it: side by side")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -75,7 +77,8 @@ def _config(args):
                          prompt_len=args.prompt_len, new_tokens=args.new_tokens, probes=args.probes,
                          prune_anchors=args.prune_anchors,
                          calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, calib_seed=args.seed,
-                         regime_tokens=args.regime_tokens, kl_threshold=args.kl_threshold)
+                         regime_tokens=args.regime_tokens, kl_threshold=args.kl_threshold,
+                         dephasing=not args.no_dephasing)
 
 
 def _log(msg: str) -> None:
@@ -135,7 +138,7 @@ def _print(res: dict, validate: bool) -> None:
             where = f"{c['cliff']:.3g}" + (" (at or before the mildest level)" if c["status"] == "at_mildest" else "")
             iv = "" if c["interval"] is None else f" (5–95 %: {c['interval'][0]:.3g}–{c['interval'][1]:.3g})"
         mi = c.get("model_interval")
-        band = "" if mi is None else f"; with the regime's nonlinearity {mi[0]:.3g}–{mi[1]:.3g}"
+        band = "" if mi is None else f"; linear to dephased {mi[0]:.3g}–{mi[1]:.3g}"
         meas = f"; measured {f(c.get('measured'), 3)}" if "measured" in c else ""
         print(f"cliff {c['family']}: KL crosses {c['threshold_kl']:g} nat at {c['axis']} {where}{iv}{band}{meas}")
     regs = [p.get("regime", {}) for p in res["points"]]
