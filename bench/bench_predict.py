@@ -146,17 +146,17 @@ def main(argv=None) -> int:
             h[1] += 1
     print(f"\nKL within x1.5 where measured KL <= 0.5: {hits}/{total}  "
           + "  ".join(f"{k}: {a}/{b}" for k, (a, b) in by_method.items()))
-    deph = [(p["kl_dephased"], m["kl"]) for p, m in zip(pred["points"], meas["points"]) if "kl_dephased" in p]
-    if deph:  # the other closure as a point estimate, for the record
-        near = [abs(math.log(max(d, 1e-30) / mk)) for d, mk in deph if 0 < mk <= 3]
-        lin = [abs(math.log(max(p["kl"], 1e-30) / m["kl"])) for p, m in zip(pred["points"], meas["points"])
-               if "kl_dephased" in p and 0 < m["kl"] <= 3]
-        print(f"dephased KL within x1.5 where measured KL <= 0.5: "
-              f"{sum(1 / 1.5 <= d / mk <= 1.5 for d, mk in deph if mk <= 0.5)}/{sum(mk <= 0.5 for _, mk in deph)}; "
-              f"mean |log(pred/meas)| where measured KL <= 3: linear {sum(lin) / max(len(lin), 1):.3f}, "
-              f"dephased {sum(near) / max(len(near), 1):.3f}")
+    lin = [(p["kl_linear"], m["kl"]) for p, m in zip(pred["points"], meas["points"]) if "kl_linear" in p]
+    if lin:  # the other closure (the linear response) as a point estimate, for the record
+        err = lambda pairs: [abs(math.log(max(a, 1e-30) / mk)) for a, mk in pairs if 0 < mk <= 3]  # noqa: E731
+        e_lin = err(lin)
+        e_pt = err([(p["kl"], m["kl"]) for p, m in zip(pred["points"], meas["points"]) if "kl_linear" in p])
+        print(f"linear KL within x1.5 where measured KL <= 0.5: "
+              f"{sum(1 / 1.5 <= a / mk <= 1.5 for a, mk in lin if mk <= 0.5)}/{sum(mk <= 0.5 for _, mk in lin)}; "
+              f"mean |log(pred/meas)| where measured KL <= 3: point estimate ({cfg.estimate}) "
+              f"{sum(e_pt) / max(len(e_pt), 1):.3f}, linear {sum(e_lin) / max(len(e_lin), 1):.3f}")
     print(f"\n{'family':<24} {'cliff pred':>10} {'interval':>15} {'measured':>9} {'diff':>7} {'target':>7} "
-          f"{'dephased':>9} {'model interval':>15} {'in it':>5}")
+          f"{'linear':>9} {'model interval':>15} {'in it':>5}")
     for c in cl:
         tol = 0.5 if c["axis"] == "bits" else 0.05
         diff = (c["cliff"] - c["measured"]) if c["cliff"] is not None and c["measured"] is not None else None
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         inside = "-" if mi is None or c["measured"] is None else ("yes" if mi[0] <= c["measured"] <= mi[1] else "no")
         mi = "-" if mi is None else f"[{mi[0]:.2f},{mi[1]:.2f}]"
         print(f"{c['family']:<24} {f(c['cliff']):>10} {iv:>15} {f(c['measured']):>9} "
-              f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7} {f(c.get('cliff_dephased')):>9} {mi:>15} {inside:>5}")
+              f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7} {f(c.get('cliff_linear')):>9} {mi:>15} {inside:>5}")
     ratio, ratio_warm = t_pred / t_meas, t_warm / t_meas
     print(f"\ntime: measure {t_meas:.1f} s; predict {t_pred:.1f} s cold (compilation included), ratio "
           f"{100 * ratio:.2f} %; {t_warm:.1f} s warm (second prediction in the process), ratio {100 * ratio_warm:.2f} % "

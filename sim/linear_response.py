@@ -47,7 +47,6 @@ from hemorrhage.theory import (
     expected_first_divergence,
     flip_probability,
     kl_exact,
-    kl_second_order,
     prob_no_divergence,
     var_p,
 )
@@ -86,7 +85,7 @@ def _key(path) -> str:
 class Linearization:
     """The base model linearised in its block linear weights on fixed token sets."""
 
-    def __init__(self, model, token_sets: dict[str, np.ndarray]):
+    def __init__(self, model, token_sets: dict[str, np.ndarray], taylor: bool = False):
         wanted = {p + ".w" for p in block_linear_paths(model)}
 
         def is_lin(path, _):
@@ -98,7 +97,11 @@ class Linearization:
         self.paths = [_key(p) for p, _ in kp]
         self.weights = [v for _, v in kp]
         self.names = tuple(token_sets)
-        toks = tuple(jnp.asarray(token_sets[n], jnp.int32) for n in self.names)
+        # taylor: the eval tokens' response comes from the Taylor-mode pass, which yields the
+        # first order with the second (respond's "eval2"), so they are not linearised twice
+        self.taylor = bool(taylor) and "eval" in self.names
+        self._lin_names = tuple(n for n in self.names if not (self.taylor and n == "eval"))
+        toks = {n: jnp.asarray(token_sets[n], jnp.int32) for n in self.names}
         gd = self.graphdef
 
         @jax.jit
@@ -106,8 +109,14 @@ class Linearization:
             m = nnx.merge(gd, lin, rest)
             return tuple(m(t, collect_h=True)[2][-1] for t in toks)
 
-        h, self._fn = jax.linearize(lambda lin: h_last(lin, self.rest, toks), self.lin)
-        self.h = dict(zip(self.names, h))
+        lin_toks = tuple(toks[n] for n in self._lin_names)
+        self.h = {}
+        if lin_toks:
+            h, self._fn = jax.linearize(lambda lin: h_last(lin, self.rest, lin_toks), self.lin)
+            self.h = dict(zip(self._lin_names, h))
+        if self.taylor:
+            self.h["eval"] = h_last(self.lin, self.rest, (toks["eval"],))[0]
+        self.h = {n: self.h[n] for n in self.names}
 
         @jax.jit
         def trace_perturbed(lin, dws, scale, rest, tokens):
@@ -116,7 +125,7 @@ class Linearization:
             return tr.logits, tr.gate_pos, tr.attn_entropy
 
         self._trace_perturbed = trace_perturbed
-        eval_toks = toks[self.names.index("eval")] if "eval" in self.names else None
+        eval_toks = toks.get("eval")
 
         @jax.jit
         def second_order(lin, rest, dws):
@@ -129,9 +138,13 @@ class Linearization:
         self._second_order = second_order
 
     def respond(self, dws: list) -> dict[str, jax.Array]:
-        """First-order Δh_L per token set for the weight change dws (list in path order)."""
-        out = _apply(self._fn, jax.tree_util.tree_unflatten(self._treedef, list(dws)))
-        return dict(zip(self.names, out))
+        """First-order Δh_L per token set for the weight change dws (list in path order); with
+        `taylor`, also "eval2": the second directional derivative h_L'' on the eval tokens."""
+        tangent = jax.tree_util.tree_unflatten(self._treedef, list(dws))
+        out = dict(zip(self._lin_names, _apply(self._fn, tangent))) if self._lin_names else {}
+        if self.taylor:
+            out["eval"], out["eval2"] = self._second_order(self.lin, self.rest, tangent)
+        return out
 
     def respond2(self, dws: list) -> tuple[jax.Array, jax.Array]:
         """(first, second) directional derivatives of h_L along W + tΔW on the eval tokens [B T d]."""
@@ -162,14 +175,27 @@ def base_logits(model, h):
     return model.unembed(h)
 
 
+def _log_p(z):
+    """(log p, p) of p = softmax(z) over the last axis."""
+    lp = jax.nn.log_softmax(z, -1)
+    return lp, jnp.exp(lp)
+
+
+def _centred(dz, p):
+    """Δz − E_p Δz per token: KL, argmax and every Var_p / Cov_p are blind to a shift common
+    to all logits, and centring makes ⟨u, v⟩_p a plain p-weighted sum."""
+    return dz - jnp.sum(p * dz, -1, keepdims=True)
+
+
 @partial(nnx.jit, static_argnames=("chunk",))
 def logit_metrics(model, h, z, dhs, which, scales, rates, chunk: int = 64):
     """Per token, for every point i with Δz_i = s_i·J_unembed(h)·Δh_{which_i}: KL(p‖q) exact,
-    its second order ½Var_p(Δz_i), whether the argmax survives, and the dephased KL: the
-    exact KL of √R(s_i²x)·Δz_i, x = rates[which_i] the token's dephasing rate at scale 1
-    (theory.dephasing; x(c) = c²x).  h [N d], z [N vocab] the base logits at h, dhs [A N d]
-    (A responses), which [S] int, scales [S], rates [A N].  Each response is taken through the
-    head once per chunk of tokens; the points only rescale it.  Returns dict of [S N]."""
+    its second order ½Var_p(Δz_i), whether the argmax survives, and the same three for the
+    dephased change √R(s_i²x)·Δz_i (`*_dephased`), x = rates[which_i] the token's dephasing
+    rate at scale 1 (theory.dephasing; x(c) = c²x).  h [N d], z [N vocab] the base logits at
+    h, dhs [A N d] (A responses), which [S] int, scales [S], rates [A N].  Each response is
+    taken through the head once per chunk of tokens; the points only rescale it.  Returns
+    dict of [S N]."""
     w = head_weight(model)
     hc, n = _chunks(h, chunk)
     zc, _ = _chunks(z, chunk)
@@ -179,44 +205,55 @@ def logit_metrics(model, h, z, dhs, which, scales, rates, chunk: int = 64):
     def one(args):
         hb, zb, db, rb = args
         dhn = jax.vmap(lambda d: jax.jvp(model.norm, (hb,), (d,))[1], in_axes=1)(db)  # [A chunk d]
-        dz = jnp.einsum("acd,vd->acv", dhn, w)
+        lp, p = _log_p(zb)
+        dz = _centred(jnp.einsum("acd,vd->acv", dhn, w), p)  # [A chunk vocab]
         top = jnp.argmax(zb, -1)
-        k2 = jax.vmap(lambda d: kl_second_order(zb, d))(dz)  # [A chunk]
+        k2 = 0.5 * jnp.sum(p * dz * dz, -1)  # [A chunk] ½Var_p(Δz), Theorem 3
 
         def at(args):
             a, s = args
-            dza = s * dz[a]
-            keep = jnp.sqrt(dephasing_factor(s * s * rb[:, a]))[:, None]
-            return (kl_exact(zb, dza), s * s * k2[a], (jnp.argmax(zb + dza, -1) == top).astype(jnp.float32),
-                    kl_exact(zb, keep * dza))
+            r = dephasing_factor(s * s * rb[:, a])
+
+            def ray(c):
+                # KL(p‖softmax(z + cΔz)) = log E_p e^{cΔz} − c·E_p Δz (theory.kl_cgf), E_p Δz = 0 here:
+                # one reduction over the vocabulary per point, no cancellation against log Z
+                y = lp + c[:, None] * dz[a]
+                return jax.nn.logsumexp(y, -1), (jnp.argmax(y, -1) == top).astype(jnp.float32)
+
+            kl, t1 = ray(jnp.full_like(r, s))
+            kd, td = ray(s * jnp.sqrt(r))
+            return kl, s * s * k2[a], t1, kd, r * s * s * k2[a], td
 
         return jax.lax.map(at, (which, scales))
 
-    kl, k2, t1, kd = jax.lax.map(one, (hc, zc, dc, rc))  # [C S chunk]
+    out = jax.lax.map(one, (hc, zc, dc, rc))  # each [C S chunk]
     f = lambda a: jnp.moveaxis(a, 1, 0).reshape(scales.shape[0], -1)[:, :n]  # noqa: E731
-    return {"kl": f(kl), "kl2": f(k2), "top1": f(t1), "kl_dephased": f(kd)}
+    return dict(zip(METRIC_NAMES, map(f, out)))
+
+
+METRIC_NAMES = ("kl", "kl2", "top1", "kl_dephased", "kl2_dephased", "top1_dephased")
 
 
 @partial(nnx.jit, static_argnames=("chunk",))
-def dephasing_rates(model, h, dh1, dh2, chunk: int = 64):
+def dephasing_rates(model, h, z, dh1, dh2, chunk: int = 64):
     """Per token x = ‖b⊥‖²_p/‖a‖²_p (theory.dephasing_rate) of the logit velocity a = z' and
-    its derivative b = z'' along W + tΔW, from h_L's (dh1, dh2) = (h', h'') at h [N d]: the
-    head's own second order enters through the final norm (Taylor mode, `jet`).  [N]."""
+    its derivative b = z'' along W + tΔW, from h_L's (dh1, dh2) = (h', h'') at h [N d], z [N
+    vocab] the base logits there: the head's own second order enters through the final norm
+    (Taylor mode, `jet`).  [N]."""
     w = head_weight(model)
     hc, n = _chunks(h, chunk)
+    zc, _ = _chunks(z, chunk)
     c1, _ = _chunks(dh1, chunk)
     c2, _ = _chunks(dh2, chunk)
 
     def one(args):
-        hb, d1, d2 = args
-        zb = model.unembed(hb)
+        hb, zb, d1, d2 = args
         _, (n1, n2) = jet.jet(model.norm, (hb,), ((d1, d2),))
-        a, b = n1 @ w.T, n2 @ w.T
-        aa, bb = var_p(zb, a), var_p(zb, b)
-        ab = (var_p(zb, a + b) - var_p(zb, a - b)) / 4
-        return dephasing_rate(aa, bb, ab)
+        _, p = _log_p(zb)
+        a, b = _centred(n1 @ w.T, p), _centred(n2 @ w.T, p)
+        return dephasing_rate(jnp.sum(p * a * a, -1), jnp.sum(p * b * b, -1), jnp.sum(p * a * b, -1))
 
-    return jax.lax.map(one, (hc, c1, c2)).reshape(-1)[:n]
+    return jax.lax.map(one, (hc, zc, c1, c2)).reshape(-1)[:n]
 
 
 @partial(nnx.jit, static_argnames=("k",))
@@ -303,23 +340,27 @@ class Context:
         perm, inv, u = self.factor(path, method)
         return jnp.diag(u) if perm is None else jnp.diag(u)[inv]
 
+    def z(self):
+        """The base logits on the scored tokens [N vocab] (computed once)."""
+        if self.z_eval is None:
+            self.z_eval = base_logits(self.model, self.h_eval)
+        return self.z_eval
+
     def metrics(self, dhs: list, which, scales, rates: list | None = None) -> dict[str, np.ndarray]:
         """logit_metrics on the scored tokens for responses dhs [N d] each, points (which,
         scales); rates [N] per response (`dephase`; None: no dephasing, R = 1)."""
-        if self.z_eval is None:
-            self.z_eval = base_logits(self.model, self.h_eval)
         rates = [jnp.zeros(self.h_eval.shape[0], jnp.float32)] * len(dhs) if rates is None else rates
-        met = logit_metrics(self.model, self.h_eval, self.z_eval, jnp.stack(dhs), jnp.asarray(which, jnp.int32),
+        met = logit_metrics(self.model, self.h_eval, self.z(), jnp.stack(dhs), jnp.asarray(which, jnp.int32),
                             jnp.asarray(scales, jnp.float32), jnp.stack(rates))
         return {k: np.asarray(v) for k, v in met.items()}
 
-    def dephase(self, dws: list):
-        """The dephasing rate x per scored token of the weight change dws (None if switched off)."""
-        if not getattr(self.cfg, "dephasing", False):
+    def dephase(self, dh: dict):
+        """The dephasing rate x per scored token of a response `respond` gave (None without its
+        second order: a Linearization without `taylor`, i.e. dephasing switched off)."""
+        if "eval2" not in dh:
             return None
-        h1, h2 = self.lr.respond2(dws)
         flat = lambda a: a[:, :-1].reshape(-1, a.shape[-1])  # noqa: E731
-        return dephasing_rates(self.model, self.h_eval, flat(h1), flat(h2))
+        return dephasing_rates(self.model, self.h_eval, self.z(), flat(dh["eval"]), flat(dh["eval2"]))
 
     def flat(self, dh: dict):
         e = dh["eval"][:, :-1]

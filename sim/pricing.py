@@ -35,9 +35,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hemorrhage.sim.linear_response import Context, pair_response
+from hemorrhage.sim.linear_response import METRIC_NAMES, Context, pair_response
+from hemorrhage.sim.predict import blend
 from hemorrhage.sim.tangents import (_probe, _upto, levels_flat, levels_rows, quant_noise_std, rtn_kappa,
                                      step_ratio)
+
+
+def gen_keep(per_tok: dict, s: int, w: float) -> float:
+    """(K₂ dephased / K₂ linear)^(w/2) at point s over its tokens (and probes): the share of the
+    response's Fisher size that the point estimate keeps (predict.blend's w), applied to Δz
+    along the generation paths (no Taylor pass runs there; 1 without dephasing)."""
+    k2, kd = float(np.mean(per_tok["kl2"][s])), float(np.mean(per_tok["kl2_dephased"][s]))
+    return (kd / k2) ** (w / 2) if k2 > 0 and math.isfinite(kd / k2) else 1.0
 
 
 def _tokens_and_gen(ctx, dh, scales, rate):
@@ -67,7 +76,7 @@ def price_quant(ctx: Context, methods: list) -> dict:
         ctx.say(f"  probe {k}: tangent built")
         dh = lr.respond(dws)
         ctx.say(f"  probe {k}: JVP")
-        rate = ctx.dephase(dws)
+        rate = ctx.dephase(dh)
         met, d = _tokens_and_gen(ctx, dh, scales, rate)
         ctx.say(f"  probe {k}: logit metrics")
         mets.append(met)
@@ -76,9 +85,10 @@ def price_quant(ctx: Context, methods: list) -> dict:
             regimes = [ctx.regime(dws, s, dh["eval"]) for s in scales]
             ctx.say("  regime forwards")
         del dws
-    per_tok = {name: np.stack([m[name] for m in mets], 1) for name in ("kl", "kl2", "top1", "kl_dephased")}  # [S K N]
+    per_tok = {name: np.stack([m[name] for m in mets], 1) for name in METRIC_NAMES}  # [S K N]
     gens = [None if ds[0] is None else
-            ctx.first_divergence(np.stack([s * d for d in ds]), regimes[i]["nonlinearity"] if regimes else 0.0, True)
+            ctx.first_divergence(np.stack([s * gen_keep(per_tok, i, cfg.dephased_weight) * d for d in ds]),
+                                 regimes[i]["nonlinearity"] if regimes else 0.0, True)
             for i, s in enumerate(scales)]
     return {"per_token": per_tok, "regime": regimes, "gen": gens,
             "notes": {"ref_bits": b0, "scale": scales, "kappa": [kappa[m.bits] for m in methods]}}
@@ -190,11 +200,12 @@ def price_prune(ctx: Context, methods: list) -> dict:
               for p, x in ((p, _upto(w, lev, a)) for p, w, lev in zip(lr.paths, lr.weights, levs))]
         dh = lr.respond(dw)
         he, hg = ctx.flat(dh)
-        rate = ctx.dephase(dw)
+        rate = ctx.dephase(dh)
         met = ctx.metrics([he], [0], [1.0], None if rate is None else [rate])
         reg = ctx.regime(dw, 1.0, dh["eval"]) if ctx.regime_tokens is not None else None
-        exact[a] = {"he": he, "hg": hg, "rate": rate, "kl": float(np.mean(met["kl"])), "k2": float(np.mean(met["kl2"])),
-                    "regime": reg}
+        # the search aims at the point estimate's crossing (predict.blend of the two closures)
+        kl = float(blend(np.mean(met["kl"]), np.mean(met["kl_dephased"]), cfg.dephased_weight))
+        exact[a] = {"he": he, "hg": hg, "rate": rate, "kl": kl, "k2": float(np.mean(met["kl2"])), "regime": reg}
         ctx.say(f"  anchor {getattr(methods[a], 'sparsity', None)}: JVP, metrics, regime")
 
     for a in range(S) if cfg.prune_anchors >= S else [0]:  # as many anchors as levels: every level exact
@@ -212,7 +223,7 @@ def price_prune(ctx: Context, methods: list) -> dict:
     rates = None if exact[order[0]]["rate"] is None else \
         [exact[a]["rate"] for a in order] + [jnp.zeros_like(exact[order[0]]["rate"])] * len(pad)
     met = ctx.metrics([exact[a]["he"] for a in order] + pad, [order.index(a) for a in near], scale, rates)
-    per_tok = {name: met[name] for name in ("kl", "kl2", "top1", "kl_dephased")}  # [S N]
+    per_tok = {name: met[name] for name in METRIC_NAMES}  # [S N]
     gens, regimes = [None] * S, [None] * S
     for a in order:
         v = exact[a]
@@ -225,7 +236,8 @@ def price_prune(ctx: Context, methods: list) -> dict:
                        "anchor": methods[a].sparsity}
             regimes[s] = reg
             r = reg["nonlinearity"] if reg is not None else 0.0
-            gens[s] = None if d is None else ctx.first_divergence(scale[s] * d[None], r, False)
+            keep = gen_keep(per_tok, s, cfg.dephased_weight)
+            gens[s] = None if d is None else ctx.first_divergence(scale[s] * keep * d[None], r, False)
     per_tok = {k: v[:, None, :] for k, v in per_tok.items()}  # [S 1 N]
     notes = {"anchors": sorted(getattr(methods[a], "sparsity", None) for a in exact),
              "energy": [float(e) for e in energy], "scale": scale}

@@ -77,6 +77,39 @@ def test_second_order_pass_equals_second_difference(tiny):
     assert float(jnp.linalg.norm(h1 - lr.respond(dws)["eval"]) / jnp.linalg.norm(h1)) < 1e-4
     fd2 = (4 * d2(0.5) - d2(1.0)) / 3  # Richardson: O(e⁴)
     assert float(jnp.linalg.norm(h2 - fd2) / jnp.linalg.norm(fd2)) < 0.02
+    # taylor=True: the eval tokens answered by the Taylor pass alone, the other sets linearised
+    from hemorrhage.sim.linear_response import Linearization
+
+    other = np.flip(tokens, 1).copy()
+    both = Linearization(model, {"eval": tokens, "gen": other}, taylor=True)
+    ref = Linearization(model, {"eval": tokens, "gen": other}).respond(dws)
+    got = both.respond(dws)
+    assert set(got) == {"eval", "eval2", "gen"} and both.h["eval"].shape == lr.h["eval"].shape
+    for k, want in (("eval", ref["eval"]), ("gen", ref["gen"]), ("eval2", h2)):
+        assert float(jnp.linalg.norm(got[k] - want) / jnp.linalg.norm(want)) < 1e-4, k
+
+
+def test_logit_metrics_equal_the_definitions(tiny):
+    """logit_metrics' one-reduction KL along a ray (centred Δz) against kl_exact, top-1 and
+    ½Var_p on the linear and on the dephased change √R(s²x)·Δz."""
+    from hemorrhage.sim.linear_response import head_weight, logit_metrics
+    from hemorrhage.theory import dephasing_factor, kl_exact, var_p
+
+    model, _, lr = tiny
+    h = lr.h["eval"].reshape(-1, lr.h["eval"].shape[-1])
+    dh = jax.random.normal(jax.random.key(3), (2, *h.shape)) * 0.05 * jnp.std(h)
+    rates = jnp.abs(jax.random.normal(jax.random.key(4), (2, h.shape[0])))
+    which, scales = jnp.array([0, 1, 1], jnp.int32), jnp.array([0.5, 1.0, 3.0], jnp.float32)
+    z = model.unembed(h)
+    met = logit_metrics(model, h, z, dh, which, scales, rates, chunk=8)
+    for i, (a, sc) in enumerate(zip(np.asarray(which), np.asarray(scales))):
+        dz = sc * jax.jvp(model.unembed, (h,), (dh[a],))[1]
+        keep = jnp.sqrt(dephasing_factor(sc * sc * rates[a]))[:, None]
+        for tag, d in (("", dz), ("_dephased", keep * dz)):
+            np.testing.assert_allclose(met["kl" + tag][i], kl_exact(z, d), rtol=2e-3, atol=1e-6)
+            np.testing.assert_allclose(met["kl2" + tag][i], 0.5 * var_p(z, d), rtol=2e-3, atol=1e-7)
+            np.testing.assert_array_equal(met["top1" + tag][i], jnp.argmax(z + d, -1) == jnp.argmax(z, -1))
+    assert head_weight(model).shape[0] == z.shape[-1]
 
 
 def test_probe_noise_follows_the_bit_law(tiny):
@@ -255,13 +288,17 @@ def test_cli_grid_validate_json(tiny_ckpt, capsys):
     # the model-error band: the linear KL times each level's own forward/linear ratio
     for p in pts.values():
         r = p["regime"]["kl_forward_over_linear"]
-        assert p["kl_forward_corrected"] == pytest.approx(p["kl"] * min(max(r, 0.1), 10.0))
-    # the dephased closure never exceeds the coherent (linear) one: R ≤ 1 and KL grows along a ray
+        assert p["kl_forward_corrected"] == pytest.approx(p["kl_linear"] * min(max(r, 0.1), 10.0))
+    # the dephased closure never exceeds the coherent (linear) one (R ≤ 1, KL grows along a
+    # ray) and the point estimate, their centre on a log scale, lies between them
     for p in pts.values():
-        assert p["kl_dephased"] <= p["kl"] * (1 + 1e-5)
-    if cl["cliff"] is not None and cl.get("cliff_dephased") is not None:
+        tol = 1e-3 * p["kl_linear"]  # float32 KL of a small Δz: ~1e-4 relative
+        assert p["kl_dephased"] <= p["kl"] + tol and p["kl"] <= p["kl_linear"] + tol
+        assert p["kl"] == pytest.approx((p["kl_linear"] * p["kl_dephased"]) ** 0.5)
+    if cl["cliff"] is not None and cl.get("model_interval") is not None:
         lo, hi = cl["model_interval"]
-        assert lo <= cl["cliff"] <= hi and lo <= cl["cliff_dephased"] <= hi
+        assert {lo, hi} == {cl["cliff_linear"], cl["cliff_dephased"]} and lo - 1e-9 <= cl["cliff"] <= hi + 1e-9
+        assert cl["cliff_dephased"] <= cl["cliff_linear"] + 1e-9  # bits: fewer bits before KL reaches 1 nat
 
 
 def test_bad_input_is_one_line(capsys):

@@ -6,8 +6,8 @@ Run it (offline, a few minutes on a CPU; --quick: three bit widths, two measured
 
 It predicts KL(p‖q) of round-to-nearest quantization at every bit width and of magnitude
 pruning at every sparsity from the BASE model alone (linear response: JVPs of the base,
-sim/predict.py), then compresses a few of the settings for real and measures them with
-the project's own measurement.  Figure: figures/predict_the_cliff.png under --out.
+and its dephased closure; sim/predict.py), then compresses a few of the settings for real
+and measures them with the project's own measurement.  Figure: figures/predict_the_cliff.png under --out.
 
 Notation (SEEDS.md): W the weights, ΔW the compression error, h the last residual, Δz the
 logit perturbation, p / q base / compressed next-token distributions, KL ≈ ½Var_p(Δz).
@@ -39,7 +39,13 @@ def main(argv=None) -> int:
     #   quantization: ΔW is rounding noise of variance Δ²/12 per weight, and Δ halves with
     #       every extra bit, so ONE random probe ΔW prices every bit width: Δz(b) = c(b)·Δz(b₀)
     #   pruning: ΔW = −W ⊙ (pruned mask); masks of one score are nested in the sparsity, so
-    #       one JVP per band between grid levels prices the whole sparsity grid.
+    #       the exact ΔW at a few anchor sparsities (one JVP each) prices the whole grid.
+    # Near the cliff the first order overshoots: along W + tΔW the logit velocity J(W + tΔW)·ΔW
+    # keeps its size but TURNS (gates flip, attention winners change), so the pieces of the
+    # change partly cancel.  One Taylor-mode pass (the second derivative along ΔW) gives the
+    # turning rate, and theory.dephasing the share of the linear KL that survives.  The
+    # prediction quotes the centre of the two closures (linear: no turning; dephased: turning
+    # at its initial rate) and both as its model band.
     # The cliff is where the predicted KL crosses 1 nat.
     from hemorrhage.sim import load
     from hemorrhage.sim.predict import PredictConfig, predict
@@ -82,6 +88,7 @@ def main(argv=None) -> int:
         m = measured.get((method, str(settings)))
         rows.append({"method": method, "axis": "bits" if "bits" in settings else "sparsity", "level": p["level"],
                      "kl_predicted": p["kl"], "kl_lo": p["kl_interval"][0], "kl_hi": p["kl_interval"][1],
+                     "kl_linear": p.get("kl_linear", np.nan), "kl_dephased": p.get("kl_dephased", np.nan),
                      "kl_measured": np.nan if m is None else m["kl"]})
     df = pd.DataFrame(rows)
     (out / "results").mkdir(parents=True, exist_ok=True)
@@ -95,8 +102,10 @@ def main(argv=None) -> int:
     fig, axs = plt.subplots(1, len(axes_used), figsize=(6.5 * len(axes_used), 4.8), layout="constrained", squeeze=False)
     for ax, axis in zip(axs[0], axes_used):
         d = df[df.axis == axis].sort_values("level")
-        ax.plot(d.level, d.kl_predicted, "o-", label="predicted from the base (linear response)")
+        ax.plot(d.level, d.kl_predicted, "o-", label="predicted from the base (centre of the closures)")
         ax.fill_between(d.level, d.kl_lo, d.kl_hi, alpha=0.2, label="5–95 % (tokens, probes)")
+        ax.plot(d.level, d.kl_linear, "--", lw=1, color="grey", label="linear response (coherent)")
+        ax.plot(d.level, d.kl_dephased, ":", lw=1.5, color="grey", label="dephased (turning velocity)")
         ax.plot(d.level, d.kl_measured, "X", ms=11, color="k", label="compressed and measured")
         ax.axhline(1.0, color="red", ls=":", label="the cliff: 1 nat")
         ax.set_yscale("log")
@@ -109,9 +118,10 @@ def main(argv=None) -> int:
     path = save(fig, out / "figures" / "predict_the_cliff.png")
     print(f"figure: {path}")
     # What to look for: the predicted curve runs through the measured crosses while KL is
-    # small and stays close up to the cliff (the linear response holds until the nonlinear
-    # part of Δz is as big as the linear one, ≈ 1 nat); beyond it the prediction may
-    # overshoot (see each point's `regime` in `hemorrhage predict --json`).  Predicting
+    # small and stays close up to the cliff; there the linear and the dephased curves part,
+    # and the measured crosses fall between them (the linear response alone overshoots once
+    # the nonlinear part of Δz is as big as the linear one, ≈ 1 nat: see each point's
+    # `regime` in `hemorrhage predict --json`).  Predicting
     # the grid costs a few JVPs; measuring it costs a compression and an evaluation each.
     return 0
 

@@ -46,8 +46,9 @@ def add_arguments(p) -> None:
     e.add_argument("--regime-tokens", type=int, default=32,
                    help="tokens of the nonlinearity check per grid point, 0 = skip (default 32)")
     e.add_argument("--kl-threshold", type=float, default=1.0, help="the cliff: KL in nats (default 1)")
-    e.add_argument("--no-dephasing", action="store_true",
-                   help="skip the dephased closure (one Taylor-mode pass per JVP; theory.dephasing)")
+    e.add_argument("--estimate", choices=("centre", "dephased", "linear"), default="centre",
+                   help="the point estimate: the centre (log scale) of the linear and the dephased closure, "
+                        "one of them ('linear' skips the Taylor-mode pass; theory.dephasing)")
     p.add_argument("--validate", action="store_true", help="also compress each setting and measure it: side by side")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -78,7 +79,7 @@ def _config(args):
                          prune_anchors=args.prune_anchors,
                          calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, calib_seed=args.seed,
                          regime_tokens=args.regime_tokens, kl_threshold=args.kl_threshold,
-                         dephasing=not args.no_dephasing)
+                         estimate=args.estimate)
 
 
 def _log(msg: str) -> None:
@@ -116,14 +117,16 @@ def run(args) -> int:
 def _print(res: dict, validate: bool) -> None:
     f = lambda x, n=4: "-" if x is None else f"{x:.{n}g}"  # noqa: E731
     print(f"{res['model']}: predicted from the base ({res['seconds']:.1f} s)")
-    head = f"{'setting':<30} {'kl':>9} {'interval':>19} {'½Var_p':>9} {'top1':>6} {'1st div':>7} {'nonlin':>7}"
+    head = (f"{'setting':<30} {'kl':>9} {'interval':>19} {'kl lin':>9} {'½Var_p':>9} {'top1':>6} {'1st div':>7} "
+            f"{'nonlin':>7}")
     print(head + ("   measured kl  top1  1st div  kl ratio  MC−gen gap p/m" if validate else ""))
     for p in res["points"]:
         reg = p.get("regime", {})
         flag = (" !" if not reg.get("kl_prediction_ok", True) else "") + ("" if reg.get("linear_regime_ok", True) else " ~")
         flag += " C" if reg.get("collapse_signature") else ""
         iv = f"[{f(p['kl_interval'][0], 3)}, {f(p['kl_interval'][1], 3)}]"
-        line = (f"{p['family'] + ' ' + str(p['level']):<30} {f(p['kl']):>9} {iv:>19} {f(p['kl_second_order']):>9} "
+        line = (f"{p['family'] + ' ' + str(p['level']):<30} {f(p['kl']):>9} {iv:>19} {f(p.get('kl_linear')):>9} "
+                f"{f(p['kl_second_order']):>9} "
                 f"{p['top1_agreement']:>6.3f} {f(p.get('first_divergence_mean'), 3):>7} "
                 f"{f(reg.get('nonlinearity'), 2):>7}{flag}")
         if validate:
@@ -138,7 +141,7 @@ def _print(res: dict, validate: bool) -> None:
             where = f"{c['cliff']:.3g}" + (" (at or before the mildest level)" if c["status"] == "at_mildest" else "")
             iv = "" if c["interval"] is None else f" (5–95 %: {c['interval'][0]:.3g}–{c['interval'][1]:.3g})"
         mi = c.get("model_interval")
-        band = "" if mi is None else f"; linear to dephased {mi[0]:.3g}–{mi[1]:.3g}"
+        band = "" if mi is None else f"; linear and dephased closures {mi[0]:.3g}–{mi[1]:.3g}"
         meas = f"; measured {f(c.get('measured'), 3)}" if "measured" in c else ""
         print(f"cliff {c['family']}: KL crosses {c['threshold_kl']:g} nat at {c['axis']} {where}{iv}{band}{meas}")
     regs = [p.get("regime", {}) for p in res["points"]]
