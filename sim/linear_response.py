@@ -3,6 +3,7 @@ r"""Linear response of a model's logits to a change ΔW of its block linear weig
     lr = Linearization(model, {"eval": windows [B T], "gen": paths [P T']})
     dws = [dw(path, w) for path, w in zip(lr.paths, lr.weights)]   # ΔW per linear, [out in]
     dh = lr.respond(dws)                    # {"eval": Δh_L [B T d], "gen": [P T' d]}
+    Linearization(model, sets, taylor=True).respond(dws)["eval2"]   # h_L'' along W + tΔW [B T d]
 
 f(W) = h_L(W), the residual after the last block, is linearised once (`jax.linearize`:
 the primal runs once, each tangent then runs only the tangent program, ≈ 2 forwards of
@@ -145,10 +146,6 @@ class Linearization:
         if self.taylor:
             out["eval"], out["eval2"] = self._second_order(self.lin, self.rest, tangent)
         return out
-
-    def respond2(self, dws: list) -> tuple[jax.Array, jax.Array]:
-        """(first, second) directional derivatives of h_L along W + tΔW on the eval tokens [B T d]."""
-        return self._second_order(self.lin, self.rest, jax.tree_util.tree_unflatten(self._treedef, list(dws)))
 
     def trace_perturbed(self, dws: list, scale: float, tokens):
         """(logits, gate_pos, attn_entropy) of the model with W + scale·ΔW on `tokens` (one jit)."""
