@@ -317,7 +317,10 @@ def test_rtn8_on_smollm2_within_factor_1p5(smollm2):
     from hemorrhage.sim.predict import PredictConfig, predict
     from hemorrhage.sim.predict_measured import measure_grid
 
-    cfg = PredictConfig(windows=1, seqlen=48, prompts=0, regime_tokens=0, bootstrap=20)
+    # at 8 bits the two closures coincide (R ≈ 1); the dephased path is tested on the tiny
+    # model (CLI test) and priced on the real ones by bench/bench_predict.py, so the real-model
+    # check skips its Taylor-pass compilation
+    cfg = PredictConfig(windows=1, seqlen=48, prompts=0, regime_tokens=0, bootstrap=20, estimate="linear")
     grid = [("rtn", {"bits": 8})]
     pred, meas = predict(smollm2, grid, cfg), measure_grid(smollm2, grid, cfg)
     ratio = pred["kl"] / meas["points"][0]["kl"]
