@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hemorrhage.sim.linear_response import METRIC_NAMES, Context, pair_response
-from hemorrhage.sim.predict import blend
+from hemorrhage.sim.predict_summary import blend
 from hemorrhage.sim.tangents import (_probe, _upto, levels_flat, levels_rows, quant_noise_std, rtn_kappa,
                                      step_ratio)
 
