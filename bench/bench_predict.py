@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     import jax
 
     from hemorrhage.sim import load
+    from hemorrhage.sim.fetch import atomic_write_text  # a killed run leaves the old file whole
     from hemorrhage.sim.predict import FULL_GRID, PredictConfig, predict
     from hemorrhage.sim.predict_measured import Measurer, measured_cliffs
     from hemorrhage.validate.sweep import parse_grid
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         done = [json.loads(x) for x in part.read_text().splitlines() if x.strip()]
         done = done if done and done[0].get("key") == key else []
     if not done:
-        part.write_text(json.dumps({"key": key}) + "\n")
+        atomic_write_text(part, json.dumps({"key": key}) + "\n")
         done = [{"key": key}]
     loaded = load(args.model, quiet=True)
     log = lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -156,7 +157,11 @@ def main(argv=None) -> int:
               f"mean |log(pred/meas)| where measured KL <= 3: point estimate ({cfg.estimate}) "
               f"{sum(e_pt) / max(len(e_pt), 1):.3f}, linear {sum(e_lin) / max(len(e_lin), 1):.3f}")
     print(f"\n{'family':<24} {'cliff pred':>10} {'interval':>15} {'measured':>9} {'diff':>7} {'target':>7} "
-          f"{'linear':>9} {'model interval':>15} {'in it':>5}")
+          f"{'linear':>9} {'model interval':>15} {'in it':>5} {'fwd-corr':>9}")
+    # '!': a level the estimate puts before the cliff failed the regime forward's check
+    # (kl_prediction_ok), so the crossing is in doubt and the forward-corrected cliff is the one to read
+    flag = {p["family"]: " !" for p in pred["points"]
+            if not p.get("regime", {}).get("kl_prediction_ok", True) and p["kl"] < cfg.kl_threshold}
     for c in cl:
         tol = 0.5 if c["axis"] == "bits" else 0.05
         diff = (c["cliff"] - c["measured"]) if c["cliff"] is not None and c["measured"] is not None else None
@@ -167,7 +172,8 @@ def main(argv=None) -> int:
         inside = "-" if mi is None or c["measured"] is None else ("yes" if mi[0] <= c["measured"] <= mi[1] else "no")
         mi = "-" if mi is None else f"[{mi[0]:.2f},{mi[1]:.2f}]"
         print(f"{c['family']:<24} {f(c['cliff']):>10} {iv:>15} {f(c['measured']):>9} "
-              f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7} {f(c.get('cliff_linear')):>9} {mi:>15} {inside:>5}")
+              f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7} {f(c.get('cliff_linear')):>9} {mi:>15} {inside:>5} "
+              f"{f(c.get('cliff_forward_corrected')) + flag.get(c['family'], ''):>9}")
     ratio, ratio_warm = t_pred / t_meas, t_warm / t_meas
     print(f"\ntime: measure {t_meas:.1f} s; predict {t_pred:.1f} s cold (compilation included), ratio "
           f"{100 * ratio:.2f} %; {t_warm:.1f} s warm (second prediction in the process), ratio {100 * ratio_warm:.2f} % "
@@ -181,7 +187,7 @@ def main(argv=None) -> int:
     n_tok = cfg.windows * cfg.seqlen + cfg.prompts * (cfg.prompt_len + cfg.new_tokens - 1)
     print(f"JVPs: {n_jvp} over {n_tok} tokens each ({len(fams)} families); measuring: {len(grid)} compressions "
           f"and evaluations ({t_meas / max(len(grid), 1):.1f} s each)")
-    out.write_text(json.dumps({"model": args.model, "predicted": pred, "measured": meas, "cliffs": cl,
+    atomic_write_text(out, json.dumps({"model": args.model, "predicted": pred, "measured": meas, "cliffs": cl,
                                "seconds_predict": t_pred, "seconds_predict_warm": t_warm, "seconds_measure": t_meas, "ratio": ratio,
                                "ratio_warm": ratio_warm,
                                "kl_hits": [hits, total]}, indent=1, default=str, allow_nan=True))

@@ -258,7 +258,7 @@ class Context:
         ratio = kl_t / kl_l if kl_l > 0 else 1.0
         return {"nonlinearity": r, "linear_regime_ok": bool(r <= self.cfg.nonlinearity_max),
                 "kl_forward": kl_t, "kl_linear": kl_l, "kl_forward_over_linear": ratio,
-                "kl_prediction_ok": bool(ratio >= self.cfg.kl_check_min),
+                "kl_prediction_ok": bool(self.cfg.kl_check_min <= ratio <= 1 / self.cfg.kl_check_min),
                 "gate_flip_early_max": float(gate[early].max()), "entropy_shift_early_max": float(shift[early].max()),
                 "collapse_signature": bool(gate[early].max() > GATE_FLIP_MAX or shift[early].max() > ENTROPY_SHIFT_MAX)}
 
