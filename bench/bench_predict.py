@@ -158,10 +158,6 @@ def main(argv=None) -> int:
               f"{sum(e_pt) / max(len(e_pt), 1):.3f}, linear {sum(e_lin) / max(len(e_lin), 1):.3f}")
     print(f"\n{'family':<24} {'cliff pred':>10} {'interval':>15} {'measured':>9} {'diff':>7} {'target':>7} "
           f"{'linear':>9} {'model interval':>15} {'in it':>5} {'fwd-corr':>9}")
-    # '!': a level the estimate puts before the cliff failed the regime forward's check
-    # (kl_prediction_ok), so the crossing is in doubt and the forward-corrected cliff is the one to read
-    flag = {p["family"]: " !" for p in pred["points"]
-            if not p.get("regime", {}).get("kl_prediction_ok", True) and p["kl"] < cfg.kl_threshold}
     for c in cl:
         tol = 0.5 if c["axis"] == "bits" else 0.05
         diff = (c["cliff"] - c["measured"]) if c["cliff"] is not None and c["measured"] is not None else None
@@ -173,7 +169,7 @@ def main(argv=None) -> int:
         mi = "-" if mi is None else f"[{mi[0]:.2f},{mi[1]:.2f}]"
         print(f"{c['family']:<24} {f(c['cliff']):>10} {iv:>15} {f(c['measured']):>9} "
               f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7} {f(c.get('cliff_linear')):>9} {mi:>15} {inside:>5} "
-              f"{f(c.get('cliff_forward_corrected')) + flag.get(c['family'], ''):>9}")
+              f"{f(c.get('cliff_forward_corrected')) + (' !' if c.get('forward_check_doubts') else ''):>9}")
     ratio, ratio_warm = t_pred / t_meas, t_warm / t_meas
     print(f"\ntime: measure {t_meas:.1f} s; predict {t_pred:.1f} s cold (compilation included), ratio "
           f"{100 * ratio:.2f} %; {t_warm:.1f} s warm (second prediction in the process), ratio {100 * ratio_warm:.2f} % "

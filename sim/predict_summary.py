@@ -105,6 +105,10 @@ def summarise(res: dict, fam: dict, cfg) -> dict:
         if all(r is not None for r in rho):
             corrected, _ = cliff_crossing(levels, [p["kl_forward_corrected"] for p in pts], cfg.kl_threshold, axis)
             cliff["cliff_forward_corrected"] = corrected
+        # a level the estimate puts before the cliff failed the forward check (kl_prediction_ok): the
+        # crossing itself is in doubt, read the forward-corrected cliff (flags past it leave it be)
+        cliff["forward_check_doubts"] = any(not p.get("regime", {}).get("kl_prediction_ok", True)
+                                            and p["kl"] < cfg.kl_threshold for p in pts)
         if cfg.dephasing:
             ends = [cliff_crossing(levels, mean[k], cfg.kl_threshold, axis)[0] for k in ("kl", "kl_dephased")]
             cliff["cliff_linear"], cliff["cliff_dephased"] = ends

@@ -289,6 +289,7 @@ def test_cli_grid_validate_json(tiny_ckpt, capsys):
         r = p["regime"]["kl_forward_over_linear"]
         assert p["kl_forward_corrected"] == pytest.approx(p["kl_linear"] * min(max(r, 0.1), 10.0))
         assert p["regime"]["kl_prediction_ok"] == (0.45 <= r <= 1 / 0.45)  # flags over- and undershoot
+    assert cl["forward_check_doubts"] == any(not p["regime"]["kl_prediction_ok"] and p["kl"] < 1.0 for p in pts.values())
     # the dephased closure never exceeds the coherent (linear) one (R ≤ 1, KL grows along a
     # ray) and the point estimate, their centre on a log scale, lies between them
     for p in pts.values():

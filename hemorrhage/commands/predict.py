@@ -143,12 +143,8 @@ def _print(res: dict, validate: bool) -> None:
         mi = c.get("model_interval")
         band = "" if mi is None else f"; linear and dephased closures {mi[0]:.3g}–{mi[1]:.3g}"
         meas = f"; measured {f(c.get('measured'), 3)}" if "measured" in c else ""
-        # a level the estimate puts before the cliff but the forward check does not trust: the
-        # crossing itself is in doubt (flags past the cliff leave it where it is)
-        flagged = any(not p.get("regime", {}).get("kl_prediction_ok", True) and p["kl"] < c["threshold_kl"]
-                      for p in res["points"] if p["family"] == c["family"])
         fwd = (f"; ! the forward check puts it at {f(c.get('cliff_forward_corrected'), 3)}"
-               if flagged and "cliff_forward_corrected" in c else "")
+               if c.get("forward_check_doubts") and "cliff_forward_corrected" in c else "")
         print(f"cliff {c['family']}: KL crosses {c['threshold_kl']:g} nat at {c['axis']} {where}{iv}{band}{fwd}{meas}")
     regs = [p.get("regime", {}) for p in res["points"]]
     if any(not r.get("linear_regime_ok", True) for r in regs):
