@@ -38,6 +38,35 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def response_seconds(loaded, cfg, reps: int = 3) -> float:
+    """Warm wall time of one response as the predictor makes it (best of `reps`): the JVP of
+    the block linears on the prediction's tokens (with the Taylor-mode pass when the estimate
+    uses it) and its logit metrics at one point.  Times the number of responses the grid
+    needs, it is the floor of this estimator on these tokens: what no setup, compilation or
+    mask work saved elsewhere can go below, only fewer responses or fewer tokens."""
+    import jax
+
+    from hemorrhage.sim import linear_response as lrm
+    from hemorrhage.sim.predict import _data
+
+    sets, _, _ = _data(loaded, cfg)
+    lr = lrm.Linearization(loaded.model, sets, taylor=cfg.dephasing)
+    ctx = lrm.Context(lr, cfg)
+    ctx.h_eval = lr.h["eval"][:, :-1].reshape(-1, lr.h["eval"].shape[-1])
+    dws = [1e-3 * jax.random.normal(jax.random.key(i), w.shape) for i, w in enumerate(lr.weights)]
+
+    def one() -> float:
+        t0 = time.perf_counter()
+        dh = lr.respond(dws)
+        he2 = ctx.second(dh)
+        met = ctx.metrics([ctx.flat(dh)[0]], [0], [1.0], dh2s=None if he2 is None else [he2])  # numpy: waits
+        jax.block_until_ready((dh, met))
+        return time.perf_counter() - t0
+
+    one()  # compiles
+    return min(one() for _ in range(reps))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -48,10 +77,14 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--probes", type=int, default=2)
     ap.add_argument("--prune-anchors", type=int, default=3)
+    ap.add_argument("--regime-tokens", type=int, default=32)
+    ap.add_argument("--estimate", choices=("centre", "dephased", "linear"), default="centre")
     ap.add_argument("--out", help="JSON output (default results/bench_predict_MODEL.json)")
     ap.add_argument("--phase", choices=("all", "measure", "predict"), default="all",
                     help="'measure': only the measured rows (resumable); 'predict': only a fresh prediction")
     ap.add_argument("--once", action="store_true", help="predict once (cold only), no warm second prediction")
+    ap.add_argument("--measured-from", metavar="JSON",
+                    help="reuse the measured rows (and their timings) of an earlier --out JSON of the same grid and data")
     args = ap.parse_args(argv)
 
     import gc
@@ -66,7 +99,8 @@ def main(argv=None) -> int:
 
     grid = parse_grid(FULL_GRID if args.grid == "full" else args.grid)
     cfg = PredictConfig(windows=args.windows, seqlen=args.seqlen, prompts=args.prompts, new_tokens=args.new_tokens,
-                        probes=args.probes, prune_anchors=args.prune_anchors)
+                        probes=args.probes, prune_anchors=args.prune_anchors, regime_tokens=args.regime_tokens,
+                        estimate=args.estimate)
     out = Path(args.out or f"results/bench_predict_{Path(args.model).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     # resumable (a shared machine may kill a long run): every measured row is stored as soon as
@@ -82,8 +116,15 @@ def main(argv=None) -> int:
         done = [json.loads(x) for x in part.read_text().splitlines() if x.strip()]
         done = done if done and done[0].get("key") == key else []
     if not done:
-        atomic_write_text(part, json.dumps({"key": key}) + "\n")
         done = [{"key": key}]
+        if args.measured_from:  # the measuring half of an earlier run: its rows and wall times
+            old = json.loads(Path(args.measured_from).read_text())
+            rows_old = old["measured"]["points"]
+            if len(rows_old) != len(grid):
+                sys.exit(f"bench_predict: {args.measured_from} holds {len(rows_old)} measured rows, the grid has {len(grid)}")
+            done.append({"setup": old["seconds_measure"] - sum(r["seconds"] for r in rows_old)})
+            done += [{"i": i, "row": r} for i, r in enumerate(rows_old)]
+        atomic_write_text(part, "".join(json.dumps(d) + "\n" for d in done))
     loaded = load(args.model, quiet=True)
     log = lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)  # noqa: E731
     pred = None
@@ -183,9 +224,15 @@ def main(argv=None) -> int:
     n_tok = cfg.windows * cfg.seqlen + cfg.prompts * (cfg.prompt_len + cfg.new_tokens - 1)
     print(f"JVPs: {n_jvp} over {n_tok} tokens each ({len(fams)} families); measuring: {len(grid)} compressions "
           f"and evaluations ({t_meas / max(len(grid), 1):.1f} s each)")
+    t_resp = response_seconds(loaded, cfg)
+    floor = n_jvp * t_resp
+    print(f"floor: one response (JVP{' + Taylor-mode pass' if cfg.dephasing else ''} + logit metrics, warm) "
+          f"{t_resp:.2f} s; x {n_jvp} = {floor:.1f} s = {100 * floor / t_meas:.2f} % of measuring "
+          "(the responses alone, before any setup, compilation, masks or factorisations)")
     atomic_write_text(out, json.dumps({"model": args.model, "predicted": pred, "measured": meas, "cliffs": cl,
                                "seconds_predict": t_pred, "seconds_predict_warm": t_warm, "seconds_measure": t_meas, "ratio": ratio,
-                               "ratio_warm": ratio_warm,
+                               "ratio_warm": ratio_warm, "seconds_per_response": t_resp, "responses": n_jvp,
+                               "ratio_floor": floor / t_meas,
                                "kl_hits": [hits, total]}, indent=1, default=str, allow_nan=True))
     print(f"wrote {out}")
     return 0

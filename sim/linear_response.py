@@ -217,21 +217,20 @@ class Context:
             self.z_eval = base_logits(self.model, self.h_eval)
         return self.z_eval
 
-    def metrics(self, dhs: list, which, scales, rates: list | None = None) -> dict[str, np.ndarray]:
+    def metrics(self, dhs: list, which, scales, rates: list | None = None, dh2s: list | None = None
+                ) -> dict[str, np.ndarray]:
         """logit_metrics on the scored tokens for responses dhs [N d] each, points (which,
-        scales); rates [N] per response (`dephase`; None: no dephasing, R = 1)."""
-        rates = [jnp.zeros(self.h_eval.shape[0], jnp.float32)] * len(dhs) if rates is None else rates
+        scales); the dephasing rates [N] per response given (rates), or computed from the second
+        orders dh2s [N d] (`second`) and returned as "rate" [A N]; neither: no dephasing, R = 1."""
+        stack = lambda xs: None if xs is None else jnp.stack(xs)  # noqa: E731
         met = logit_metrics(self.model, self.h_eval, self.z(), jnp.stack(dhs), jnp.asarray(which, jnp.int32),
-                            jnp.asarray(scales, jnp.float32), jnp.stack(rates))
+                            jnp.asarray(scales, jnp.float32), stack(rates), stack(dh2s))
         return {k: np.asarray(v) for k, v in met.items()}
 
-    def dephase(self, dh: dict):
-        """The dephasing rate x per scored token of a response `respond` gave (None without its
-        second order: a Linearization without `taylor`, i.e. dephasing switched off)."""
-        if "eval2" not in dh:
-            return None
-        flat = lambda a: a[:, :-1].reshape(-1, a.shape[-1])  # noqa: E731
-        return dephasing_rates(self.model, self.h_eval, self.z(), flat(dh["eval"]), flat(dh["eval2"]))
+    def second(self, dh: dict):
+        """h_L'' on the scored tokens [N d] of a response `respond` gave (None without it: a
+        Linearization without `taylor`, i.e. dephasing switched off)."""
+        return None if "eval2" not in dh else dh["eval2"][:, :-1].reshape(-1, dh["eval2"].shape[-1])
 
     def flat(self, dh: dict):
         e = dh["eval"][:, :-1]

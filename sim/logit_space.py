@@ -20,16 +20,34 @@ from jax.experimental import jet
 from hemorrhage.theory import dephasing_factor, dephasing_rate, kl_exact, var_p
 
 
+def _split_head(model):
+    """(norm graphdef, norm state, head W [vocab d], head bias or None): what z = W·norm(h) + b
+    needs of a model.  The jitted functions below take these, not the model: nnx.jit over the
+    whole model flattened its graph on every call (≈ 0.1 s each, ≈ 10 s of a SmolLM2 grid)."""
+    gd, st = nnx.split(model.norm)
+    b = None if model.lm_head is None or getattr(model.lm_head, "b", None) is None else model.lm_head.b[...]
+    return gd, st, head_weight(model), b
+
+
+def _unembed(norm, w, b, h):
+    z = norm(h) @ w.T
+    return z if b is None else z + b
+
+
 def _chunks(x, chunk):
     n = x.shape[0]
     pad = (-n) % chunk
     return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, chunk, *x.shape[1:]), n
 
 
-@nnx.jit
 def base_logits(model, h):
     """z = W·norm(h) of the base at h [N d]: [N vocab] (computed once, shared by every point)."""
-    return model.unembed(h)
+    return _base_logits(*_split_head(model), h)
+
+
+@partial(jax.jit, static_argnums=0)
+def _base_logits(gd, st, w, b, h):
+    return _unembed(nnx.merge(gd, st), w, b, h)
 
 
 def _log_p(z):
@@ -44,26 +62,48 @@ def _centred(dz, p):
     return dz - jnp.sum(p * dz, -1, keepdims=True)
 
 
-@partial(nnx.jit, static_argnames=("chunk",))
-def logit_metrics(model, h, z, dhs, which, scales, rates, chunk: int = 64):
+def logit_metrics(model, h, z, dhs, which, scales, rates=None, dh2s=None, chunk: int = 64):
     """Per token, for every point i with Δz_i = s_i·J_unembed(h)·Δh_{which_i}: KL(p‖q) exact,
     its second order ½Var_p(Δz_i), whether the argmax survives, and the same three for the
-    dephased change √R(s_i²x)·Δz_i (`*_dephased`), x = rates[which_i] the token's dephasing
-    rate at scale 1 (theory.dephasing; x(c) = c²x).  h [N d], z [N vocab] the base logits at
-    h, dhs [A N d] (A responses), which [S] int, scales [S], rates [A N].  Each response is
-    taken through the head once per chunk of tokens; the points only rescale it.  Returns
-    dict of [S N]."""
-    w = head_weight(model)
+    dephased change √R(s_i²x)·Δz_i (`*_dephased`), x the token's dephasing rate of response
+    which_i at scale 1 (theory.dephasing; x(c) = c²x).  h [N d], z [N vocab] the base logits at
+    h, dhs [A N d] (A responses), which [S] int, scales [S].  The rates: given, rates [A N]; or
+    computed here from the second orders dh2s [A N d] (h_L'' along W + tΔW, `dephasing_rates`)
+    with the same head product as Δz, and returned as "rate" [A N]; or neither: 0 (R = 1).
+    Each response is taken through the head once per chunk of tokens; the points only rescale
+    it.  Returns dict of [S N] (and "rate")."""
+    gd, st, w, _ = _split_head(model)  # a bias shifts every Δz by nothing
+    fused = dh2s is not None
+    if not fused and rates is None:
+        rates = jnp.zeros(dhs.shape[:2], jnp.float32)
+    out = _logit_metrics(gd, st, w, h, z, dhs, which, scales, dh2s if fused else rates, fused, chunk)
+    return out if fused else {k: v for k, v in out.items() if k != "rate"}
+
+
+def _velocity(norm, w, hb, p, d1, d2):
+    """(a, x) for one chunk: the centred logit velocity a = z' [chunk vocab] and the dephasing
+    rate x = ‖b⊥‖²_p/‖a‖²_p [chunk], b = z'' (Taylor mode through the final norm, `jet`)."""
+    _, (n1, n2) = jet.jet(norm, (hb,), ((d1, d2),))
+    a, b = _centred(n1 @ w.T, p), _centred(n2 @ w.T, p)
+    return a, dephasing_rate(jnp.sum(p * a * a, -1), jnp.sum(p * b * b, -1), jnp.sum(p * a * b, -1))
+
+
+@partial(jax.jit, static_argnums=(0, 9, 10))
+def _logit_metrics(gd, st, w, h, z, dhs, which, scales, extra, fused, chunk):
+    norm = nnx.merge(gd, st)
     hc, n = _chunks(h, chunk)
     zc, _ = _chunks(z, chunk)
     dc, _ = _chunks(jnp.moveaxis(dhs, 0, 1), chunk)  # [C chunk A d]
-    rc, _ = _chunks(jnp.moveaxis(rates, 0, 1), chunk)  # [C chunk A]
+    ec, _ = _chunks(jnp.moveaxis(extra, 0, 1), chunk)  # [C chunk A d] second orders, or [C chunk A] rates
 
     def one(args):
-        hb, zb, db, rb = args
-        dhn = jax.vmap(lambda d: jax.jvp(model.norm, (hb,), (d,))[1], in_axes=1)(db)  # [A chunk d]
+        hb, zb, db, eb = args
         lp, p = _log_p(zb)
-        dz = _centred(jnp.einsum("acd,vd->acv", dhn, w), p)  # [A chunk vocab]
+        if fused:
+            dz, rb = jax.vmap(lambda d1, d2: _velocity(norm, w, hb, p, d1, d2), in_axes=1, out_axes=(0, 1))(db, eb)
+        else:
+            dhn = jax.vmap(lambda d: jax.jvp(norm, (hb,), (d,))[1], in_axes=1)(db)  # [A chunk d]
+            dz, rb = _centred(jnp.einsum("acd,vd->acv", dhn, w), p), eb  # [A chunk vocab], [chunk A]
         top = jnp.argmax(zb, -1)
         k2 = 0.5 * jnp.sum(p * dz * dz, -1)  # [A chunk] ½Var_p(Δz), Theorem 3
 
@@ -81,23 +121,29 @@ def logit_metrics(model, h, z, dhs, which, scales, rates, chunk: int = 64):
             kd, td = ray(s * jnp.sqrt(r))
             return kl, s * s * k2[a], t1, kd, r * s * s * k2[a], td
 
-        return jax.lax.map(at, (which, scales))
+        return jax.lax.map(at, (which, scales)), rb
 
-    out = jax.lax.map(one, (hc, zc, dc, rc))  # each [C S chunk]
+    out, rate = jax.lax.map(one, (hc, zc, dc, ec))  # each [C S chunk]; rate [C chunk A]
     f = lambda a: jnp.moveaxis(a, 1, 0).reshape(scales.shape[0], -1)[:, :n]  # noqa: E731
-    return dict(zip(METRIC_NAMES, map(f, out)))
+    return dict(zip(METRIC_NAMES, map(f, out))) | {"rate": jnp.moveaxis(rate.reshape(-1, rate.shape[-1])[:n], 1, 0)}
 
 
 METRIC_NAMES = ("kl", "kl2", "top1", "kl_dephased", "kl2_dephased", "top1_dephased")
 
 
-@partial(nnx.jit, static_argnames=("chunk",))
 def dephasing_rates(model, h, z, dh1, dh2, chunk: int = 64):
     """Per token x = ‖b⊥‖²_p/‖a‖²_p (theory.dephasing_rate) of the logit velocity a = z' and
     its derivative b = z'' along W + tΔW, from h_L's (dh1, dh2) = (h', h'') at h [N d], z [N
     vocab] the base logits there: the head's own second order enters through the final norm
-    (Taylor mode, `jet`).  [N]."""
-    w = head_weight(model)
+    (Taylor mode, `jet`).  [N].  (`logit_metrics(..., dh2s=...)` computes the same rates with
+    the head product it needs anyway.)"""
+    gd, st, w, _ = _split_head(model)
+    return _dephasing_rates(gd, st, w, h, z, dh1, dh2, chunk)
+
+
+@partial(jax.jit, static_argnums=(0, 7))
+def _dephasing_rates(gd, st, w, h, z, dh1, dh2, chunk):
+    norm = nnx.merge(gd, st)
     hc, n = _chunks(h, chunk)
     zc, _ = _chunks(z, chunk)
     c1, _ = _chunks(dh1, chunk)
@@ -105,19 +151,20 @@ def dephasing_rates(model, h, z, dh1, dh2, chunk: int = 64):
 
     def one(args):
         hb, zb, d1, d2 = args
-        _, (n1, n2) = jet.jet(model.norm, (hb,), ((d1, d2),))
-        _, p = _log_p(zb)
-        a, b = _centred(n1 @ w.T, p), _centred(n2 @ w.T, p)
-        return dephasing_rate(jnp.sum(p * a * a, -1), jnp.sum(p * b * b, -1), jnp.sum(p * a * b, -1))
+        return _velocity(norm, w, hb, _log_p(zb)[1], d1, d2)[1]
 
     return jax.lax.map(one, (hc, zc, c1, c2)).reshape(-1)[:n]
 
 
-@partial(nnx.jit, static_argnames=("k",))
 def base_margins(model, h, k: int = 8):
     """Margins m_j = z_top1 − z_j to the next k−1 tokens [N k−1] and the top-k ids [N k]
     of the base logits at h [N d] (m[:, 0] is theory.top2_margin's m)."""
-    vals, idx = jax.lax.top_k(model.unembed(h), k)
+    return _base_margins(*_split_head(model), h, k)
+
+
+@partial(jax.jit, static_argnums=(0, 5))
+def _base_margins(gd, st, w, b, h, k):
+    vals, idx = jax.lax.top_k(_unembed(nnx.merge(gd, st), w, b, h), k)
     return vals[:, :1] - vals[:, 1:], idx
 
 
@@ -126,20 +173,30 @@ def head_weight(model):
     return model.embed.w[...] if model.lm_head is None else model.lm_head.weight()
 
 
-@nnx.jit
 def pair_response(model, h, dh, idx):
     """Δz_top1 − Δz_j (first order) at h [N d] for the competitors j of idx [N k]: [N k−1].
     Only the k head rows are touched: Δz_j = W_j·J_norm(h)Δh."""
-    _, dhn = jax.jvp(model.norm, (h,), (dh,))
-    sel = jnp.einsum("nd,nkd->nk", dhn, head_weight(model)[idx])
+    gd, st, w, _ = _split_head(model)
+    return _pair_response(gd, st, w, h, dh, idx)
+
+
+@partial(jax.jit, static_argnums=0)
+def _pair_response(gd, st, w, h, dh, idx):
+    _, dhn = jax.jvp(nnx.merge(gd, st), (h,), (dh,))
+    sel = jnp.einsum("nd,nkd->nk", dhn, w[idx])
     return sel[:, :1] - sel[:, 1:]
 
 
-@nnx.jit
 def nonlinearity_terms(model, h, dh, z_true):
     """Σ_t Var_p(Δz_true − Δz_lin), Σ_t Var_p(Δz_lin) and mean exact KL of both, over
     tokens h [N d] (p the base distribution; Var_p is blind to shifts common to all logits)."""
-    z, dz = jax.jvp(model.unembed, (h,), (dh,))
+    return _nonlinearity_terms(*_split_head(model), h, dh, z_true)
+
+
+@partial(jax.jit, static_argnums=0)
+def _nonlinearity_terms(gd, st, w, b, h, dh, z_true):
+    norm = nnx.merge(gd, st)
+    z, dz = jax.jvp(lambda x: _unembed(norm, w, b, x), (h,), (dh,))
     dz_true = z_true - z
     return (jnp.sum(var_p(z, dz_true - dz)), jnp.sum(var_p(z, dz)),
             jnp.mean(kl_exact(z, dz_true)), jnp.mean(kl_exact(z, dz)))

@@ -49,9 +49,10 @@ def gen_keep(per_tok: dict, s: int, w: float) -> float:
     return (kd / k2) ** (w / 2) if k2 > 0 and math.isfinite(kd / k2) else 1.0
 
 
-def _tokens_and_gen(ctx, dh, scales, rate):
+def _tokens_and_gen(ctx, dh, scales):
     he, hg = ctx.flat(dh)
-    met = ctx.metrics([he], np.zeros(len(scales), np.int32), scales, None if rate is None else [rate])
+    he2 = ctx.second(dh)
+    met = ctx.metrics([he], np.zeros(len(scales), np.int32), scales, dh2s=None if he2 is None else [he2])
     d = None if hg is None else np.asarray(pair_response(ctx.model, ctx.h_gen, hg, ctx.pair), np.float64)
     return met, d
 
@@ -76,8 +77,7 @@ def price_quant(ctx: Context, methods: list) -> dict:
         ctx.say(f"  probe {k}: tangent built")
         dh = lr.respond(dws)
         ctx.say(f"  probe {k}: JVP")
-        rate = ctx.dephase(dh)
-        met, d = _tokens_and_gen(ctx, dh, scales, rate)
+        met, d = _tokens_and_gen(ctx, dh, scales)
         ctx.say(f"  probe {k}: logit metrics")
         mets.append(met)
         ds.append(d)
@@ -200,8 +200,9 @@ def price_prune(ctx: Context, methods: list) -> dict:
               for p, x in ((p, _upto(w, lev, a)) for p, w, lev in zip(lr.paths, lr.weights, levs))]
         dh = lr.respond(dw)
         he, hg = ctx.flat(dh)
-        rate = ctx.dephase(dh)
-        met = ctx.metrics([he], [0], [1.0], None if rate is None else [rate])
+        he2 = ctx.second(dh)
+        met = ctx.metrics([he], [0], [1.0], dh2s=None if he2 is None else [he2])
+        rate = None if he2 is None else met["rate"][0]
         reg = ctx.regime(dw, 1.0, dh["eval"]) if ctx.regime_tokens is not None else None
         # the search aims at the point estimate's crossing (predict.blend of the two closures)
         kl = float(blend(np.mean(met["kl"]), np.mean(met["kl_dephased"]), cfg.dephased_weight))

@@ -109,6 +109,17 @@ def test_logit_metrics_equal_the_definitions(tiny):
             np.testing.assert_allclose(met["kl2" + tag][i], 0.5 * var_p(z, d), rtol=2e-3, atol=1e-7)
             np.testing.assert_array_equal(met["top1" + tag][i], jnp.argmax(z + d, -1) == jnp.argmax(z, -1))
     assert head_weight(model).shape[0] == z.shape[-1]
+    # rates computed in the same pass from second orders (the predictor's path) equal
+    # dephasing_rates', and the metrics equal those scored with the rates given
+    dh2 = jax.random.normal(jax.random.key(5), dh.shape) * 0.05 * jnp.std(h)
+    fused = logit_metrics(model, h, z, dh, which, scales, dh2s=dh2, chunk=8)
+    from hemorrhage.sim.linear_response import dephasing_rates
+    want = jnp.stack([dephasing_rates(model, h, z, dh[a], dh2[a], chunk=8) for a in range(2)])
+    assert float(jnp.min(want)) > 0
+    np.testing.assert_allclose(fused["rate"], want, rtol=1e-4, atol=1e-7)
+    given = logit_metrics(model, h, z, dh, which, scales, want, chunk=8)
+    for k in given:
+        np.testing.assert_allclose(fused[k], given[k], rtol=1e-4, atol=1e-7)
 
 
 def test_probe_noise_follows_the_bit_law(tiny):
