@@ -23,7 +23,7 @@ from hemorrhage.theory import dephasing_factor, dephasing_rate, kl_exact, var_p
 def _split_head(model):
     """(norm graphdef, norm state, head W [vocab d], head bias or None): what z = W·norm(h) + b
     needs of a model.  The jitted functions below take these, not the model: nnx.jit over the
-    whole model flattened its graph on every call (≈ 0.1 s each, ≈ 10 s of a SmolLM2 grid)."""
+    whole model flattened every block's graph on each call, for a head it does not touch."""
     gd, st = nnx.split(model.norm)
     b = None if model.lm_head is None or getattr(model.lm_head, "b", None) is None else model.lm_head.b[...]
     return gd, st, head_weight(model), b
@@ -72,7 +72,7 @@ def logit_metrics(model, h, z, dhs, which, scales, rates=None, dh2s=None, chunk:
     with the same head product as Δz, and returned as "rate" [A N]; or neither: 0 (R = 1).
     Each response is taken through the head once per chunk of tokens; the points only rescale
     it.  Returns dict of [S N] (and "rate")."""
-    gd, st, w, _ = _split_head(model)  # a bias shifts every Δz by nothing
+    gd, st, w, _ = _split_head(model)  # a head bias does not enter Δz
     fused = dh2s is not None
     if not fused and rates is None:
         rates = jnp.zeros(dhs.shape[:2], jnp.float32)
