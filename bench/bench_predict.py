@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     from hemorrhage.sim.fetch import atomic_write_text  # a killed run leaves the old file whole
     from hemorrhage.sim.predict import FULL_GRID, PredictConfig, predict
     from hemorrhage.sim.predict_measured import Measurer, measured_cliffs
-    from hemorrhage.validate.sweep import parse_grid
+    from hemorrhage.validate.sweep import bound_memory, parse_grid
 
     grid = parse_grid(FULL_GRID if args.grid == "full" else args.grid)
     cfg = PredictConfig(windows=args.windows, seqlen=args.seqlen, prompts=args.prompts, new_tokens=args.new_tokens,
@@ -161,6 +161,7 @@ def main(argv=None) -> int:
             rows[i] = meas_fn(method, settings)
             with part.open("a") as f:
                 f.write(json.dumps({"i": i, "row": rows[i]}) + "\n")
+            bound_memory(log)  # as a sweep: a 0.5 B model's programs outgrew 24 GB by the 11th setting
     if pred is None or len(rows) < len(grid):
         print(f"{len(rows)}/{len(grid)} settings measured" + ("" if pred else "; no prediction made (--phase measure)"))
         return 0

@@ -52,9 +52,12 @@ def measure_grid(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = Pred
     t0 = time.perf_counter()
     meas = Measurer(loaded, cfg, mc_items=mc_items)
     rows = []
+    from hemorrhage.validate.sweep import bound_memory
+
     for method, settings in grid:
         say(f"measuring {method} {settings}")
         rows.append(meas(method, settings))
+        bound_memory(say)  # every setting compiles its own programs: drop them past the limit, as a sweep
     return {"points": rows, "seconds": round(time.perf_counter() - t0, 2)}
 
 

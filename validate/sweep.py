@@ -321,7 +321,7 @@ def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log, d
                        f"ppl {res['ppl']:.4g}" + (" COLLAPSED" if res["collapsed"] else ""), file=sys.stderr)
             bar.update(1)
             if devices <= 1:  # with worker threads running, compiled programs are left alone
-                _bound_memory(lambda m: tqdm.write(f"[sweep] {m}", file=sys.stderr))
+                bound_memory(lambda m: tqdm.write(f"[sweep] {m}", file=sys.stderr))
     finally:
         bar.close()
     return failed, n_done, len(todo), runner.placement
@@ -351,7 +351,7 @@ def memory_limit() -> int:
         return 1 << 62
 
 
-def _bound_memory(log) -> None:
+def bound_memory(log) -> None:
     """Every (method, bits, group size, ...) compiles its own programs for a 30-layer model
     (tens of MB each, kept by jit for reuse): a long sweep would hold them all and outgrow
     the machine (seen: 12 GB, killed by the kernel).  Past memory_limit() they are dropped
