@@ -48,12 +48,12 @@ class Measurer:
 def measure_grid(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictConfig(), *, log=None,
                  mc_items: int = 24) -> dict:
     """Every setting of `grid` compressed and measured (`Measurer`; mc_items = 0: no MC)."""
+    from hemorrhage.validate.sweep import bound_memory
+
     say = log or (lambda m: None)
     t0 = time.perf_counter()
     meas = Measurer(loaded, cfg, mc_items=mc_items)
     rows = []
-    from hemorrhage.validate.sweep import bound_memory
-
     for method, settings in grid:
         say(f"measuring {method} {settings}")
         rows.append(meas(method, settings))
