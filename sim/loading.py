@@ -17,6 +17,7 @@ class Loaded:
     path: Path
     name: str
     base_note: str  # what the base already carries (GGUF quantization, or nothing known)
+    dtype: str = "float32"  # what the weights are held in (--dtype, auto resolved)
 
 
 def load_tokenizer(path: str | Path):
@@ -29,20 +30,23 @@ def load_tokenizer(path: str | Path):
         raise UserError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0][:200]}") from None
 
 
-def load(model: str, *, allow_pickle: bool = False, quiet: bool = False) -> Loaded:
-    """`model` is a registry name (fetched on first use) or a local HF checkpoint folder."""
+def load(model: str, *, allow_pickle: bool = False, quiet: bool = False, dtype: str = "auto") -> Loaded:
+    """`model` is a registry name (fetched on first use) or a local HF checkpoint folder;
+    its weights held in `dtype` (auto | float32 | bfloat16 | float16; auto = as stored)."""
     from hemorrhage.sim.models import load_checkpoint
     from hemorrhage.sim.models.loader import checkpoint_files
     from hemorrhage.sim.preflight import check_checkpoint
+    from hemorrhage.sim.models.weights import check_dtype_name
     from hemorrhage.sim.registry import resolve
 
+    check_dtype_name(dtype)  # a typo is one line before any fetch
     path = resolve(model, quiet=quiet)
     checkpoint_files(path, allow_pickle)  # the folder itself first: not one, no config.json, pickle only
     check_checkpoint(path)  # then a malformed config or weight file, as one line (sim/preflight.py)
-    net, cfg = load_checkpoint(path, allow_pickle=allow_pickle)
+    net, cfg = load_checkpoint(path, allow_pickle=allow_pickle, dtype=dtype)
     tok = load_tokenizer(path)
     note = "user checkpoint: base precision as stored"
     prov = path / "hemorrhage.json"
     if prov.is_file():
         note = json.loads(prov.read_text()).get("base_note", note)
-    return Loaded(net, cfg, tok, path, str(model), note)
+    return Loaded(net, cfg, tok, path, str(model), note, str(net.embed.w[...].dtype))

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.experimental import jet
 
+from hemorrhage.errors import UserError
 from hemorrhage.theory import dephasing_factor, dephasing_rate, kl_exact, var_p
 
 
@@ -24,9 +25,13 @@ def _split_head(model):
     """(norm graphdef, norm state, head W [vocab d], head bias or None): what z = W·norm(h) + b
     needs of a model.  The jitted functions below take these, not the model: nnx.jit over the
     whole model flattened every block's graph on each call, for a head it does not touch."""
+    if getattr(getattr(model, "cfg", None), "final_softcap", None) is not None:  # z = c·tanh(W·norm(h)/c) is not this form
+        raise UserError("the linear-response estimate needs logits z = W·norm(h) + b; this model soft-caps its "
+                        "logits (final_logit_softcapping, Gemma 2), which is not implemented here")
     gd, st = nnx.split(model.norm)
     b = None if model.lm_head is None or getattr(model.lm_head, "b", None) is None else model.lm_head.b[...]
-    return gd, st, head_weight(model), b
+    div = getattr(getattr(model, "cfg", None), "logit_divisor", 1.0)
+    return gd, st, head_weight(model), (b if b is None or div == 1.0 else b / div)
 
 
 def _unembed(norm, w, b, h):
@@ -169,8 +174,11 @@ def _base_margins(gd, st, w, b, h, k):
 
 
 def head_weight(model):
-    """The head's W [vocab d] of z = W·norm(h) (tied: the embedding)."""
-    return model.embed.w[...] if model.lm_head is None else model.lm_head.weight()
+    """The head's W [vocab d] of z = W·norm(h) (tied: the embedding), with Granite's
+    z / logits_scaling folded in (W / logits_scaling)."""
+    w = model.embed.w[...] if model.lm_head is None else model.lm_head.weight()
+    div = getattr(getattr(model, "cfg", None), "logit_divisor", 1.0)
+    return w if div == 1.0 else w / div
 
 
 def pair_response(model, h, dh, idx):

@@ -273,7 +273,7 @@ def predict(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictCo
 
     out = {"model": str(getattr(loaded, "name", "")), "config": asdict(cfg), "bos": adds_bos(loaded.tokenizer),
            "points": points, "cliffs": cliffs,
-           "seconds": round(time.perf_counter() - t0, 2)}
+           "timings": {"seconds": round(time.perf_counter() - t0, 2)}}  # sim.timings: --json drops it
     if len(points) == 1:
         out.update({k: points[0][k] for k in ("kl", "top1_agreement", "first_divergence_mean") if k in points[0]})
     return out

@@ -39,9 +39,12 @@ class Measurer:
         row = {"method": method, "settings": settings,
                **{k: res[k] for k in ("kl", "top1_agreement", "ppl", "mc_agreement", "first_divergence_mean",
                                       "gen_identical", "collapsed") if k in res}}
-        if "mc_agreement" in row and "gen_identical" in row:
-            row["mc_vs_gen_gap"] = row["mc_agreement"] - row["gen_identical"]
-        row["seconds"] = round(time.perf_counter() - t0, 2)
+        if "mc_agreement" in row and "gen_identical" in row:  # null where either is not computable
+            a, g = row["mc_agreement"], row["gen_identical"]
+            row["mc_vs_gen_gap"] = None if a is None or g is None else a - g
+        if res.get("not_computable"):
+            row["not_computable"] = {k: v for k, v in res["not_computable"].items() if k in row}
+        row["timings"] = {"seconds": round(time.perf_counter() - t0, 2)}  # sim.timings
         return row
 
 
@@ -58,7 +61,7 @@ def measure_grid(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = Pred
         say(f"measuring {method} {settings}")
         rows.append(meas(method, settings))
         bound_memory(say)  # every setting compiles its own programs: drop them past the limit, as a sweep
-    return {"points": rows, "seconds": round(time.perf_counter() - t0, 2)}
+    return {"points": rows, "timings": {"seconds": round(time.perf_counter() - t0, 2)}}
 
 
 def measured_cliffs(pred: dict, meas: dict, threshold: float = 1.0) -> list[dict]:
@@ -67,6 +70,7 @@ def measured_cliffs(pred: dict, meas: dict, threshold: float = 1.0) -> list[dict
     for c in pred["cliffs"]:
         idx = [i for i, p in enumerate(pred["points"]) if p["method"] == c["method"] and p["family"] == c["family"]]
         lv = [pred["points"][i]["level"] for i in idx]
-        value, status = cliff_crossing(lv, [meas["points"][i]["kl"] for i in idx], threshold, c["axis"])
+        kl = [meas["points"][i]["kl"] for i in idx]
+        value, status = cliff_crossing(lv, [float("nan") if k is None else k for k in kl], threshold, c["axis"])
         out.append({**c, "measured": value, "measured_status": status})
     return out

@@ -11,9 +11,15 @@ What it checks (sim.loading.load runs it before sim.models.load_checkpoint):
                      is an integer ≥ 1 (optional ones may be absent / null; sliding_window
                      may be 0 = none), below 2³¹ — no ZeroDivisionError or OverflowError
                      later; head count divides the width where the head dim is derived
-    numbers          eps, RoPE θ, Gemma's query_pre_attn_scalar: finite, θ and the scalar > 0
+    numbers          eps, RoPE θ, Gemma's query_pre_attn_scalar and soft-caps, Granite's
+                     multipliers, partial_rotary_factor: finite, all but eps > 0
+    fields           a field whose value changes the forward in a way not implemented is
+                     refused, naming it (sim/models/config_keys.py: every key classified)
     nested           text_config, rope_parameters, rope_scaling: objects; layer_types: a list
                      of strings; eos/bos ids: an integer or a non-empty list of integers
+    index            model.safetensors.index.json, where present, is a JSON weight_map whose
+                     every shard exists in the folder; only those shards are read (a stray
+                     *.safetensors beside them is not)
     weights          each *.safetensors header is readable (8-byte length, JSON within the
                      file): a truncated file is named here, before anything is read; the
                      tensor names hold at least num_hidden_layers blocks (a corrupted layer
@@ -32,6 +38,7 @@ import struct
 from pathlib import Path
 
 from hemorrhage.errors import UserError
+from hemorrhage.sim.models.config_keys import check_keys
 
 _MAX = 2**31 - 1
 # family field -> (required?, least value); 0 where from_hf reads 0 as "the default"
@@ -41,8 +48,13 @@ _ROPE_SIZES = {"hidden_size": (True, 1), "num_attention_heads": (True, 1), "num_
                "max_window_layers": (False, 0), "sliding_window": (False, 0)}
 _GPT2_SIZES = {"n_embd": (True, 1), "n_head": (True, 1), "n_layer": (True, 1), "vocab_size": (True, 1),
                "n_inner": (False, 0), "n_positions": (False, 1)}
-_FLOATS = ("rms_norm_eps", "layer_norm_epsilon", "rope_theta", "rope_local_base_freq", "query_pre_attn_scalar")
-_POSITIVE = ("rope_theta", "rope_local_base_freq", "query_pre_attn_scalar")
+# OPT names its MLP width ffn_dim
+_OPT_SIZES = {**{k: v for k, v in _ROPE_SIZES.items() if k != "intermediate_size"}, "ffn_dim": (True, 1),
+              "word_embed_proj_dim": (False, 1)}
+_POSITIVE = ("rope_theta", "rope_local_base_freq", "query_pre_attn_scalar", "attn_logit_softcapping",
+             "final_logit_softcapping", "embedding_multiplier", "residual_multiplier", "attention_multiplier",
+             "logits_scaling", "partial_rotary_factor")
+_FLOATS = ("rms_norm_eps", "layer_norm_epsilon") + _POSITIVE
 
 
 def check_checkpoint(path: Path) -> dict:
@@ -50,8 +62,13 @@ def check_checkpoint(path: Path) -> dict:
     path = Path(path)
     hf = read_config(path / "config.json")
     check_config(hf)
+    from hemorrhage.sim.models.config import ModelConfig  # here: sim.models imports this module
+
+    ModelConfig.from_hf(hf)  # every config refusal (RoPE spellings, fields) before a weight byte is read
     n_layers = _layer_count(hf)
-    files = sorted(path.glob("*.safetensors"))
+    from hemorrhage.sim.models.weights import weight_files
+
+    files = weight_files(path)  # index.json's shards (each must exist), else every *.safetensors
     blocks: set[int] = set()
     for f in files:  # a sharded checkpoint spreads its blocks over several files
         blocks |= _blocks_in(f)
@@ -87,7 +104,8 @@ def check_config(hf: dict) -> None:
         if not isinstance(hf["text_config"], dict):
             raise UserError("config.json: text_config must be an object")
         hf = {**hf["text_config"], "model_type": "gemma3_text"}
-    sizes = _GPT2_SIZES if mt == "gpt2" else _ROPE_SIZES
+    check_keys(hf, hf["model_type"])  # a forward-changing field we do not run: refused, named
+    sizes = _GPT2_SIZES if mt == "gpt2" else _OPT_SIZES if mt == "opt" else _ROPE_SIZES
     got = {}
     for name, (required, lo) in sizes.items():
         if hf.get(name) is None:
@@ -131,6 +149,10 @@ def check_config(hf: dict) -> None:
     for name in ("hidden_act", "hidden_activation"):
         if hf.get(name) is not None and not isinstance(hf[name], str):
             raise UserError(f"config.json: {name} must be a string, got {hf[name]!r}")
+    from hemorrhage.sim.models.hf_fields import CONFIG_KEYS, check_refused
+
+    if mt in CONFIG_KEYS:  # GPT-NeoX, OPT, MoE: a key that changes the forward and is not implemented
+        check_refused(hf, mt)
 
 
 def _is_int(v) -> bool:

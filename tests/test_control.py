@@ -4,8 +4,10 @@ import hashlib
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from hemorrhage.cli import main
 
@@ -14,11 +16,17 @@ def _sha(path):
     return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
 
 
+# --quick's tiny model trained 20× its default 40 steps: long enough to learn the text well
+# (the control claim below), ≈20 s on two idle cores
+QUICK_STEPS = 800
+
+
 @pytest.fixture(scope="module")
 def quick_control(tmp_path_factory):
-    """`hemorrhage train-control --quick` into a temporary folder (≈20 s on 2 cores)."""
+    """`hemorrhage train-control --quick --steps QUICK_STEPS` into a temporary folder."""
     out = tmp_path_factory.mktemp("control") / "quick"
-    code = main(["train-control", "--quick", "--out", str(out), "--minutes", "0", "--json"])
+    code = main(["train-control", "--quick", "--steps", str(QUICK_STEPS), "--out", str(out), "--minutes", "0",
+                 "--json"])
     assert code == 0
     return out
 
@@ -35,6 +43,9 @@ def test_quick_control_learns_and_reports(quick_control):
     assert rep["base_note"].startswith("clean fp32, trained by hemorrhage train-control (seed 0")
     assert rep["reproduce"] == f"hemorrhage train-control --seed 0 --steps {rep['steps']} --minutes 0 --quick"
     assert rep["samples"] and isinstance(rep["samples"][0]["greedy"], str)
+    # no wall-clock numbers in the stored metadata: the same training writes the same file
+    assert "timings" not in rep and not [k for k in rep if "seconds" in k]
+    assert not [c for c in rep["loss_curve"] if "seconds" in c]
 
 
 def test_budget_cut_run_is_reproduced_by_its_step_count(tmp_path):
@@ -101,14 +112,28 @@ def test_train_control_bad_input(capsys, tmp_path):
         assert len(err) == 1 and needle in err[0], err
 
 
-def test_full_control_if_cached():
-    """The default control (seed 0), when this cache holds it: far better than a unigram model."""
-    from hemorrhage.sim.train import control_path, is_trained
+def test_control_far_better_than_unigram(quick_control):
+    """The control claim (README: held-out perplexity far below a unigram model's on both texts),
+    on a control CI can train: the recipe at --quick's size, QUICK_STEPS steps (the default
+    1200-step control takes 15–27 min).  It at least halves the unigram perplexity on both
+    held-out texts; the default spec it scales down is a 2–20 M-parameter model; and the
+    default control, where this cache holds one, is under 0.4 of the unigram perplexity."""
+    from hemorrhage.sim import train
+    from hemorrhage.sim.models import ModelConfig
 
-    path = control_path()
-    if not is_trained(path):
-        pytest.skip(f"no trained control in {path} (hemorrhage train-control, ≈15 min)")
-    rep = json.loads((path / "hemorrhage.json").read_text())
-    assert 2e6 <= rep["n_params"] <= 2e7
+    rep = json.loads((quick_control / "hemorrhage.json").read_text())
+    assert rep["steps"] == QUICK_STEPS
     for src in ("wiki", "shakespeare"):
-        assert rep["heldout"][src]["ratio_to_unigram"] < 0.4, rep["heldout"]
+        h = rep["heldout"][src]
+        assert h["ppl"] * 2 <= h["unigram_ppl"] and h["ratio_to_unigram"] == pytest.approx(h["ppl"] / h["unigram_ppl"])
+    spec = train.ControlSpec()  # its size, from the model it builds (untrained: no 4096-token BPE fitted)
+    tok = train.train_tokenizer({"wiki": "a b c", "shakespeare": "a b c"}, 300)
+    model = train.init_model(ModelConfig.from_hf(train.hf_config(spec, tok)), seed=0)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert 2e6 <= n_params <= 2e7
+    full = train.control_path()
+    if train.is_trained(full):
+        rep = json.loads((full / "hemorrhage.json").read_text())
+        assert rep["n_params"] == n_params
+        for src in ("wiki", "shakespeare"):
+            assert rep["heldout"][src]["ratio_to_unigram"] < 0.4, rep["heldout"]

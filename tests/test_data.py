@@ -22,13 +22,6 @@ def tok():
     return load_tokenizer(fetch_model("smollm2-135m", quiet=True))
 
 
-@pytest.fixture(scope="module")
-def bigbench():
-    """The 342 MB sdist is streamed once; every bigbench task comes out of that one pass."""
-    data.fetch_data("navigate", quiet=True)
-    return [n for n, e in data.DATASETS.items() if e.package == "bigbench==1.0.0"]
-
-
 def _check_mc(items, n_choices=None):
     assert items
     for it in items:
@@ -170,20 +163,65 @@ def test_humaneval_items():
     assert len(data.gen_items("humaneval", n=5)) == 5
 
 
-def test_bigbench_tasks(bigbench):
-    assert all(data.is_cached(n) for n in bigbench)
-    sizes = {"navigate": 1000, "sports_understanding": 1000, "date_understanding": 369, "arithmetic": 1000}
-    for name, size in sizes.items():
+def _bigbench_cache(root, monkeypatch):
+    """BIG-bench 1.0.0 is gone from PyPI: write its five tasks into a scratch cache the way
+    fetch_data processed them (task.json in BIG-bench's own format), so the item code is still
+    held to the format's rules."""
+    import json
+
+    monkeypatch.setenv("HEMORRHAGE_CACHE", str(root))
+    rng = np.random.default_rng(0)
+    steps = lambda i: " ".join(["Take 1 step."] * (i % 3 + 1))  # noqa: E731
+    tasks = {
+        "navigate": {"task_prefix": "If you follow these instructions, do you return to the starting point?",
+                     "examples": [{"input": steps(i), "target_scores": {"True": int(i % 2), "False": int(1 - i % 2)}}
+                                  for i in range(30)]},
+        "sports_understanding": {"examples": [{"input": f"Player {i} scored.", "target_scores":
+                                               {"plausible": 1, "implausible": 0}} for i in range(12)]},
+        "date_understanding": {"examples": [{"input": f"Today is 0{1 + i % 9}/01/2020. What is tomorrow?",
+                                             "target_scores": {f"0{1 + i % 9}/0{k + 2}/2020": int(k == 0)
+                                                               for k in range(6)}} for i in range(12)]},
+        "qa_wikidata": {"example_input_prefix": "", "example_output_prefix": "",
+                        "examples": [{"input": 'The genre of "Weird Al" Yankovic is',
+                                      "target": ["comedy", "parody"]}]},
+        "arithmetic": {"examples": [{"input": f"What is {a} plus {b}?",
+                                     "target_scores": {str(a + b + d): int(d == 0) for d in range(-3, 4)},
+                                     "target": str(a + b)}
+                                    for a, b in rng.integers(10, 99, (10, 2)).tolist()]},
+    }
+    for name, task in tasks.items():
+        d = data.data_dir(name)
+        d.mkdir(parents=True)
+        (d / "task.json").write_text(json.dumps(task))
+        (d / "info.json").write_text(json.dumps({"name": name}))
+    return tasks
+
+
+def test_bigbench_is_refused_in_one_line_and_read_from_a_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HEMORRHAGE_CACHE", str(tmp_path / "empty"))
+    assert not data.available("navigate") and data.available("mmlu")
+    with pytest.raises(UserError, match="no longer serves"):
+        data.fetch_data("navigate")
+    assert main(["fetch", "qa_wikidata"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cloze or mmlu" in err
+
+    tasks = _bigbench_cache(tmp_path / "cache", monkeypatch)
+    assert all(data.available(n) for n in tasks)
+    for name in ("navigate", "sports_understanding", "date_understanding", "arithmetic"):
         items = data.mc_items(name)
-        assert len(items) == size
+        assert len(items) == len(tasks[name]["examples"])
         _check_mc(items)
+        for it, ex in zip(items, tasks[name]["examples"]):
+            assert it.question.endswith("\nA:") and ex["input"] in it.question
+            assert it.choices[it.answer].strip() == max(ex["target_scores"], key=ex["target_scores"].get)
     nav = data.mc_items("navigate", n=20, seed=3)
-    assert len(nav) == 20 and nav[0].question.endswith("\nA:") and set(nav[0].choices) == {" True", " False"}
+    assert len(nav) == 20 and nav[0].question.startswith(tasks["navigate"]["task_prefix"])
+    assert set(nav[0].choices) == {" True", " False"}
     date = data.mc_items("date_understanding")
-    assert len({it.answer for it in date}) > 3  # the source always lists the answer first; shuffled here
+    assert len({it.answer for it in date}) > 3  # the source lists the answer first; shuffled here
     qa = data.gen_items("qa_wikidata")
-    assert len(qa) == 20442 and qa[0].prompt == 'The genre of "Weird Al" Yankovic is'
-    assert qa[0].targets == ["comedy", "parody"]
+    assert qa[0].prompt == 'The genre of "Weird Al" Yankovic is' and qa[0].targets == ["comedy", "parody"]
     ar = data.gen_items("arithmetic", n=10)
     assert len(ar) == 10 and ar[0].prompt.startswith("Q: What is") and ar[0].prompt.endswith("\nA:")
     for it in ar:

@@ -61,7 +61,7 @@ def test_sparsity_zero_is_the_base(smollm2, smol_base):
     assert r["first_divergence"] == [8, 8] and r["first_divergence_mean"] == 8
     assert r["gen_identical"] == 1.0 and r["gen_token_agreement"] == 1.0
     assert r["collapsed"] is False and r["notes"] == []
-    assert "seconds" not in r["record"]
+    assert "timings" not in r["record"] and r["not_computable"] == {}
     json.dumps(r, allow_nan=False)  # all finite
 
 
@@ -78,12 +78,14 @@ def test_nan_weights_are_a_collapsed_result(smollm2, smol_base):
     w.set_value(jnp.full_like(w.get_value(), jnp.nan))
     r = measure(smollm2, bad, smol_base, {"method": "nan", "settings": {}})
     assert r["collapsed"] is True and r["nonfinite_tokens"] == 62
-    assert math.isnan(r["kl"]) and math.isnan(r["ppl"]) and math.isfinite(r["ppl_base"])
+    # no value is null with its reason (validate.computable), never NaN posing as a number
+    assert r["kl"] is None and r["ppl"] is None and "not finite" in r["not_computable"]["kl"]
+    assert math.isfinite(r["ppl_base"]) and r["top1_agreement"] == 0.0  # NaN logits are no prediction
     assert r["mc_agreement"] == 0.0 and r["mc_acc"] == 0.0 and r["mc_nonfinite_items"] == 4
-    assert 0 <= r["first_divergence_mean"] <= 8
+    assert r["first_divergence"] == [0, 0] and r["gen_identical"] == 0.0
     assert any("NaN" in n for n in r["notes"])
     text = json.dumps(r, allow_nan=True)
-    assert "NaN" in text and json.loads(text)["collapsed"] is True
+    assert "NaN" in text and json.loads(text)["collapsed"] is True  # the per-step arrays keep their NaN
 
 
 def test_bad_flags_are_one_line_errors(capsys):
@@ -118,15 +120,16 @@ def test_grid_parsing():
 
 
 def test_partial_last_line_is_dropped(tmp_path):
-    from hemorrhage.validate.sweep import append_row, read_rows
+    from hemorrhage.validate.sweep import append_row, read_rows, row_key
 
     f = tmp_path / "s.jsonl"
-    append_row(f, {"key": "a", "x": float("nan")})
-    append_row(f, {"key": "b", "x": float("inf")})
+    a, b = row_key("m", "rtn", {"bits": 4}), row_key("m", "rtn", {"bits": 3})  # sweep rows: key and grid
+    append_row(f, {"key": a, "grid": {"method": "rtn"}, "x": float("nan")})
+    append_row(f, {"key": b, "grid": {"method": "rtn"}, "x": float("inf")})
     with open(f, "ab") as fh:
         fh.write(b'{"key": "c", "x"')  # a run killed mid-line
     rows = read_rows(f)
-    assert [r["key"] for r in rows] == ["a", "b"] and math.isnan(rows[0]["x"]) and rows[1]["x"] == math.inf
+    assert [r["key"] for r in rows] == [a, b] and math.isnan(rows[0]["x"]) and rows[1]["x"] == math.inf
     assert f.read_bytes().endswith(b"}\n") and f.read_bytes().count(b"\n") == 2
 
 
@@ -159,7 +162,7 @@ def test_choice_scores_match_a_plain_forward(tiny_ckpt):
     from hemorrhage.validate.measure import MeasureConfig
 
     loaded = load(str(tiny_ckpt), quiet=True)
-    mc = _mc_inputs(loaded, MeasureConfig(mc_tasks=("cloze", "navigate"), mc_items=2))
+    mc = _mc_inputs(loaded, MeasureConfig(mc_tasks=("cloze", "mmlu"), mc_items=2))
     scores, ans = choice_scores(loaded.model, mc)
     assert scores.shape == mc["valid"].shape and np.isneginf(scores[~mc["valid"]]).all()
     cases, seqs = [], []
@@ -200,7 +203,7 @@ def test_sweep_resumes_after_sigkill_and_is_deterministic(tiny_ckpt, tmp_path, c
     assert kl[0] == 0.0 and rows[0]["first_divergence_mean"] == 8 and rows[0]["mc_agreement"] == 1.0
     assert kl[0] < kl[2] < kl[4] < kl[5] and rows[5]["top1_agreement"] < rows[2]["top1_agreement"]  # damage grows
     assert len(rows[0]["per_layer"]["kl"]) == 4 and max(rows[0]["per_layer"]["kl"]) == 0.0  # L+1 = 4 layers
-    assert "mc_by_task" in rows[0] and "seconds" not in rows[0]["record"]
+    assert "mc_by_task" in rows[0] and "timings" not in rows[0]["record"] and rows[0]["not_computable"] == {}
 
     # the same sweep in subprocesses, SIGKILLed at a random point three times, then finished
     out = tmp_path / "killed.jsonl"
@@ -285,7 +288,7 @@ def test_collapsed_setting_is_a_row_not_a_crash(tiny_ckpt, tmp_path, monkeypatch
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["grid"]["settings"]["sparsity"] for r in rows] == [0.1, 0.5]
     assert rows[0]["collapsed"] is False and rows[1]["collapsed"] is True
-    assert math.isnan(rows[1]["kl"]) and rows[1]["notes"]
+    assert rows[1]["kl"] is None and "kl" in rows[1]["not_computable"] and rows[1]["notes"]
     assert "NaN" in out.read_text()
     monkeypatch.setattr(C, "compress_from_args", real)
     assert main(argv) == 0  # the failed setting is retried, the others are not redone

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hemorrhage.cli import main
 
@@ -118,8 +120,8 @@ def test_logit_metrics_equal_the_definitions(tiny):
     assert float(jnp.min(want)) > 0
     np.testing.assert_allclose(fused["rate"], want, rtol=1e-4, atol=1e-7)
     given = logit_metrics(model, h, z, dh, which, scales, want, chunk=8)
-    for k in given:
-        np.testing.assert_allclose(fused[k], given[k], rtol=1e-4, atol=1e-7)
+    for k in given:  # the rates agree to 1e-4; a dephased KL follows them to the definitions' 2e-3
+        np.testing.assert_allclose(fused[k], given[k], rtol=2e-3, atol=1e-7)
 
 
 def test_probe_noise_follows_the_bit_law(tiny):
@@ -277,11 +279,35 @@ SMALL = ["--windows", "1", "--seqlen", "32", "--prompts", "2", "--prompt-len", "
          "--calib-samples", "2", "--calib-seqlen", "32", "--regime-tokens", "16"]
 
 
+def assert_band_properties(pts: dict, cl: dict) -> None:
+    """What the prediction's band promises, per level and for the cliff (not how it is computed)."""
+    # the model-error band: the linear KL moved towards what the forward of W + ΔW measured
+    # (up where it exceeds the linear KL, down where it falls short), by a bounded factor
+    for p in pts.values():
+        r, lin, fwd = p["regime"]["kl_forward_over_linear"], p["kl_linear"], p["kl_forward_corrected"]
+        assert (fwd - lin) * (r - 1) >= 0 and 0.05 * lin <= fwd <= 20 * lin
+    # the check flags overshoot and undershoot alike: every flagged level is further from r = 1
+    # (on a log scale) than every level that passed, and r = 1 itself would pass
+    dist = {p["level"]: abs(np.log(p["regime"]["kl_forward_over_linear"])) for p in pts.values()}
+    ok = [dist[lv] for lv, p in pts.items() if p["regime"]["kl_prediction_ok"]]
+    flagged = [dist[lv] for lv, p in pts.items() if not p["regime"]["kl_prediction_ok"]]
+    assert max(ok, default=0.0) < min(flagged, default=np.inf)
+    # doubts only where a level below the cliff was flagged
+    assert not cl["forward_check_doubts"] or any(not p["regime"]["kl_prediction_ok"] and p["kl"] < 1.0
+                                                 for p in pts.values())
+    # the dephased closure never exceeds the coherent (linear) one (R ≤ 1, KL grows along a
+    # ray) and the point estimate lies between them (its monotonicity: test_blend_*)
+    for p in pts.values():
+        tol = 1e-3 * p["kl_linear"]  # float32 KL of a small Δz: ~1e-4 relative
+        assert p["kl_dephased"] <= p["kl"] + tol and p["kl"] <= p["kl_linear"] + tol
+
+
 def test_cli_grid_validate_json(tiny_ckpt, capsys):
     capsys.readouterr()
     assert main(["predict", "--model", str(tiny_ckpt), "--grid", "rtn:bits=2,4,8", *SMALL, "--validate",
                  "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
+    assert "timings" not in json.dumps(res)  # wall-clock seconds only with --timings
     pts = {p["level"]: p for p in res["points"]}
     for p in pts.values():
         for k in ("kl", "kl_interval", "kl_second_order", "top1_agreement", "first_divergence_mean",
@@ -295,22 +321,30 @@ def test_cli_grid_validate_json(tiny_ckpt, capsys):
     assert within_factor(ratio, 1.5), ratio  # deep in the linear regime
     (cl,) = res["cliffs"]
     assert cl["axis"] == "bits" and {"cliff", "interval", "status", "measured"} <= set(cl)
-    # the model-error band: the linear KL times each level's own forward/linear ratio
-    for p in pts.values():
-        r = p["regime"]["kl_forward_over_linear"]
-        assert p["kl_forward_corrected"] == pytest.approx(p["kl_linear"] * min(max(r, 0.1), 10.0))
-        assert p["regime"]["kl_prediction_ok"] == (0.45 <= r <= 1 / 0.45)  # flags over- and undershoot
-    assert cl["forward_check_doubts"] == any(not p["regime"]["kl_prediction_ok"] and p["kl"] < 1.0 for p in pts.values())
-    # the dephased closure never exceeds the coherent (linear) one (R ≤ 1, KL grows along a
-    # ray) and the point estimate, their centre on a log scale, lies between them
-    for p in pts.values():
-        tol = 1e-3 * p["kl_linear"]  # float32 KL of a small Δz: ~1e-4 relative
-        assert p["kl_dephased"] <= p["kl"] + tol and p["kl"] <= p["kl_linear"] + tol
-        assert p["kl"] == pytest.approx((p["kl_linear"] * p["kl_dephased"]) ** 0.5)
+    assert_band_properties(pts, cl)
     if cl["cliff"] is not None and cl.get("model_interval") is not None:
         lo, hi = cl["model_interval"]
         assert {lo, hi} == {cl["cliff_linear"], cl["cliff_dephased"]} and lo - 1e-9 <= cl["cliff"] <= hi + 1e-9
         assert cl["cliff_dephased"] <= cl["cliff_linear"] + 1e-9  # bits: fewer bits before KL reaches 1 nat
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(a=st.floats(1e-6, 1e3), b=st.floats(1e-6, 1e3), up=st.floats(1.0, 10.0))
+def test_blend_lies_between_the_edges_and_follows_them(a, b, up):
+    """The point estimate, whatever weight w picks it: between its two closures, each edge at
+    its end (w = 0 linear, 1 dephased), never lower when either edge rises, zero where the
+    linear change is zero, and in the same units (scaling both scales it)."""
+    from hemorrhage.sim.predict import ESTIMATES, blend
+
+    for w in ESTIMATES.values():
+        c = float(blend(a, b, w))
+        assert min(a, b) * (1 - 1e-9) <= c <= max(a, b) * (1 + 1e-9)
+        assert float(blend(a * up, b, w)) >= c * (1 - 1e-9) and float(blend(a, b * up, w)) >= c * (1 - 1e-9)
+        assert float(blend(a * up, b * up, w)) == pytest.approx(c * up, rel=1e-9)
+        assert float(blend(0.0, b, w)) == 0.0
+    assert float(blend(a, b, 0.0)) == a and float(blend(a, b, 1.0)) == pytest.approx(b, rel=1e-12)
+    if abs(a - b) > 1e-6 * max(a, b):  # the centre is neither edge: strictly inside the band
+        assert min(a, b) < float(blend(a, b, ESTIMATES["centre"])) < max(a, b)
 
 
 def test_bad_input_is_one_line(capsys):

@@ -1,6 +1,7 @@
 """The packaged real checkpoints: JAX equals transformers' PyTorch, and the main job runs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +46,8 @@ def test_hierarchy_main_job(capsys, tmp_path, smollm2):
 
     df = pd.read_csv(out["table"])
     assert set(["model", "method", "setting", "layer", "cos_h", "cos_z", "cos_p", "kl"]) <= set(df.columns)
-    assert (tmp_path / "f").glob("*.png") and open(out["figure"], "rb").read(4) == b"\x89PNG"
+    figure = Path(out["figure"])
+    assert list((tmp_path / "f").glob("*.png")) == [figure] and figure.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_generate_command(capsys, smollm2):
@@ -63,6 +65,6 @@ def test_registry_entries_are_pinned_and_whole():
     assert DEFAULT_MODEL in MODELS and len(MODELS) >= 3
     for e in MODELS.values():
         assert len(e.packages) == len(e.members) >= 1, e.name
-        assert all("==" in p for p in e.packages), e.name
+        assert all("==" in p.spec and p.sha256 for p in e.packages), e.name
         assert len(e.sha256) == 64 and int(e.sha256, 16) > 0, e.name
         assert "GGUF" in e.base_note, e.name

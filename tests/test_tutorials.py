@@ -61,5 +61,9 @@ def test_first_tutorial_then_every_experiment_on_its_sweep(tmp_path):
     assert verdicts["mc_vs_generation"]["settings"] == 2
     for name in ("mc_vs_generation", "compounding", "seed000"):  # real rows carry what these read
         v = verdicts[name]
-        assert v["holds"] in (True, False, None) and Path(v["figure"]).is_file(), (name, v["summary"])
+        # 60 % magnitude collapses SmolLM2's generation (its 1-nat crossing is at 0.34), so each
+        # claim is tested here: a verdict, not "NOT TESTED", with its evidence and figure
+        assert isinstance(v["holds"], bool) and v["evidence"], (name, v["summary"])
+        assert v["summary"].startswith("HOLDS" if v["holds"] else "DOES NOT HOLD"), (name, v["summary"])
+        assert Path(v["figure"]).is_file() and Path(v["table"]).is_file(), (name, v["summary"])
     assert verdicts["compounding"]["evidence"]["identity_match_mean"] >= 0.5  # KV-cache decode = full forward

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- 2. predict
     pred = predict(loaded, grid, cfg)
-    print(f"[predict] {len(grid)} settings predicted in {pred['seconds']:.1f} s from the base alone")
+    print(f"[predict] {len(grid)} settings predicted in {pred['timings']['seconds']:.1f} s from the base alone")
     for c in pred["cliffs"]:
         where = "beyond the grid" if c["cliff"] is None else f"{c['cliff']:.3g}"
         print(f"  cliff of {c['family']}: KL crosses 1 nat at {c['axis']} {where}")

@@ -12,12 +12,16 @@ def mean(x) -> float:
 
 
 def kl_rows(logp: np.ndarray, logq: np.ndarray) -> np.ndarray:
-    """KL(p ‖ q) per row from log-probabilities (float64; 0·log 0 = 0)."""
+    """KL(p ‖ q) per row from log-probabilities (float64; 0·log 0 = 0).
+
+    NaN for a row whose reference log p holds a NaN or +inf: p is then no distribution, and
+    skipping its NaN terms (NaN > 0 is false) would sum nothing and report a KL of 0."""
     logp, logq = logp.astype(np.float64), logq.astype(np.float64)
     p = np.exp(logp)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         terms = np.where(p > 0, p * (logp - logq), 0.0)
-    return terms.sum(-1)
+    bad_ref = np.any(np.isnan(logp) | (logp == np.inf), -1)
+    return np.where(bad_ref, np.nan, terms.sum(-1))
 
 
 def log_softmax_rows(s: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ import numpy as np
 
 from hemorrhage.errors import UserError
 
-CACHE_FORMAT = 3  # 3: windows and MC questions start with BOS where the tokenizer does (sim.data.adds_bos)
+CACHE_FORMAT = 4  # 3: windows and MC questions start with BOS where the tokenizer does (sim.data.adds_bos);
+# 4: gen_finite, whether the base's generation logits were finite (validate.steps.decode_checked)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class BaseCache:
     gens: dict = field(default_factory=dict)  # strategy -> [K N] base continuations
     path_h: np.ndarray | None = None  # [K N d] base h_L along its greedy path (validate.steps)
     sparsity: dict = field(default_factory=dict)  # hoyer, gate_off per scored token [N]
+    gen_finite: dict = field(default_factory=dict)  # strategy -> [K N] bool: logits of each base token finite
 
     @property
     def targets(self) -> np.ndarray:
@@ -56,6 +58,7 @@ class BaseCache:
         arrays.update({f"mc_{k}": v for k, v in self.mc.items()})
         arrays.update({f"gen_{k}": v for k, v in self.gens.items()})
         arrays.update({f"sp_{k}": v for k, v in self.sparsity.items()})
+        arrays.update({f"gfin_{k}": v for k, v in self.gen_finite.items()})
         if self.prompts is not None:
             arrays["prompts"] = self.prompts
         if self.path_h is not None:
@@ -83,7 +86,7 @@ class BaseCache:
                 pick = lambda pre: {k[len(pre):]: z[k] for k in z.files if k.startswith(pre)}  # noqa: E731
                 return cls(config, head["meta"], z["tokens"], z["hs"], z["nll"], pick("mc_"),
                            z["prompts"] if "prompts" in z.files else None, pick("gen_"),
-                           z["path_h"] if "path_h" in z.files else None, pick("sp_"))
+                           z["path_h"] if "path_h" in z.files else None, pick("sp_"), pick("gfin_"))
         except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError):
             return None
 
@@ -97,7 +100,11 @@ def model_fingerprint(loaded) -> dict:
             st = f.stat()
             files.append([f.name, st.st_size, st.st_mtime_ns])
     digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
-    return {"model": str(loaded.name), "path": str(path.resolve()), "files": digest, "format": CACHE_FORMAT}
+    out = {"model": str(loaded.name), "path": str(path.resolve()), "files": digest, "format": CACHE_FORMAT}
+    dtype = getattr(loaded, "dtype", "float32")
+    if dtype != "float32":  # the same weights run in bf16/fp16 are another base (fp32 caches stay valid)
+        out["dtype"] = dtype
+    return out
 
 
 def scored_trace(model, tokens, all_layers: bool) -> tuple[np.ndarray, dict]:
@@ -135,7 +142,7 @@ def compute_base(loaded, config) -> BaseCache:
     from hemorrhage.sim.data import eval_windows
     from hemorrhage.validate import measure_jit as mj
     from hemorrhage.validate.mc import choice_scores, mc_inputs
-    from hemorrhage.validate.steps import decode, path_hidden
+    from hemorrhage.validate.steps import decode_checked, path_hidden
 
     max_pos = int(getattr(loaded.cfg, "max_positions", 1 << 30))
     if config.seqlen > max_pos or (config.prompts and config.prompt_len + config.new_tokens > max_pos):
@@ -150,12 +157,14 @@ def compute_base(loaded, config) -> BaseCache:
     if mc:
         mc["scores"], mc["ans_logp"] = choice_scores(model, mc)
     prompts = prompts_for(loaded, config)
-    gens, path_h = {}, None
+    gens, gen_finite, path_h = {}, {}, None
     if prompts is not None:
-        gens = {s: decode(model, prompts, config.new_tokens, s, config.gen_seed) for s in config.strategies}
+        for s in config.strategies:
+            gens[s], gen_finite[s] = decode_checked(model, prompts, config.new_tokens, s, config.gen_seed)
         if config.steps:
             path_h = path_hidden(model, prompts, gens["greedy"])
-    return BaseCache(config, model_fingerprint(loaded), tokens, hs, nll, mc, prompts, gens, path_h, sparsity)
+    return BaseCache(config, model_fingerprint(loaded), tokens, hs, nll, mc, prompts, gens, path_h, sparsity,
+                     gen_finite)
 
 
 _MEMO: dict = {}

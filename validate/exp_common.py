@@ -71,13 +71,18 @@ def rows_frame(rows):
     return df
 
 
+def num(x) -> float:
+    """A row's number as float; NaN for a metric that was not computable (null) or is absent."""
+    return math.nan if x is None else float(x)
+
+
 def finite(x) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
 
 
 def write_table(df, results: Path, stem: str) -> Path:
-    from hemorrhage.sim.fetch import atomic_write_text
+    from hemorrhage.sim.outputs import atomic_write_text
 
     path = Path(results) / f"{stem}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hemorrhage.validate.exp_common import finite, identity, records, spread_pick, theme, verdict, write_table
+from hemorrhage.validate.exp_common import finite, identity, num, records, spread_pick, theme, verdict, write_table
 
 KL_JUMP, CURVE_ERR = 2.0, 0.15
 
@@ -86,7 +86,7 @@ def compounding_frames(rows):
         with np.errstate(invalid="ignore", divide="ignore"):
             jump = float(np.nanmean(klf[after]) / np.nanmean(kl[after])) if after.any() else math.nan
         row = {"model": model, "method": method, "setting": setting, "label": f"{method} {setting}",
-               "kl": float(r.get("kl", math.nan)), "prompts": K, "steps": N, "sigma": pred["sigma"],
+               "kl": num(r.get("kl")), "prompts": K, "steps": N, "sigma": pred["sigma"],
                "mu": pred["mu"], "first_div_meas": float(np.minimum(first, N).mean()),
                "tf_agreement_meas": float((~flip).mean()),
                "identity_match": float(np.mean(np.minimum(first, N) == np.where(flip.any(1), flip.argmax(1), N))),

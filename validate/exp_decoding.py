@@ -16,12 +16,11 @@ the spreads are reported.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
-from hemorrhage.validate.exp_common import finite, identity, records, theme, verdict, write_table
+from hemorrhage.validate.exp_common import finite, identity, num, records, theme, verdict, write_table
 
 ALIGNED = ("smollm2-135m",)  # SmolLM2-135M-Instruct; gemma3-270m and the control are base models
 METRICS = ("gen_prefix_agreement", "gen_token_agreement", "first_divergence_mean")
@@ -39,7 +38,7 @@ def decoding_frame(rows):
         for name, m in st.items():
             out.append({"model": model, "aligned": model in ALIGNED or "instruct" in model.lower(), "method": method,
                         "setting": setting, "label": f"{method} {setting}", "strategy": name,
-                        "kl": float(r.get("kl", math.nan)), **{k: float(m.get(k, math.nan)) for k in METRICS}})
+                        "kl": num(r.get("kl")), **{k: num(m.get(k)) for k in METRICS}})
     return pd.DataFrame(out)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hemorrhage.validate.exp_common import finite, identity, records, spread_pick, theme, verdict, write_table
+from hemorrhage.validate.exp_common import finite, identity, num, records, spread_pick, theme, verdict, write_table
 
 RATIO_MIN, RHO_MIN, DAMAGED = 1.0, 0.1, 1e-3
 PRUNING = ("magnitude", "wanda", "sparsegpt", "owl")
@@ -52,7 +52,7 @@ def strata_frames(rows):
         g = lambda k: np.nan if rho.get(k) is None else float(rho[k])  # noqa: E731
         with np.errstate(divide="ignore", invalid="ignore"):
             summ.append({"model": model, "method": method, "setting": setting, "label": f"{method} {setting}",
-                         "kl": float(r.get("kl", math.nan)), "dnll_ratio": df.dnll.iloc[-1] / df.dnll.iloc[0],
+                         "kl": num(r.get("kl")), "dnll_ratio": df.dnll.iloc[-1] / df.dnll.iloc[0],
                          "kl_ratio": df.kl.iloc[-1] / df.kl.iloc[0], "rho_hoyer_base": g("hoyer_base"),
                          "rho_hoyer_comp": g("hoyer_comp"), "rho_gate_off_base": g("gate_off_base"),
                          "rho_kl": g("kl"), "rho_dnll": g("dnll"), "rho_hoyer_shift": g("hoyer_shift")})

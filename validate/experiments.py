@@ -51,7 +51,7 @@ def run_experiment(name: str, rows, results="results", figures="figures", stem="
 def run_all(rows, results="results", figures="figures", stem="sweep", log=print) -> dict[str, dict]:
     """Every experiment on the same rows; the verdicts are also written to
     results/verdicts_<stem>.json (atomically)."""
-    from hemorrhage.sim.fetch import atomic_write_text
+    from hemorrhage.sim.outputs import atomic_write_text
 
     out = {}
     for name in EXPERIMENTS:
@@ -127,7 +127,7 @@ def regenerate(results="results", figures="figures", log=print) -> list[str]:
         verdicts["models"] = run_all(allrows, results, figures, "models", log)
     written += [v["figure"] for vs in verdicts.values() for v in vs.values() if v["figure"]]
     if verdicts:
-        from hemorrhage.sim.fetch import atomic_write_text
+        from hemorrhage.sim.outputs import atomic_write_text
         from hemorrhage.validate.diagnose import stored_verdict
 
         diag = stored_verdict(results / "diagnose")

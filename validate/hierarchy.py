@@ -71,7 +71,7 @@ def verdict(df) -> dict:
 
 
 def write_table(df, out_dir: Path, stem: str) -> Path:
-    from hemorrhage.sim.fetch import atomic_write_text
+    from hemorrhage.sim.outputs import atomic_write_text
 
     path = Path(out_dir) / f"{stem}.csv"
     atomic_write_text(path, df.to_csv(index=False))

@@ -126,24 +126,39 @@ def choice_scores(model, mc: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mc_metrics(mc: dict, task_names, s_c: np.ndarray, ans_c: np.ndarray) -> dict:
-    """Agreement, accuracy and the subspace vs full KL of compressed scores s_c against the base's."""
+    """Agreement, accuracy and the subspace vs full KL of compressed scores s_c against the base's.
+
+    An item whose compressed scores are not finite counts as disagreeing and wrong (the model
+    gave no valid answer); an item whose BASE scores are not finite has no reference, so
+    agreement, the base's accuracy and the KLs are not computable (null + reason,
+    validate.computable) wherever such an item is included."""
+    from hemorrhage.validate.computable import count_reason, null_nans
+
     s_b, valid, answer = mc["scores"], mc["valid"], mc["answer"]
-    ok_c = np.all(np.isfinite(np.where(valid, s_c, 0.0)), -1)
+    finite_rows = lambda s, a: (np.all(np.isfinite(np.where(valid, s, 0.0)), -1)  # noqa: E731
+                                & np.all(np.isfinite(a), -1))
+    ok_b, ok_c = finite_rows(s_b, mc["ans_logp"]), finite_rows(s_c, ans_c)
     pred_b = np.argmax(s_b, -1)
     pred_c = np.where(ok_c, np.argmax(np.where(ok_c[:, None], s_c, 0.0), -1), -1)
+    agree = np.where(ok_b, pred_b == pred_c, np.nan)  # argmax of NaN base scores is 0: not an answer
+    right_b = np.where(ok_b, pred_b == answer, np.nan)
     kl_choices = kl_rows(log_softmax_rows(s_b), log_softmax_rows(np.where(valid, s_c, -np.inf)))
     kl_full = kl_rows(mc["ans_logp"], ans_c)
 
     def summary(sel) -> dict:
-        return {"items": int(sel.sum()), "chance": mean(1.0 / valid[sel].sum(-1)),
-                "agreement": mean(pred_b[sel] == pred_c[sel]),
-                "acc_base": mean(pred_b[sel] == answer[sel]), "acc": mean(pred_c[sel] == answer[sel]),
-                "kl_choices": mean(kl_choices[sel]), "kl_full": mean(kl_full[sel])}
+        out = {"items": int(sel.sum()), "chance": mean(1.0 / valid[sel].sum(-1)),
+               "agreement": mean(agree[sel]), "acc_base": mean(right_b[sel]), "acc": mean(pred_c[sel] == answer[sel]),
+               "kl_choices": mean(kl_choices[sel]), "kl_full": mean(kl_full[sel])}
+        why = count_reason("MC choice scores or answer-position logits", int((~ok_b[sel]).sum()),
+                           int((~ok_c[sel]).sum()), int(sel.sum()), "items")
+        return null_nans(out, ("agreement", "acc_base", "kl_choices", "kl_full"), why)
 
     allv = summary(np.ones(len(answer), bool))
     out = {"mc_items": allv["items"], "mc_agreement": allv["agreement"], "mc_acc_base": allv["acc_base"],
            "mc_acc": allv["acc"], "mc_kl_choices": allv["kl_choices"], "mc_kl_full": allv["kl_full"],
            "mc_nonfinite_items": int((~ok_c).sum())}
+    if allv.get("not_computable"):
+        out["not_computable"] = {f"mc_{k}": v for k, v in allv["not_computable"].items()}
     out["mc_by_task"] = {name: summary(mc["task"] == t) for t, name in enumerate(task_names)
                          if (mc["task"] == t).any()}
     return out

@@ -20,6 +20,16 @@ scored positions ("tokens" below).
     kl               mean over the N positions of KL(p ‖ q) at the final layer, p base, q
                      compressed next-token distributions (full vocabulary)
     top1_agreement   share of the N positions where argmax p = argmax q
+    distributions    over the same N positions, as llama.cpp's --kl-divergence prints them
+                     (validate/token_stats.py: definitions, percentile rule): kl_stderr (s/√N),
+                     kl_median, kl_p999 / p99 / p95 / p90 / p10 / p05 / p01 / p001 (99.9 % … 0.1 %,
+                     linear interpolation), kl_max, kl_min; kl_reverse = mean KL(q ‖ p) with the
+                     same kl_reverse_* set; top1_stderr (binomial, sqrt(t(1−t)/(N−1)));
+                     delta_p_mean, delta_p_stderr, delta_p_* percentiles (also p75, p25), max, min:
+                     Δp = q(target) − p(target); delta_p_rms = sqrt(mean Δp²) ± delta_p_rms_stderr;
+                     ln_ppl_ratio = ln(ppl/ppl_base) ± ln_ppl_ratio_stderr (of the per-token NLL
+                     difference); ppl_stderr, ppl_base_stderr = ppl·se(NLL).  Per-token values
+                     in fp32, reductions in float64; null + reason where a token is NaN
     cos_h            mean cos(h_L, h_L + Δh_L), h_L the last residual (input of the final norm)
     cos_z, cos_p     mean cos of the logits z and of the probabilities p
     var_p_dz         mean Var_{i∼p}(Δz_i), Δz = z_compressed − z_base;  kl_pred = var_p_dz / 2
@@ -76,8 +86,15 @@ not special: raw token ids are compared).
 
 Collapse: NaN/inf are results, never errors.  `collapsed` is true when the compressed
 model's scored logits, NLL or MC scores are not all finite (`nonfinite_tokens` counts the
-positions); the numbers keep their NaN/inf (the JSON is written with allow_nan, so NaN and
-Infinity appear literally) and `notes` says which ones are affected and why.
+positions) and `notes` says which numbers are affected and why.  A metric that could not be
+computed is null, never a perfect score, with its reason in the same object's
+`not_computable` (validate/computable.py): a scalar mean that came out NaN; every comparison
+with a BASE whose logits are not finite (argmax of NaN is token 0 on both sides, which would
+read as top-1 agreement 1 and identical continuations).  Where only the compressed model's
+logits are not finite, top-1, MC and generation agreement count those positions as
+disagreeing (it made no valid prediction there).  inf stays inf where it is the value (a KL
+with q = 0 where p > 0; ppl of a mean NLL > 709; the JSON is written with allow_nan, so
+Infinity and the NaN inside per-layer / per-step arrays appear literally).
 
 Base-only quantities (the base's residuals on the windows, its NLL, MC scores and answer-
 position log-probabilities, its generations and greedy path) live in a `BaseCache`
@@ -97,10 +114,18 @@ import numpy as np
 from hemorrhage.errors import UserError
 from hemorrhage.validate.arrays import mean
 from hemorrhage.validate.base_phase import BaseCache, base_cache, compute_base, model_fingerprint  # noqa: F401
+from hemorrhage.validate.computable import KEY as NC
+from hemorrhage.validate.computable import count_reason, null_nans
+from hemorrhage.validate.token_stats import stat_keys, token_statistics
 
 # per-layer metrics kept in sweep rows: all of them (exp 1 reads them from the sweep)
 ROW_PER_LAYER = ("cos_h", "cos_z", "cos_p", "kl", "kl_pred", "var_p", "var_r", "top1", "one_minus_cos_h_pred",
                  "one_minus_cos_z_pred", "one_minus_cos_p_pred")
+# the final-layer token means: null + reason (validate.computable) where they come out NaN
+TOKEN_KEYS = ("nll_base", "nll", "ppl_base", "ppl", "kl", "kl_pred", "var_p_dz", "var_r_dz", "top1_agreement",
+              "cos_h", "cos_z", "cos_p")
+# their distributions over the tokens, as llama.cpp prints them (validate/token_stats.py)
+STAT_KEYS = stat_keys()
 
 
 @dataclass(frozen=True)
@@ -180,9 +205,11 @@ def measure(loaded, comp_model, base: BaseCache, record: dict | None = None) -> 
 
     out: dict = {"model": str(loaded.name), "base_note": getattr(loaded, "base_note", "")}
     if record is not None:
+        from hemorrhage.sim.timings import without_timings
+
         out["method"] = record.get("method")
         out["settings"] = record.get("settings")
-        out["record"] = {k: v for k, v in record.items() if k != "seconds"}  # timings break determinism
+        out["record"] = without_timings(record)  # wall-clock numbers would break determinism
     out["config"] = config.as_dict()
     out.update(nll_base=mean(nll_b), nll=mean(nll_c))
     with np.errstate(over="ignore", invalid="ignore"):
@@ -190,16 +217,26 @@ def measure(loaded, comp_model, base: BaseCache, record: dict | None = None) -> 
     out.update(kl=mean(tok["kl"]), kl_pred=mean(tok["var_p"]) / 2, var_p_dz=mean(tok["var_p"]),
                var_r_dz=mean(tok["var_r"]), top1_agreement=mean(tok["top1"]), cos_h=mean(tok["cos_h"]),
                cos_z=mean(tok["cos_z"]), cos_p=mean(tok["cos_p"]))
+    # llama.cpp's distribution statistics, from the same per-token arrays (no other forward)
+    out.update(token_statistics(tok["kl"], tok["kl_reverse"], tok["top1"], nll_b, nll_c))
     bad_tok = ~(np.isfinite(nll_c) & np.isfinite(tok["kl"]) & np.isfinite(tok["cos_z"]))
     out["nonfinite_tokens"] = int(bad_tok.sum())
+    why = count_reason("logits", int((tok["finite_b"] < 0.5).sum()), int((tok["finite_c"] < 0.5).sum()),
+                       len(nll_c), "scored positions")
+    if len(nll_c) < 2:
+        null_nans(out, [k for k in STAT_KEYS if k.endswith("_stderr")], "one scored position: no standard error")
+    null_nans(out, TOKEN_KEYS + STAT_KEYS, why)
+    nc = out.pop(NC, {})
 
     if base.mc:
         from hemorrhage.validate.mc import choice_scores, mc_metrics
 
         s_c, ans_c = choice_scores(comp_model, base.mc)
         out.update(mc_metrics(base.mc, config.mc_tasks, s_c, ans_c))
+        nc.update(out.pop(NC, {}))
     if base.prompts is not None:
         out.update(_generation(loaded.model, comp_model, base))
+        nc.update(out.pop(NC, {}))
     if config.strata_bins:
         from hemorrhage.validate.strata import strata
 
@@ -207,12 +244,17 @@ def measure(loaded, comp_model, base: BaseCache, record: dict | None = None) -> 
                                 "top1": tok["top1"], "hoyer_base": base.sparsity["hoyer"],
                                 "hoyer_comp": sparsity_c["hoyer"], "gate_off_base": base.sparsity["gate_off"],
                                 "gate_off_comp": sparsity_c["gate_off"]}, config.strata_bins)
+        if not np.isfinite(nll_b).all():  # the bins are quantiles of the base's NLL
+            nc["strata"] = f"binned by the base's NLL, which is not finite everywhere ({why})"
     if config.per_layer:
         from hemorrhage.validate.metrics import per_layer
 
         pl = per_layer(loaded.model, comp_model, jnp.asarray(base.hs), jnp.asarray(hs_c),
                        chunk=mj.chunk_size(hb.shape[0], 256))
         out["per_layer"] = {k: [float(x) for x in np.asarray(v)] for k, v in sorted(pl.items())}
+        if any(math.isnan(x) for v in out["per_layer"].values() for x in v):
+            nc["per_layer"] = f"NaN where a layer's lens could not be compared ({why})"
+    out[NC] = nc
     out["notes"] = _notes(out, len(nll_c))
     out["collapsed"] = bool(out["nonfinite_tokens"] or out.get("mc_nonfinite_items", 0))
     return out
@@ -221,13 +263,15 @@ def measure(loaded, comp_model, base: BaseCache, record: dict | None = None) -> 
 def _generation(base_model, comp_model, base: BaseCache) -> dict:
     """Greedy generation metrics at the top level, every strategy under `strategies`, and the
     step-by-step section along the base's greedy path."""
-    from hemorrhage.validate.steps import decode, gen_metrics, step_metrics, steps_summary
+    from hemorrhage.validate.steps import decode_checked, gen_metrics, step_metrics, steps_summary
 
     config = base.config
-    gens = {s: decode(comp_model, base.prompts, config.new_tokens, s, config.gen_seed) for s in config.strategies}
-    out = gen_metrics(base.gens["greedy"], gens["greedy"])
+    gens, ok = {}, {}
+    for s in config.strategies:
+        gens[s], ok[s] = decode_checked(comp_model, base.prompts, config.new_tokens, s, config.gen_seed)
+    out = gen_metrics(base.gens["greedy"], gens["greedy"], base.gen_finite.get("greedy"), ok["greedy"])
     if len(config.strategies) > 1:
-        out["strategies"] = {s: gen_metrics(base.gens[s], g) for s, g in gens.items()}
+        out["strategies"] = {s: gen_metrics(base.gens[s], g, base.gen_finite.get(s), ok[s]) for s, g in gens.items()}
     if config.steps and base.path_h is not None:
         per = step_metrics(base_model, comp_model, base.path_h, base.prompts, base.gens["greedy"], gens["greedy"])
         out["steps"] = steps_summary(per, out["first_divergence"])
@@ -239,14 +283,15 @@ def _notes(out: dict, n_scored: int) -> list[str]:
     if out["nonfinite_tokens"]:
         notes.append(f"the compressed model gives NaN/inf logits or NLL at {out['nonfinite_tokens']} of "
                      f"{n_scored} scored positions: ppl, kl, cos_* and var_* are averaged over them as "
-                     f"computed, so they are NaN or inf (a collapsed model; a result, not an error)")
+                     f"computed (inf stays inf; NaN is null, see not_computable), and top-1 counts them as "
+                     f"disagreeing (a collapsed model; a result, not an error)")
     if out.get("mc_nonfinite_items"):
         notes.append(f"{out['mc_nonfinite_items']} MC items have NaN/inf choice scores under the compressed "
-                     f"model: they count as disagreeing and wrong; mc_kl_* are NaN there")
-    if not math.isfinite(out["ppl"]) and not out["nonfinite_tokens"]:
+                     f"model: they count as disagreeing and wrong; mc_kl_* are not computable there")
+    if out["ppl"] is not None and not math.isfinite(out["ppl"]) and not out["nonfinite_tokens"]:
         notes.append("ppl overflows float64 (mean NLL > 709): inf")
-    if not math.isfinite(out["ppl_base"]):
-        notes.append("the BASE model is not finite on these windows")
+    if out["ppl_base"] is None or not math.isfinite(out["ppl_base"]):
+        notes.append("the BASE model is not finite on these windows: every comparison with it is not computable")
     return notes
 
 

@@ -2,7 +2,8 @@
 
     chunked(fn, n, chunk, *arrays)   fn on `chunk` rows at a time (lax.map), dict of [n]
     nll(model, h, targets)           −log p(target) from final residuals h [n d]
-    final(base, comp, hb, hc)        validate.metrics' per-token comparison at the last layer
+    final(base, comp, hb, hc)        validate.metrics.compare_final at the last layer (fp32), with
+                                     finite_b / finite_c: 1 where base / compressed logits are all finite
 """
 
 from __future__ import annotations
@@ -33,17 +34,23 @@ def _nll_impl(model, h, targets, chunk: int = 128):
     import jax.numpy as jnp
 
     def one(hc, tc):
-        lp = jax.nn.log_softmax(model.unembed(hc))
+        lp = jax.nn.log_softmax(model.unembed(hc).astype(jnp.float32))  # per-token NLL in fp32
         return {"nll": -jnp.take_along_axis(lp, tc[:, None], axis=-1)[:, 0]}
 
     return chunked(one, h.shape[0], chunk, h, targets)["nll"]
 
 
 def _final_impl(base, comp, hb, hc, chunk: int = 128):
-    from hemorrhage.validate.metrics import compare_hidden, compare_logits
+    from hemorrhage.validate.metrics import compare_final, compare_hidden
+
+    import jax.numpy as jnp
 
     def one(xb, xc):
-        return {**compare_hidden(xb, xc), **compare_logits(base.unembed(xb), comp.unembed(xc))}
+        zb, zc = base.unembed(xb), comp.unembed(xc)
+        # which positions have finite logits on each side: the reasons a metric is not computable
+        fin = {"finite_b": jnp.all(jnp.isfinite(zb), -1).astype(jnp.float32),
+               "finite_c": jnp.all(jnp.isfinite(zc), -1).astype(jnp.float32)}
+        return {**compare_hidden(xb, xc), **compare_final(zb, zc), **fin}
 
     return chunked(one, hb.shape[0], chunk, hb, hc)
 

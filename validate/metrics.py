@@ -8,7 +8,8 @@ Notation (seeds): base h, z, p; compressed h + Δh, z + Δz, q; T = 1.
     one_minus_cos_p_pred = var_r/2 Theorem 2
     one_minus_cos_h_pred = ‖Δh⊥‖²/(2‖h‖²)  Theorem 1 (Taylor cosine)
     one_minus_cos_z_pred = ‖Δz⊥‖²/(2‖z‖²)  Theorem 1 applied to the logits
-NaN/inf from a collapsed model propagate into the numbers: they are results.
+NaN/inf from a collapsed model propagate into the numbers: they are results.  top1 is the
+exception that needs care, since argmax of NaN logits is 0 (see `top1_agreement`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from hemorrhage.theory.cosine import cos_sim, one_minus_cos_taylor
-from hemorrhage.theory.softmax import cosine_pq, kl_exact, var_p, var_r
+from hemorrhage.theory.softmax import cosine_pq, kl_exact, reverse_kl_exact, var_p, var_r
 
 
 def compare_logits(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str, Float[Array, "N"]]:
@@ -36,8 +37,25 @@ def compare_logits(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str
         "var_r": vr,
         "kl_pred": vp / 2.0,
         "one_minus_cos_p_pred": vr / 2.0,
-        "top1": (jnp.argmax(z, -1) == jnp.argmax(z_c, -1)).astype(jnp.float32),
+        "top1": top1_agreement(z, z_c),
     }
+
+
+def compare_final(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str, Float[Array, "N"]]:
+    """`compare_logits` plus KL(q ‖ p) per token, all in fp32 whatever the models' dtype: the
+    per-token arrays measure's statistics (validate/token_stats.py) are drawn from.  Only at
+    the final layer: the per-layer lens does not need the reverse KL."""
+    z, z_c = z.astype(jnp.float32), z_c.astype(jnp.float32)
+    return {**compare_logits(z, z_c), "kl_reverse": reverse_kl_exact(z, z_c - z)}
+
+
+def top1_agreement(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> Float[Array, "N"]:
+    """1 where argmax z = argmax z_c; 0 where the compressed logits are not all finite (it gives no
+    valid prediction there: an argmax of NaN is index 0 and would match a base whose argmax is 0);
+    NaN where the base's logits are not all finite (no reference: not computable)."""
+    fin_b, fin_c = jnp.all(jnp.isfinite(z), -1), jnp.all(jnp.isfinite(z_c), -1)
+    same = (jnp.argmax(z, -1) == jnp.argmax(z_c, -1)) & fin_c
+    return jnp.where(fin_b, same.astype(jnp.float32), jnp.nan)
 
 
 def compare_hidden(h: Float[Array, "N d"], h_c: Float[Array, "N d"]) -> dict[str, Float[Array, "N"]]:

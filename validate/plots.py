@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -13,12 +11,11 @@ matplotlib.use("Agg")  # files only, never a window
 
 def save(fig, path: Path) -> Path:
     """Atomic: a killed run never leaves a half-written PNG."""
+    from hemorrhage.sim.outputs import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:  # fsynced, umask permissions (not mkstemp's 0600)
+        fig.savefig(tmp, dpi=130, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

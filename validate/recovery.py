@@ -98,7 +98,7 @@ def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps
                 row["base_note"] = loaded.base_note
                 rows.append(row)
             if table is not None:
-                from hemorrhage.sim.fetch import atomic_write_text
+                from hemorrhage.sim.outputs import atomic_write_text
 
                 atomic_write_text(Path(table), pd.DataFrame(rows).to_csv(index=False))
             if log:
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
                       seqlen=args.seqlen, prompts=args.prompts, new_tokens=args.new_tokens,
                       table=None if args.fresh else out / "recovery.csv", log=log)
     df = df[df.model.isin(args.models) & df.setting.isin([label(m, st) for m, st in settings])]
-    from hemorrhage.sim.fetch import atomic_write_text
+    from hemorrhage.sim.outputs import atomic_write_text
 
     atomic_write_text(out / "recovery.csv", df.to_csv(index=False))
     summ = summary(df)

@@ -70,29 +70,52 @@ def parse_strategy(name: str) -> dict:
 
 def decode(model, prompts, n: int, strategy: str = "greedy", seed: int = 0) -> np.ndarray:
     """[K N] continuation of each prompt under `strategy` (module docstring)."""
-    from hemorrhage.sim.generate import beam_search, generate
+    return decode_checked(model, prompts, n, strategy, seed)[0]
 
+
+def decode_checked(model, prompts, n: int, strategy: str = "greedy", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """([K N] continuation, [K N] bool: were the logits each token came from finite).  A beam
+    search knows only its final score: a non-finite score marks the whole row."""
+    from hemorrhage.sim.generate import beam_search, generate_checked
     from hemorrhage.sim.shard import on_active_mesh
 
     s = parse_strategy(strategy)
     prompts = on_active_mesh(prompts)
-    if s["kind"] == "greedy":
-        out = generate(model, prompts, n)
-    elif s["kind"] == "sample":
-        out = generate(model, prompts, n, temperature=s["temperature"], top_p=s["top_p"], seed=seed)
+    if s["kind"] == "beam":
+        out, score = beam_search(model, prompts, n, beams=s["beams"])
+        fin = np.broadcast_to(np.isfinite(np.asarray(score))[:, None], out.shape)
     else:
-        out = beam_search(model, prompts, n, beams=s["beams"])[0]
-    return np.asarray(out, np.int32)
+        kw = {} if s["kind"] == "greedy" else {"temperature": s["temperature"], "top_p": s["top_p"], "seed": seed}
+        out, fin = generate_checked(model, prompts, n, **kw)
+    return np.asarray(out, np.int32), np.array(fin, bool)
 
 
-def gen_metrics(gen_b: np.ndarray, gen_c: np.ndarray) -> dict:
-    """First divergence and agreement of two [K N] continuations of the same prompts."""
+GEN_KEYS = ("first_divergence", "first_divergence_mean", "gen_prefix_agreement", "gen_token_agreement",
+            "gen_identical")
+
+
+def gen_metrics(gen_b: np.ndarray, gen_c: np.ndarray, ok_b: np.ndarray | None = None,
+                ok_c: np.ndarray | None = None) -> dict:
+    """First divergence and agreement of two [K N] continuations of the same prompts.
+
+    ok_b, ok_c [K N]: whether each token came from finite logits.  A compressed token that did
+    not is no prediction, so it differs from the base's (the two diverge there); where the
+    BASE's logits were not finite there is no reference and every metric is null + reason
+    (validate.computable), even though both sides then emit token 0 and look identical."""
+    from hemorrhage.validate.computable import count_reason, mark
+
     K, N = gen_b.shape
     diff = gen_b != gen_c
+    if ok_c is not None:
+        diff = diff | ~ok_c
     first = np.where(diff.any(-1), diff.argmax(-1), N)
-    return {"first_divergence": [int(x) for x in first], "first_divergence_mean": mean(first),
-            "gen_prefix_agreement": mean(first) / N, "gen_token_agreement": mean(~diff),
-            "gen_identical": mean(first == N), "new_tokens": int(N), "prompts": int(K)}
+    out = {"first_divergence": [int(x) for x in first], "first_divergence_mean": mean(first),
+           "gen_prefix_agreement": mean(first) / N, "gen_token_agreement": mean(~diff),
+           "gen_identical": mean(first == N), "new_tokens": int(N), "prompts": int(K)}
+    if ok_b is not None and not ok_b.all():
+        bad_c = 0 if ok_c is None else int((~ok_c.all(-1)).sum())
+        mark(out, GEN_KEYS, count_reason("generation logits", int((~ok_b.all(-1)).sum()), bad_c, K, "prompts"))
+    return out
 
 
 # ------------------------------------------------------------------ teacher forcing -----
@@ -127,8 +150,12 @@ def _step_rows(base, comp, hb, hc, hf, a, chunk: int):
         bt = jnp.argmax(other, axis=-1)
         dz = zc - zb
         pick = lambda x, i: jnp.take_along_axis(x, i[:, None], axis=-1)[:, 0]  # noqa: E731
+        # a compressed step with non-finite logits leaves the path (its argmax, 0, is no choice);
+        # a base step with non-finite logits has no path to leave: NaN, not computable
+        fin_b, fin_c = jnp.all(jnp.isfinite(zb), -1), jnp.all(jnp.isfinite(zc), -1)
+        flip = jnp.where(fin_c, jnp.argmax(zc, axis=-1) != at, True).astype(jnp.float32)
         out.update(margin=za - pick(zb, bt), dpair=pick(dz, at) - pick(dz, bt),
-                   flip=(jnp.argmax(zc, axis=-1) != at).astype(jnp.float32),
+                   flip=jnp.where(fin_b, flip, jnp.nan),
                    kl_free=kl_exact(zb, comp.unembed(xf) - zb))
         return out
 
@@ -148,11 +175,15 @@ def step_metrics(base, comp, h_base: np.ndarray, prompts: np.ndarray, gen_b: np.
 
 
 def steps_summary(per: dict, first_divergence) -> dict:
-    """The row's `steps` section: per-step means, per-prompt arrays for exp 3, the identity check."""
+    """The row's `steps` section: per-step means, per-prompt arrays for exp 3, the identity check.
+
+    Where the base's logits along its path are not finite (flip is NaN) the flips and the
+    check are null + reason (validate.computable); the per-step arrays keep their NaN."""
     from hemorrhage.validate.arrays import rounded
+    from hemorrhage.validate.computable import count_reason, mark
 
     flip = per["flip"] > 0.5
-    N = flip.shape[1]
+    K, N = flip.shape
     tf_first = np.where(flip.any(-1), flip.argmax(-1), N)
     out = {"mean": {k: rounded(np.mean(per[k], 0)) for k in PER_STEP if k in per},
            "per_prompt": {k: rounded(per[k], 4) for k in PER_PROMPT},  # 4 digits: a sweep file stays small
@@ -160,4 +191,8 @@ def steps_summary(per: dict, first_divergence) -> dict:
            "tf_agreement": mean(~flip)}
     if first_divergence is not None:
         out["tf_first_flip_matches_free_running"] = mean(tf_first == np.asarray(first_divergence))
+    bad = np.isnan(per["flip"]).any(-1)
+    if bad.any():
+        mark(out, ("tf_first_flip", "tf_agreement", "tf_first_flip_matches_free_running"),
+             count_reason("logits along the base's path", int(bad.sum()), 0, K, "prompts"))
     return out

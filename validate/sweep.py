@@ -24,7 +24,8 @@ compressed from the base and measured against the cached base.
 Output and resume.  `--out` is JSON Lines: one row per finished setting, written as ONE
 write() of the whole line, then flush + fsync, in grid order.  Each row carries `key` =
 [model, method, grid settings] (canonical JSON).  On start the file is read; a trailing
-line without its newline (a run killed mid-write) is cut off; rows whose key is in the grid
+line without its newline (a run killed mid-write) is cut off, only from a file proven to be a
+sweep file (validate/sweep_file.py: anything else is refused untouched); rows whose key is in the grid
 are done and skipped, so an interrupted sweep (even SIGKILL) reruns to exactly one row per
 setting.  Rows record the measurement config and calibration defaults; resuming with
 different ones is refused (a row set must be measured one way).  A row is everything
@@ -53,6 +54,7 @@ import sys
 from pathlib import Path
 
 from hemorrhage.errors import UserError
+from hemorrhage.validate.sweep_file import base_path_for, check_sweep_out, read_rows  # noqa: F401  (its format)
 
 CALIB_KEYS = ("calib_samples", "calib_seqlen", "seed", "calib_source")
 _CALIB_TYPES = {"calib_samples": int, "calib_seqlen": int, "seed": int, "calib_source": str}
@@ -158,29 +160,6 @@ def dumps_row(row: dict) -> str:
     return json.dumps(row, sort_keys=True, allow_nan=True, default=_jsonable, separators=(",", ":"))
 
 
-def read_rows(path: Path, *, repair: bool = True) -> list[dict]:
-    """The complete rows of a sweep file; a trailing partial line is cut off (when `repair`)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data) and repair:  # killed mid-write: drop the unfinished line
-        with open(path, "r+b") as f:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-    rows = []
-    for i, line in enumerate(data[:end].splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise UserError(f"{path}: line {i + 1} is not JSON; not a sweep file (or a damaged one)") from None
-    return rows
-
-
 def append_row(path: Path, row: dict, fd: int | None = None) -> None:
     """One row, one write() of the whole line, then fsync (through `fd` when given)."""
     path = Path(path)
@@ -228,12 +207,6 @@ def _lock(out: Path) -> int:
     return fd
 
 
-def base_path_for(out: Path) -> Path:
-    out = Path(out)
-    stem = out.name[:-len(out.suffix)] if out.suffix else out.name
-    return out.with_name(f"{stem}.base.npz")
-
-
 # ------------------------------------------------------------------ the run ------------
 
 def run_sweep(loaded, grid: list[tuple[str, dict]], config, out: Path, *, calib: dict | None = None,
@@ -248,12 +221,14 @@ def run_sweep(loaded, grid: list[tuple[str, dict]], config, out: Path, *, calib:
 
     log = log or (lambda msg: print(f"[sweep] {msg}", file=sys.stderr, flush=True))
     out = Path(out)
+    writer = shard.is_writer()  # multi-host: process 0 writes, the others only compute
+    if writer:
+        check_sweep_out(out)  # a file that is not a sweep's is never appended to or cut
     out.parent.mkdir(parents=True, exist_ok=True)
     calib = {k: v for k, v in (calib or {}).items() if v is not None}
     run_info = {"config": config.as_dict(), "calib": calib}
     if adds_bos(loaded.tokenizer):  # windows start with BOS (Gemma): rows measured before that are not reused
         run_info["bos"] = True
-    writer = shard.is_writer()  # multi-host: process 0 writes, the others only compute
     fd = _lock(out) if writer else None
     try:
         failed, n_done, n_todo, placement = _run_locked(loaded, grid, config, out, fd, calib, run_info, progress,
@@ -273,6 +248,7 @@ def run_sweep(loaded, grid: list[tuple[str, dict]], config, out: Path, *, calib:
 def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log, devices, mesh_shape):
     from tqdm import tqdm
 
+    from hemorrhage.validate.computable import show
     from hemorrhage.validate.measure import base_cache, row_view
     from hemorrhage.validate.sweep_workers import make_runner
 
@@ -317,8 +293,9 @@ def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log, d
                    **row_view(res)}
             if fd is not None:
                 append_row(out, row, fd)
-            tqdm.write(f"[sweep] {label}: kl {res['kl']:.4g}, top-1 {res['top1_agreement']:.3f}, "
-                       f"ppl {res['ppl']:.4g}" + (" COLLAPSED" if res["collapsed"] else ""), file=sys.stderr)
+            tqdm.write(f"[sweep] {label}: kl {show(res, 'kl')} ± {show(res, 'kl_stderr', '.2g')}, "
+                       f"top-1 {show(res, 'top1_agreement', '.3f')}, "
+                       f"ppl {show(res, 'ppl')}" + (" COLLAPSED" if res["collapsed"] else ""), file=sys.stderr)
             bar.update(1)
             if devices <= 1:  # with worker threads running, compiled programs are left alone
                 bound_memory(lambda m: tqdm.write(f"[sweep] {m}", file=sys.stderr))

@@ -13,12 +13,47 @@ def add_model(parser) -> None:
                         help=f"registry name or a local HF checkpoint folder (default {DEFAULT_MODEL})")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow loading pickle (.bin) weights; pickle can run arbitrary code")
+    # the names of sim.models.weights.DTYPES, spelled here so `-h` imports no JAX
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights and activations in this dtype (default auto: as the checkpoint stores "
+                             "them; the packaged models are fp32); softmax, KL, norms' statistics and every "
+                             "compression method's arithmetic stay fp32")
 
 
 def load_model(args):
     from hemorrhage.sim import load
 
-    return load(args.model, allow_pickle=getattr(args, "allow_pickle", False))
+    return load(args.model, allow_pickle=getattr(args, "allow_pickle", False), dtype=getattr(args, "dtype", "auto"))
+
+
+def add_overwrite(parser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder that holds files hemorrhage did not write: the files of the "
+                             "names hemorrhage writes (config.json, model.safetensors, ...) are replaced there, "
+                             "nothing else is touched")
+
+
+def check_export_out(args) -> None:
+    """--out of an exported checkpoint, checked before the model loads (sim.outputs): a
+    folder of the user's needs --overwrite; --out must not be the --model folder itself."""
+    from pathlib import Path
+
+    from hemorrhage.sim.compress.export import check_export_out as check
+
+    src = Path(args.model).expanduser()
+    check(src if src.is_dir() else None, args.out, overwrite=getattr(args, "overwrite", False))
+
+
+def check_dirs(args, *flags: str) -> None:
+    """Folders the command writes files into by name (--results, --figures): usable
+    (not below a file, not a file, writable), checked before any model loads.  An empty
+    value means "do not write" and is skipped."""
+    from hemorrhage.sim.outputs import check_path
+
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if value:
+            check_path(value, want="dir", flag=flag)
 
 
 def add_mesh(parser) -> None:
@@ -48,7 +83,13 @@ def place_on_mesh(loaded, shape: dict | None):
     return loaded, mesh
 
 
-def print_json(obj) -> None:
+def print_json(obj, *, timings: bool = False) -> None:
+    """obj as sorted JSON on stdout; wall-clock `timings` (sim.timings) only when asked, so the
+    same command prints the same bytes."""
+    if not timings:
+        from hemorrhage.sim.timings import without_timings
+
+        obj = without_timings(obj)
     json.dump(obj, sys.stdout, indent=2, sort_keys=True, allow_nan=True, default=_jsonable)
     sys.stdout.write("\n")
 
@@ -106,14 +147,18 @@ def compression_settings(args) -> dict:
     return s
 
 
-def check_compression(args) -> None:
+def check_compression(args, model=None) -> None:
     """Build the method and check the calibration flags before a model loads, so a bad
-    setting is one line in a second rather than after loading the model."""
+    setting is one line in a second rather than after loading the model; given the loaded
+    `model`, also what depends on it (a group size that divides, blocks that exist), before
+    any work on it."""
     from hemorrhage.sim.compress import make_method
     from hemorrhage.sim.compress.registry import check_calibration
 
     check_calibration(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed)
-    make_method(args.method, **compression_settings(args))
+    method = make_method(args.method, **compression_settings(args))
+    if model is not None and hasattr(method, "check"):
+        method.check(model)
 
 
 def compress_loaded(loaded, args, mesh=None):

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import argparse
 
-from hemorrhage.commands.common import (add_compression, add_mesh, add_model, compression_settings, load_model,
-                                        mesh_shape, place_on_mesh, print_json)
-from hemorrhage.errors import UserError
+from hemorrhage.commands.common import (add_compression, add_mesh, add_model, add_overwrite, check_compression,
+                                        check_export_out, compression_settings, load_model, mesh_shape,
+                                        place_on_mesh, print_json)
 
 
 def add_arguments(p) -> None:
@@ -35,9 +35,14 @@ def add_arguments(p) -> None:
     p.epilog = __doc__[__doc__.index("Methods and"):]
     add_model(p)
     add_compression(p)
-    p.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
+    p.add_argument("--out", required=True,
+                   help="folder to write: new, empty, or an earlier export (only its files are replaced)")
+    add_overwrite(p)
     add_mesh(p)
     p.add_argument("--json", action="store_true", help="print the full record as JSON")
+    p.add_argument("--timings", action="store_true",
+                   help="with --json: include the wall-clock seconds (`timings`; without it the same command "
+                        "prints the same bytes)")
 
 
 def _mb(n: int) -> str:
@@ -62,7 +67,9 @@ def summary_lines(record: dict) -> list[str]:
     if "calibration" in record:
         c = record["calibration"]
         lines.append(f"calib      {c['samples']} × {c['seqlen']} tokens of {c['source']}, seed {c['seed']}")
-    lines.append(f"time       {record.get('seconds', 0):.1f} s")
+    from hemorrhage.sim.timings import seconds
+
+    lines.append(f"time       {seconds(record):.1f} s")
     for w in record.get("warnings", []):
         lines.append(f"warning    {w}")
     if record.get("export_note"):
@@ -75,22 +82,20 @@ def summary_lines(record: dict) -> list[str]:
 def run(args) -> int:
     import sys
 
-    from hemorrhage.sim.compress import compress_from_args, export_hf, make_method
+    from hemorrhage.sim.compress import compress_from_args, export_hf
 
     settings = compression_settings(args)
-    make_method(args.method, **settings)  # bad names/settings fail here, before loading anything
-    if args.calib_samples < 1 or args.calib_seqlen < 2:
-        raise UserError(f"--calib-samples must be >= 1 and --calib-seqlen >= 2, "
-                        f"got {args.calib_samples} and {args.calib_seqlen}")
+    check_compression(args)  # bad names, settings and calibration flags fail here, before loading anything
     shape = mesh_shape(args)
+    check_export_out(args)  # a folder the user owns, a path below a file: refused before the model loads
     loaded, mesh = place_on_mesh(load_model(args), shape)
     model, record = compress_from_args(loaded, args.method, calib_samples=args.calib_samples,
                                        calib_seqlen=args.calib_seqlen, seed=args.seed, mesh=mesh, **settings)
-    out = export_hf(model, loaded.path, args.out, record)
+    out = export_hf(model, loaded.path, args.out, record, overwrite=args.overwrite)
     if args.json:
         for w in record.get("warnings", []):
             print(f"hemorrhage: warning: {w}", file=sys.stderr)
-        print_json({**record, "out": str(out)})
+        print_json({**record, "out": str(out)}, timings=args.timings)
         return 0
     for line in summary_lines(record):
         print(line)

@@ -5,7 +5,7 @@ Signal Degradation or Computation Collapse: the verdict and the evidence per blo
 
 from pathlib import Path
 
-from hemorrhage.commands.common import add_compression, add_model, compress_loaded, load_model, print_json
+from hemorrhage.commands.common import add_compression, add_model, check_dirs, compress_loaded, load_model, print_json
 
 
 def add_arguments(p) -> None:
@@ -29,6 +29,7 @@ def run(args) -> int:
 
     if args.windows < 1 or args.seqlen < 2:
         raise UserError("--windows must be ≥ 1 and --seqlen ≥ 2")
+    check_dirs(args, "--results", "--figures")
     loaded = load_model(args)
     comp, record = compress_loaded(loaded, args)
     tokens = eval_windows(loaded.tokenizer, "wiki", seqlen=args.seqlen, stride=args.seqlen,
@@ -42,7 +43,7 @@ def run(args) -> int:
     if args.results:
         import json
 
-        from hemorrhage.sim.fetch import atomic_write_text
+        from hemorrhage.sim.outputs import atomic_write_text
 
         Path(args.results).mkdir(parents=True, exist_ok=True)
         res["table"] = str(Path(args.results) / f"{stem}.json")

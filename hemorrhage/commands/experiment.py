@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hemorrhage.commands.common import print_json
+from hemorrhage.commands.common import check_dirs, print_json
 
 
 def add_arguments(p) -> None:
@@ -32,6 +32,7 @@ def run(args) -> int:
     from hemorrhage.validate.experiments import run_all, run_experiment
     from hemorrhage.validate.sweep import read_rows
 
+    check_dirs(args, "--results", "--figures")
     rows = []
     for s in args.sweep:
         sweep = Path(s)

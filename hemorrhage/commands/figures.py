@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hemorrhage.commands.common import check_dirs
+
 
 def add_arguments(p) -> None:
     p.add_argument("--results", default="results", help="folder of stored results (default results)")
@@ -21,6 +23,7 @@ def run(args) -> int:
 
     if not Path(args.results).is_dir():
         raise UserError(f"--results {args.results}: no such folder")
+    check_dirs(args, "--results", "--figures")  # SUMMARY.md and verdicts are rewritten in --results
     written = regenerate(args.results, args.figures)
     print(f"{len(written)} figures written under {args.figures}")
     return 0

@@ -6,8 +6,8 @@ held-out Wikipedia, print the table, write the tidy CSV and the figure.
 
 from pathlib import Path
 
-from hemorrhage.commands.common import (add_compression, add_model, check_compression, compress_loaded, load_model,
-                                        print_json)
+from hemorrhage.commands.common import (add_compression, add_model, check_compression, check_dirs, compress_loaded,
+                                        load_model, print_json)
 
 
 def add_arguments(p) -> None:
@@ -31,6 +31,7 @@ def run(args) -> int:
     if args.sparsity is not None and not 0.0 <= args.sparsity < 1.0:
         raise UserError(f"--sparsity must be in [0, 1), got {args.sparsity}")
     check_compression(args)
+    check_dirs(args, "--results", "--figures")
     loaded = load_model(args)
     comp, record = compress_loaded(loaded, args)
     tokens = eval_windows(loaded.tokenizer, "wiki", seqlen=args.seqlen, stride=args.seqlen,

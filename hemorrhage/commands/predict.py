@@ -51,6 +51,7 @@ def add_arguments(p) -> None:
                         "one of them ('linear' skips the Taylor-mode pass; theory.dephasing)")
     p.add_argument("--validate", action="store_true", help="also compress each setting and measure it: side by side")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--timings", action="store_true", help="with --json: include the wall-clock seconds (`timings`)")
 
 
 def _grid(args):
@@ -104,11 +105,11 @@ def run(args) -> int:
         for p, m in zip(res["points"], meas["points"]):
             p["measured"] = {k: m[k] for k in ("kl", "top1_agreement", "first_divergence_mean", "gen_identical",
                                                "mc_agreement", "mc_vs_gen_gap") if k in m}
-            p["kl_ratio"] = p["kl"] / m["kl"] if m["kl"] > 0 else math.inf
+            p["kl_ratio"] = None if m["kl"] is None else p["kl"] / m["kl"] if m["kl"] > 0 else math.inf
         res["cliffs"] = measured_cliffs(res, meas, cfg.kl_threshold)
-        res["seconds_measure"] = meas["seconds"]
+        res["timings"]["seconds_measure"] = meas["timings"]["seconds"]
     if args.json:
-        print_json(res)
+        print_json(res, timings=args.timings)
         return 0
     _print(res, args.validate)
     return 0
@@ -116,7 +117,7 @@ def run(args) -> int:
 
 def _print(res: dict, validate: bool) -> None:
     f = lambda x, n=4: "-" if x is None else f"{x:.{n}g}"  # noqa: E731
-    print(f"{res['model']}: predicted from the base ({res['seconds']:.1f} s)")
+    print(f"{res['model']}: predicted from the base ({res['timings']['seconds']:.1f} s)")
     head = (f"{'setting':<30} {'kl':>9} {'interval':>19} {'kl lin':>9} {'½Var_p':>9} {'top1':>6} {'1st div':>7} "
             f"{'nonlin':>7}")
     print(head + ("   measured kl  top1  1st div  kl ratio  MC−gen gap p/m" if validate else ""))
@@ -131,8 +132,8 @@ def _print(res: dict, validate: bool) -> None:
                 f"{f(reg.get('nonlinearity'), 2):>7}{flag}")
         if validate:
             m = p["measured"]
-            line += (f"   {f(m['kl']):>11} {m['top1_agreement']:>5.3f} {f(m.get('first_divergence_mean'), 3):>8} "
-                     f"{p['kl_ratio']:>9.2f}  {f(p.get('mc_vs_gen_gap'), 2):>5}/{f(m.get('mc_vs_gen_gap'), 2):<5}")
+            line += (f"   {f(m['kl']):>11} {f(m['top1_agreement'], 3):>5} {f(m.get('first_divergence_mean'), 3):>8} "
+                     f"{f(p['kl_ratio'], 3):>9}  {f(p.get('mc_vs_gen_gap'), 2):>5}/{f(m.get('mc_vs_gen_gap'), 2):<5}")
         print(line)
     for c in res["cliffs"]:
         if c["cliff"] is None:

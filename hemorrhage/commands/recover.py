@@ -7,7 +7,8 @@ distributions (KL distillation, default) or the text; re-measure on held-out tex
 See hemorrhage/sim/recover.py.
 """
 
-from hemorrhage.commands.common import add_compression, add_model, compress_loaded, load_model, print_json
+from hemorrhage.commands.common import (add_compression, add_model, add_overwrite, check_export_out, compress_loaded,
+                                        load_model, print_json)
 
 
 def add_arguments(p) -> None:
@@ -31,7 +32,9 @@ def add_arguments(p) -> None:
     m.add_argument("--seqlen", type=int, default=128, help="tokens per measured window")
     m.add_argument("--prompts", type=int, default=8, help="held-out prompts for generation agreement (0: none)")
     m.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated per prompt")
-    p.add_argument("--out", help="also write the recovered model as a Hugging Face folder here")
+    p.add_argument("--out", help="also write the recovered model as a Hugging Face folder here (new, empty, or an "
+                                 "earlier export: only its files are replaced)")
+    add_overwrite(p)
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
 
@@ -56,6 +59,8 @@ def run(args) -> int:
         raise UserError("--seqlen and --train-seqlen must be ≥ 2")
     if args.sparsity is not None and not 0.0 <= args.sparsity < 1.0:
         raise UserError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    if args.out:
+        check_export_out(args)  # before the model loads: a user's folder, a path below a file
     loaded = load_model(args)
     comp, record = compress_loaded(loaded, args)
     probe = make_probe(loaded, windows=args.windows, seqlen=args.seqlen, prompts=args.prompts,
@@ -69,7 +74,7 @@ def run(args) -> int:
         from hemorrhage.sim.compress import export_hf
 
         out["exported"] = str(export_hf(rec.model, loaded.path, args.out,
-                                        {**record, "recovery": rec.settings}))
+                                        {**record, "recovery": rec.settings}, overwrite=args.overwrite))
     if args.json:
         print_json(out)
         return 0

@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--grid", required=True,
                    help="settings: 'METHOD:KEY=V1,V2[,KEY2=...];METHOD2:...', e.g. "
                         "'magnitude:sparsity=0.1,0.3,0.5;rtn:bits=8,4,3,2' (product over keys)")
-    p.add_argument("--out", help="JSON Lines output, one row per setting (default results/sweep_MODEL.jsonl)")
+    p.add_argument("--out", help="JSON Lines output, one row per setting (default results/sweep_MODEL.jsonl); "
+                                 "an existing file must be a sweep file (it is resumed), anything else is refused")
     c = p.add_argument_group("calibration defaults (a grid entry may override them)")
     c.add_argument("--calib-samples", type=int, default=16, help="calibration windows of real text")
     c.add_argument("--calib-seqlen", type=int, default=128, help="tokens per calibration window")
@@ -41,7 +42,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from hemorrhage.errors import UserError
-    from hemorrhage.validate.sweep import parse_grid, run_sweep
+    from hemorrhage.validate.sweep import check_sweep_out, parse_grid, run_sweep
 
     grid = parse_grid(args.grid)  # all validation before the model loads
     config = measure_config(args)
@@ -56,10 +57,9 @@ def run(args) -> int:
         from hemorrhage.sim.shard import device_groups
 
         device_groups(args.devices, shape)  # enough devices? (before the model loads)
+    # the default name is the model's as load() names it (str(--model)), so it is known now
+    out = check_sweep_out(Path(args.out or f"results/sweep_{Path(args.model).name}.jsonl"))
     loaded = load_model(args)
-    out = Path(args.out or f"results/sweep_{Path(loaded.name).name}.jsonl")
-    if out.exists() and out.is_dir():
-        raise UserError(f"--out {out} is a directory")
     res = run_sweep(loaded, grid, config, out, progress=not args.no_progress, devices=args.devices,
                     mesh_shape=shape, calib={"calib_samples": args.calib_samples,
                                              "calib_seqlen": args.calib_seqlen, "seed": args.seed})
@@ -67,12 +67,18 @@ def run(args) -> int:
     if args.json:
         print_json(rows)
     else:
-        print(f"{'method':<10} {'settings':<28} {'kl':>9} {'top1':>6} {'ppl':>10} {'mc_agr':>6} {'1st_div':>7}")
+        # n/c: not computable (null in the row; its not_computable says why)
+        cell = lambda r, k, spec: "n/c" if r.get(k, 0.0) is None else format(r.get(k, float("nan")), spec)  # noqa: E731
+        print(f"{'method':<10} {'settings':<28} {'kl':>9} {'±kl':>9} {'kl_p99':>9} {'top1':>6} {'ppl':>10} {'mc_agr':>6} "
+              f"{'1st_div':>7}")
         for r in rows:
             s = ",".join(f"{k}={v}" for k, v in r["grid"]["settings"].items()) or "default"
-            print(f"{r['grid']['method']:<10} {s:<28} {r['kl']:>9.4g} {r['top1_agreement']:>6.3f} "
-                  f"{r['ppl']:>10.4g} {r.get('mc_agreement', float('nan')):>6.3f} "
-                  f"{r.get('first_divergence_mean', float('nan')):>7.2f}" + ("  collapsed" if r["collapsed"] else ""))
+            print(f"{r['grid']['method']:<10} {s:<28} {cell(r, 'kl', '.4g'):>9} {cell(r, 'kl_stderr', '.2g'):>9} "
+                  f"{cell(r, 'kl_p99', '.4g'):>9} {cell(r, 'top1_agreement', '.3f'):>6} "
+                  f"{cell(r, 'ppl', '.4g'):>10} {cell(r, 'mc_agreement', '.3f'):>6} "
+                  f"{cell(r, 'first_divergence_mean', '.2f'):>7}" + ("  collapsed" if r["collapsed"] else ""))
+        if any(r.get("not_computable") for r in rows):
+            print("n/c: not computable (null in the row, its reason under not_computable)")
         print(f"{len(rows)} rows in {out} ({res['done_before']} from before, {res['computed']} new)")
     if res["failed"]:
         for method, settings, err in res["failed"]:

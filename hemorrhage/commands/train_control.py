@@ -21,6 +21,8 @@ def add_arguments(p) -> None:
                                  "or models/control-quick with --quick)")
     p.add_argument("--force", action="store_true", help="retrain even if the output folder holds a model")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--timings", action="store_true",
+                   help="with --json: include the wall-clock seconds (`timings`; never stored in hemorrhage.json)")
 
 
 def run(args) -> int:
@@ -29,6 +31,7 @@ def run(args) -> int:
 
     from hemorrhage.errors import UserError
     from hemorrhage.sim import train
+    from hemorrhage.sim.outputs import check_path
 
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be ≥ 1, got {args.steps}")
@@ -38,6 +41,7 @@ def run(args) -> int:
         raise UserError(f"--seed must be ≥ 0, got {args.seed}")
     spec = (train.QUICK if args.quick else train.ControlSpec()).replace(steps=args.steps, lr=args.lr)
     out = Path(args.out).expanduser() if args.out else train.control_path(quick=args.quick)
+    check_path(out, want="dir")  # below a file, not writable: one line now, not after the training
     if out.exists() and not train.is_trained(out) and any(out.iterdir()):
         raise UserError(f"{out} exists and is not a control model folder; choose another --out")
     if train.is_trained(out) and not args.force:
@@ -48,7 +52,7 @@ def run(args) -> int:
         report = train.train_control(spec, seed=args.seed, out_dir=out, minutes=minutes)
         report["cached"] = False
     if args.json:
-        print_json(report)
+        print_json(report, timings=args.timings)
         return 0
     _print(report)
     return 0
@@ -59,8 +63,9 @@ def _print(r: dict) -> None:
     print(f"control model: {r['path']}" + ("  (cached; --force retrains)" if r.get("cached") else ""))
     print(f"  {r['n_params'] / 1e6:.2f} M parameters (d={spec['d_model']}, {spec['n_layers']} layers, "
           f"GQA {spec['n_heads']}/{spec['n_kv_heads']}, d_ff {spec['d_ff']}, vocab {spec['vocab_size']}), "
-          f"seed {r['seed']}, {r['steps']} steps, {r['tokens_seen'] / 1e6:.2f} M tokens seen, "
-          f"trained in {r['train_seconds']:.0f} s ({r['total_seconds']:.0f} s in all)")
+          f"seed {r['seed']}, {r['steps']} steps, {r['tokens_seen'] / 1e6:.2f} M tokens seen"
+          + ("" if "timings" not in r else  # a cached model's file keeps no timings
+             f", trained in {r['timings']['train_seconds']:.0f} s ({r['timings']['total_seconds']:.0f} s in all)"))
     for src, h in r["heldout"].items():
         print(f"  held-out {src:<11} perplexity {h['ppl']:8.1f}   unigram {h['unigram_ppl']:8.1f}   "
               f"(ratio {h['ratio_to_unigram']:.3f}, {h['scored_tokens']} tokens)")

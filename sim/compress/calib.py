@@ -7,8 +7,20 @@
             ... replace group's linears (block now partly compressed) ...
         runner.advance(block)                        # h ← block(h): the next block's input
 
-Block i is calibrated on the output of the *already compressed* blocks 0..i−1.  The
-block forward is one jitted function (cached across blocks of the same structure);
+Block i is calibrated on the output of the *already compressed* blocks 0..i−1.
+
+Mixtures of experts (sim/models/moe.py): each expert's (gate, up) and (down) are groups of
+their own (`mlp.experts.e`), and each sees only the tokens routed to it, unweighted: the
+forward hands an expert its input zeroed off its tokens, so Σ x xᵀ, Σ|x| are sums over the
+routed tokens and `count` is their number.  Unweighted because the routing weight scales the
+expert's *output*, not its inputs: the layer-wise objective ‖(W − Ŵ)X‖² of a projection is
+over the inputs it actually reads (as GPTQ/AWQ toolkits hook each expert).  An expert no
+calibration token reaches gets isotropic statistics (H ∝ I, mean|x| = 1), which turns every
+method into its calibration-free form: Wanda ranks by |W| (magnitude), SparseGPT prunes by
+w² without updates, GPTQ rounds without error feedback (RTN), AWQ finds s = 1 (RTN); those
+experts are listed in the compression record (`uncalibrated_experts`).
+
+The block forward is one jitted function (cached across blocks of the same structure);
 linear inputs are captured by wrapping the linears of a copy of the block inside the
 trace, and only the statistics leave the jit (XLA drops the rest of the block).
 
@@ -23,6 +35,8 @@ plus one all-reduce.  Without a mesh (or a 1-device one) nothing changes.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 from functools import partial
 
@@ -38,12 +52,40 @@ GROUPS = (("attn", ("q", "k", "v", "qkv")), ("attn", ("o",)), ("mlp", ("gate", "
           ("mlp", ("down", "proj")))
 
 
+# expert paths a calibrated method had no routed token for (collected per `compress` call)
+_UNCALIBRATED: contextvars.ContextVar[set | None] = contextvars.ContextVar("uncalibrated", default=None)
+
+
+@contextlib.contextmanager
+def collect_uncalibrated():
+    """Collects the expert paths (`layers.i.mlp.experts.e`) calibrated with no routed token."""
+    seen: set[str] = set()
+    token = _UNCALIBRATED.set(seen)
+    try:
+        yield seen
+    finally:
+        _UNCALIBRATED.reset(token)
+
+
+def resolve(block, dotted: str):
+    """'mlp.experts.3' -> that submodule of `block`."""
+    obj = block
+    for name in dotted.split("."):
+        obj = obj[int(name)] if name.isdigit() else getattr(obj, name)
+    return obj
+
+
 @dataclass(frozen=True)
 class Group:
-    """Linears of one block that read the same input."""
+    """Linears of one block that read the same input (`part`: a dotted path in the block;
+    `routed`: an expert's, whose input is zero off the tokens routed to it)."""
 
     part: str
     attrs: tuple[str, ...]
+    routed: bool = False
+
+    def parent(self, block):
+        return resolve(block, self.part)
 
     @property
     def key(self) -> str:  # the linear whose input is recorded
@@ -63,6 +105,15 @@ def input_groups(block) -> list[Group]:
         have = tuple(a for a in attrs if _is_live(getattr(sub, a, None)))
         if have:
             out.append(Group(part, have))
+    mlp = block.mlp
+    if getattr(mlp, "experts", None) is not None and not getattr(mlp, "dropped", False):
+        if getattr(mlp, "router_compressible", False) and _is_live(mlp.router):
+            out.append(Group("mlp", ("router",)))  # reads every token, like the experts before routing
+        for e, expert in enumerate(mlp.experts):
+            for attrs in (("gate", "up"), ("down",)):
+                have = tuple(a for a in attrs if _is_live(getattr(expert, a, None)))
+                if have:
+                    out.append(Group(f"mlp.experts.{e}", have, routed=True))
     return out
 
 
@@ -115,6 +166,7 @@ class _Recorder:
 
 
 def _cos_sum(a, b):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)  # cosines in fp32 whatever the model's dtype
     num = jnp.sum(a * b, axis=-1)
     den = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1)
     return jnp.sum(num / jnp.maximum(den, 1e-12))
@@ -125,8 +177,8 @@ def _run_block(graphdef, state, h, pos, record: tuple[str, ...], want_out: bool,
     block = nnx.merge(graphdef, state)
     sink, branch = {}, {}
     for key in record:
-        part, attr = key.split(".")
-        sub = getattr(block, part)
+        part, attr = key.rsplit(".", 1)
+        sub = resolve(block, part)
         setattr(sub, attr, _Recorder(getattr(sub, attr), sink, key))
 
     def perturb(site, layer, x):
@@ -136,8 +188,10 @@ def _run_block(graphdef, state, h, pos, record: tuple[str, ...], want_out: bool,
     out, _ = block(h, pos, None, perturb=perturb if want_cos else None)
     stats = {}
     for key, x in sink.items():
-        x2 = x.reshape(-1, x.shape[-1])
-        stats[key] = (jnp.einsum("ni,nj->ij", x2, x2, precision="highest"), jnp.sum(jnp.abs(x2), axis=0))
+        x2 = x.reshape(-1, x.shape[-1]).astype(jnp.float32)  # Hessians in fp32 whatever the model's dtype
+        # rows that are not all zero: an expert's routed tokens (its input is zeroed elsewhere)
+        stats[key] = (jnp.einsum("ni,nj->ij", x2, x2, precision="highest"), jnp.sum(jnp.abs(x2), axis=0),
+                      jnp.sum(jnp.any(x2 != 0, axis=-1)))
     cos = None
     if want_cos:
         mid = h + branch["attn"]
@@ -190,9 +244,20 @@ class Sequential:
         keys = tuple(g.key for g in groups)
         res = self._run(block, keys)
         out = {}
-        for k in keys:
-            out[k] = Stats(_total([r[1][k][0] for r in res]), _total([r[1][k][1] for r in res]), self.n_tokens)
+        for g in groups:
+            k = g.key
+            xtx, abs_sum = _total([r[1][k][0] for r in res]), _total([r[1][k][1] for r in res])
+            n = int(sum(int(r[1][k][2]) for r in res)) if g.routed else self.n_tokens
+            if n == 0:  # an expert no calibration token reached: isotropic statistics (module docstring)
+                xtx, abs_sum = jnp.eye(xtx.shape[0], dtype=xtx.dtype), jnp.ones_like(abs_sum)
+                seen = _UNCALIBRATED.get()
+                if seen is not None:
+                    seen.add(f"layers.{self._index(block)}.{g.part}")
+            out[k] = Stats(xtx, abs_sum, n)
         return out
+
+    def _index(self, block) -> int:
+        return next(i for i, b in enumerate(self.model.layers) if b is block)
 
     def advance(self, block, want_cos: bool = False) -> dict | None:
         """h ← block(h).  With want_cos: mean over tokens of cos(input, output) of the

@@ -87,6 +87,9 @@ class Drop:
         if rank not in RANKS:
             raise UserError(f"drop rank must be one of {', '.join(RANKS)}, got {rank!r}")
         object.__setattr__(self, "rank", rank)
+        n = self.n_drop  # checked before either branch reads it as a count
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) < 1):
+            raise UserError(f"n_drop must be a positive integer, got {n!r}")
         if rank == "list":
             if not layers:
                 raise UserError("drop with rank=list needs --layers (e.g. --layers 3,5)")
@@ -96,10 +99,7 @@ class Drop:
         else:
             if layers:
                 raise UserError(f"--layers is for rank=list; rank={rank} chooses the layers itself")
-            n = 1 if self.n_drop is None else self.n_drop
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) < 1:
-                raise UserError(f"n_drop must be a positive integer, got {self.n_drop!r}")
-            object.__setattr__(self, "n_drop", int(n))
+            object.__setattr__(self, "n_drop", 1 if n is None else int(n))
 
     @property
     def needs_calibration(self) -> bool:

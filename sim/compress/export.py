@@ -1,13 +1,15 @@
 """Write a compressed model as a standard Hugging Face safetensors folder.
 
-    export_hf(model, src_dir, out_dir, record)
+    export_hf(model, src_dir, out_dir, record, overwrite=False)
 
 model.safetensors holds `export_state(model)`: every linear's *effective* dense weight
 (dequantized codes, masked/N:M-scattered values, zeros for dropped branches), so
 transformers runs what hemorrhage runs (W8A8's activation quantization excepted: the
 record says so).  config.json and the tokenizer files come from the source checkpoint
-folder; hemorrhage_compression.json records what was done.  The folder appears at once
-(built in a temporary folder, then renamed).
+folder; hemorrhage_compression.json records what was done.  A new folder appears at once (built
+in a temporary folder, then renamed); an existing one must be an earlier export (its
+marker, sim/outputs.py) or the user's with `overwrite`, and then only the files written
+here are replaced: nothing else in it is touched (sim.outputs.owned_dir).
 """
 
 from __future__ import annotations
@@ -32,21 +34,29 @@ def _jsonable(x):
     return str(x)
 
 
-def export_hf(model, src_dir, out_dir, record: dict) -> Path:
+def check_export_out(src_dir, out_dir, *, overwrite: bool = False) -> Path:
+    """The checks export_hf makes, callable before the model loads (UserError: one line);
+    `src_dir` None where the source folder is not known yet (a registry name)."""
+    from hemorrhage.sim.outputs import check_output_dir
+
+    out = check_output_dir(out_dir, overwrite=overwrite)
+    if src_dir is not None and out.resolve() == Path(src_dir).resolve():
+        raise UserError("--out must differ from the source checkpoint folder")
+    return out
+
+
+def export_hf(model, src_dir, out_dir, record: dict, *, overwrite: bool = False) -> Path:
     from safetensors.numpy import save_file
 
-    from hemorrhage.sim.fetch import atomic_dir
     from hemorrhage.sim.models import export_state
+    from hemorrhage.sim.outputs import owned_dir
 
-    src, out = Path(src_dir), Path(out_dir)
+    src = Path(src_dir)
     if not (src / "config.json").is_file():
         raise UserError(f"{src} has no config.json to copy into the exported folder")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if out.resolve() == src.resolve():
-        raise UserError("--out must differ from the source checkpoint folder")
+    out = check_export_out(src, out_dir, overwrite=overwrite)
     tensors = export_state(model)
-    with atomic_dir(out) as tmp:
+    with owned_dir(out, command="export_hf", overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for f in sorted(src.iterdir()):
             if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.name not in _SKIP and f.name != "config.json":
@@ -62,7 +72,10 @@ def export_hf(model, src_dir, out_dir, record: dict) -> Path:
         prov.update({"base_note": f"{base_note}; then compressed by hemorrhage ({summary}, "
                                   "see hemorrhage_compression.json)", "compressed_from": str(src)})
         (tmp / "hemorrhage.json").write_text(json.dumps(prov, indent=2, default=_jsonable) + "\n")
-        full = {**record, "source": str(src), "weights": "dense fp32 effective weights (dequantized / masked)"}
+        from hemorrhage.sim.timings import without_timings  # the file is the same bytes for the same plan
+
+        full = {**without_timings(record), "source": str(src),
+                "weights": "dense fp32 effective weights (dequantized / masked)"}
         (tmp / "hemorrhage_compression.json").write_text(
             json.dumps(full, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n")
     return out

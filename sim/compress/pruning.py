@@ -92,12 +92,12 @@ def row_mask(score, sparsity: float):
 
 @jax.jit
 def _abs(w):
-    return jnp.abs(w)
+    return jnp.abs(w.astype(jnp.float32))  # scores in fp32 (the mask search bisects fp32 bit patterns)
 
 
 @jax.jit
 def _wanda_score(w, norm):
-    return jnp.abs(w) * norm[None, :]
+    return jnp.abs(w.astype(jnp.float32)) * norm[None, :]  # in fp32 whatever the model's dtype
 
 
 @jax.jit
@@ -154,8 +154,9 @@ class _Counter:
 
 
 def _replace(parent, attr, layer, w, keep, nm):
-    bias = _bias(layer)
-    new = NMSparseLinear(w, keep, nm[0], nm[1], bias) if nm else MaskedLinear(w, keep, bias)
+    """Put the pruned layer in place: computed in fp32, stored in the layer's dtype (the model's)."""
+    bias, dtype = _bias(layer), layer.weight().dtype
+    new = NMSparseLinear(w, keep, nm[0], nm[1], bias, dtype=dtype) if nm else MaskedLinear(w, keep, bias, dtype=dtype)
     setattr(parent, attr, new)
 
 
@@ -217,7 +218,7 @@ class Wanda:
             s = self.sparsity if layer_sparsity is None else layer_sparsity[i]
             for g in groups:
                 norm = stats[g.key].col_norm()
-                parent = getattr(block, g.part)
+                parent = g.parent(block)
                 for attr in g.attrs:
                     layer = getattr(parent, attr)
                     w = layer.weight()
@@ -261,10 +262,10 @@ class SparseGPT:
             stats = runner.stats(block, groups)
             for g in groups:
                 u, dead, lam = obs.factor(stats[g.key].hessian(), self.damp)  # shared by the group
-                parent = getattr(block, g.part)
+                parent = g.parent(block)
                 for attr in g.attrs:
                     layer = getattr(parent, attr)
-                    w = obs.zero_columns(layer.weight(), dead)
+                    w = obs.zero_columns(layer.weight().astype(jnp.float32), dead)  # OBS updates in fp32
                     out, d = w.shape
                     bs = obs.block_size(d, nm[1] if nm else 1)
                     k = jnp.asarray(obs.cumulative_counts(out * bs, d // bs, self.sparsity))
@@ -296,10 +297,11 @@ class OWL:
         _resolve_sparsity(self, allow_pattern=False)
         if self.base not in ("wanda", "magnitude"):
             raise UserError(f"owl base must be wanda or magnitude, got {self.base!r}")
-        if not isinstance(self.lam, (int, float)) or not 0 <= float(self.lam) <= 0.5:
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not 0 <= float(self.lam) <= 0.5:
             raise UserError(f"owl lambda must be in [0, 0.5], got {self.lam!r}")
-        if not isinstance(self.m, (int, float)) or float(self.m) <= 0:
-            raise UserError(f"owl M must be positive, got {self.m!r}")
+        # a bool is not a threshold; NaN fails both comparisons
+        if isinstance(self.m, bool) or not isinstance(self.m, (int, float)) or not 0 < float(self.m) < np.inf:
+            raise UserError(f"owl M must be positive and finite, got {self.m!r}")
 
     def outlier_ratios(self, model, calib_tokens) -> np.ndarray:
         """D_l per block on the dense model: share of Wanda scores above M × their mean."""
@@ -312,7 +314,7 @@ class OWL:
             for g in groups:
                 norm = stats[g.key].col_norm()
                 for attr in g.attrs:
-                    scores.append(_wanda_score(getattr(getattr(block, g.part), attr).weight(), norm))
+                    scores.append(_wanda_score(getattr(g.parent(block), attr).weight(), norm))
             ratios.append(float(_outlier_ratio(tuple(scores), jnp.float32(self.m))))
             runner.advance(block)
         return np.asarray(ratios)

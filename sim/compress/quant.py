@@ -133,6 +133,19 @@ def _gptq_group(ws, u, perm, dead, *, bits, group_size, symmetric, act_order):
     return tuple(out_)
 
 
+def _stages(groups) -> list[list]:
+    """True-sequential stages: one group each, except that the same projections of all experts
+    of a mixture of experts form one stage (an expert's inputs do not depend on another
+    expert's weights, so quantizing them together changes nothing and saves a pass)."""
+    stages: list[list] = []
+    for g in groups:
+        if g.routed and stages and stages[-1][0].routed and stages[-1][0].attrs == g.attrs:
+            stages[-1].append(g)
+        else:
+            stages.append([g])
+    return stages
+
+
 @register
 @dataclass(frozen=True)
 class GPTQ(_Quant):
@@ -170,7 +183,8 @@ class GPTQ(_Quant):
         """The linears that read one input share H: rows are independent given H, so they are
         solved as one stacked matrix (one kernel, one factorization).  [(codes, scale, zero)], λ."""
         perm, u, dead, lam = self.factor(h)
-        res = _gptq_group(tuple(ws), u, perm, dead, bits=self.bits, group_size=self.group_size,
+        ws = tuple(jnp.asarray(w, jnp.float32) for w in ws)  # the OBS updates in fp32 whatever the model's dtype
+        res = _gptq_group(ws, u, perm, dead, bits=self.bits, group_size=self.group_size,
                           symmetric=self.symmetric, act_order=self.act_order)
         return res, lam
 
@@ -180,11 +194,11 @@ class GPTQ(_Quant):
         lams = []
         for i, block in runner.blocks():
             groups = input_groups(block)
-            stages = [[g] for g in groups] if self.true_sequential else [groups]
+            stages = _stages(groups) if self.true_sequential else [groups]
             for stage in stages:
                 stats = runner.stats(block, stage)
                 for g in stage:
-                    parent = getattr(block, g.part)
+                    parent = g.parent(block)
                     layers = [getattr(parent, a) for a in g.attrs]
                     res, lam = self.quantize_group([layer.weight() for layer in layers], stats[g.key].hessian())
                     lams.append(lam)
@@ -259,7 +273,7 @@ class AWQ(_Quant):
             groups = input_groups(block)
             stats = runner.stats(block, groups)
             for g in groups:
-                parent = getattr(block, g.part)
+                parent = g.parent(block)
                 for attr in g.attrs:
                     layer = getattr(parent, attr)
                     codes, scale, zero, s, alpha = self.quantize_layer(layer.weight(), stats[g.key])

@@ -58,14 +58,32 @@ def linears(model) -> Iterator[tuple[str, Any, str, Linear]]:
     """(path, parent, attribute, layer) for every linear layer inside the blocks.
 
     The embedding and the LM head are left alone, as the field does.  Projections of a
-    dropped branch (layer dropping) are skipped: there is nothing left to compress."""
+    dropped branch (layer dropping) are skipped: there is nothing left to compress.  In a
+    mixture of experts each expert's gate/up/down are layers of their own
+    (`layers.i.mlp.experts.e.gate`); the router only if `moe.compress_router` asked for it."""
     for i, block in enumerate(model.layers):
-        for part in ("attn", "mlp"):
-            sub = getattr(block, part)
-            for attr in ("q", "k", "v", "qkv", "o", "gate", "up", "down", "fc", "proj"):
-                layer = getattr(sub, attr, None)
-                if isinstance(layer, nnx.Module) and hasattr(layer, "weight") and not getattr(layer, "dropped", False):
-                    yield f"layers.{i}.{part}.{attr}", sub, attr, layer
+        for path, sub, attr, layer in block_linears(block, f"layers.{i}"):
+            if not getattr(layer, "dropped", False):
+                yield path, sub, attr, layer
+
+
+_PROJ = ("q", "k", "v", "qkv", "o", "gate", "up", "down", "fc", "proj")
+
+
+def block_linears(block, prefix: str) -> Iterator[tuple[str, Any, str, Any]]:
+    """(path, parent, attribute, layer) for every projection of one block, dropped ones included."""
+    for part in ("attn", "mlp"):
+        sub = getattr(block, part)
+        subs = [(f"{prefix}.{part}", sub, _PROJ)]
+        if getattr(sub, "experts", None) is not None:
+            if getattr(sub, "router_compressible", False):
+                subs.append((f"{prefix}.{part}", sub, ("router",)))
+            subs += [(f"{prefix}.{part}.experts.{e}", ex, _PROJ) for e, ex in enumerate(sub.experts)]
+        for where, parent, attrs in subs:
+            for attr in attrs:
+                layer = getattr(parent, attr, None)
+                if isinstance(layer, nnx.Module) and hasattr(layer, "weight"):
+                    yield f"{where}.{attr}", parent, attr, layer
 
 
 def needs_calibration(method) -> bool:
@@ -86,14 +104,24 @@ def compress(model, method, calib_tokens=None, *, mesh=None):
         raise UserError(f"method {method.name!r} needs calibration tokens")
     from hemorrhage.sim.compress.blas import single_thread_blas
 
+    from hemorrhage.sim.compress.calib import collect_uncalibrated
+
     small = nnx.clone(model)
     t0 = time.perf_counter()
     dp = shard.data_parallel(mesh) if mesh is not None else contextlib.nullcontext()
-    with single_thread_blas(), dp:
+    with single_thread_blas(), dp, collect_uncalibrated() as missed:
         record = method.apply(small, calib_tokens if needs_calibration(method) else None) or {}
     out = {"method": method.name, "settings": dataclasses.asdict(method), **record}
+    routers = [b.mlp for b in model.layers if getattr(b.mlp, "experts", None) is not None]
+    if routers:
+        out["moe"] = {"router": "compressed" if any(getattr(r, "router_compressible", False) for r in routers)
+                      else "dense (not compressed)",
+                      "expert_calibration": "each expert on the tokens routed to it, unweighted by the routing "
+                                            "weight; an expert no token reaches uses isotropic statistics "
+                                            "(its method's calibration-free form)",
+                      "uncalibrated_experts": sorted(missed)}
     out["memory"] = memory_report(small)
-    out["seconds"] = round(time.perf_counter() - t0, 3)
+    out["timings"] = {"seconds": round(time.perf_counter() - t0, 3)}  # sim.timings: not in --json or files
     return small, out
 
 

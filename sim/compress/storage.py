@@ -104,7 +104,14 @@ def decode(codes, scale, zero, bits: int, group_size: int):
 
 def _bias(layer):
     b = getattr(layer, "b", None)
-    return None if b is None else nnx.Param(jnp.asarray(b[...], jnp.float32))
+    return None if b is None else nnx.Param(jnp.asarray(b[...]))  # in the layer's dtype
+
+
+def _apply(x, w, b):
+    """y = x·Wᵀ + b in x's dtype, the model's: the method's fp32 result is rounded to it here
+    (a no-op in fp32), so a bf16 model stays bf16 after its first compressed layer."""
+    y = x @ w.astype(x.dtype).T
+    return y if b is None else y + b[...].astype(y.dtype)
 
 
 def _as_groups(x, d_out: int, n_groups: int):
@@ -142,8 +149,7 @@ class PackedLinear(nnx.Module):
         return w if self.in_scale is None else w / self.in_scale[...][None, :]
 
     def __call__(self, x):
-        y = x @ self.weight().T
-        return y if self.b is None else y + self.b[...]
+        return _apply(x, self.weight(), self.b)
 
     def storage(self) -> dict:
         meta = self.scale[...].size * 4 + (0 if self.zero is None else self.zero[...].size * 4)
@@ -173,26 +179,25 @@ def _nm_compress(w, keep, n: int, m: int):
 class NMSparseLinear(nnx.Module):
     """N:M sparse: values [out, in/M, N] fp32 and their positions idx [out, in/M, N] uint8."""
 
-    def __init__(self, w, keep, n: int, m: int, bias=None):
+    def __init__(self, w, keep, n: int, m: int, bias=None, dtype=None):
         w, keep = jnp.asarray(w, jnp.float32), jnp.asarray(keep, bool)
         self.d_out, self.d_in = (int(s) for s in w.shape)
         self.n, self.m = int(n), int(m)
         vals, idx = _nm_compress(w, keep, self.n, self.m)
-        self.values = nnx.Param(vals)
+        self.values = nnx.Param(vals if dtype is None else vals.astype(dtype))  # stored in the model's dtype
         self.idx = Codes(idx)
         self.b = bias
 
     def weight(self):
-        onehot = jax.nn.one_hot(self.idx[...].astype(jnp.int32), self.m, dtype=jnp.float32)  # [o G N M]
+        onehot = jax.nn.one_hot(self.idx[...].astype(jnp.int32), self.m, dtype=self.values[...].dtype)  # [o G N M]
         w = jnp.einsum("ogn,ognm->ogm", self.values[...], onehot)
         return w.reshape(self.d_out, self.d_in)
 
     def __call__(self, x):
-        y = x @ self.weight().T
-        return y if self.b is None else y + self.b[...]
+        return _apply(x, self.weight(), self.b)
 
     def storage(self) -> dict:
-        return {"values": int(self.values[...].size * 4), "meta": int(self.idx[...].size)}
+        return {"values": int(self.values[...].nbytes), "meta": int(self.idx[...].size)}
 
     def nbytes(self) -> int:
         s = self.storage()
@@ -210,11 +215,11 @@ class MaskedLinear(nnx.Module):
     No memory is saved (fp32 + 1 bit per weight); the point is exact execution of
     the pruned model, W_eff = W ⊙ mask inside the jitted matmul."""
 
-    def __init__(self, w, keep, bias=None):
+    def __init__(self, w, keep, bias=None, dtype=None):
         w, keep = jnp.asarray(w, jnp.float32), jnp.asarray(keep, bool)
         self.d_out, self.d_in = (int(s) for s in w.shape)
         w, packed = _masked(w, keep)
-        self.w = nnx.Param(w)
+        self.w = nnx.Param(w if dtype is None else w.astype(dtype))  # stored in the model's dtype
         self.mask = Codes(packed)
         self.b = bias
 
@@ -225,11 +230,10 @@ class MaskedLinear(nnx.Module):
         return jnp.where(self.keep(), self.w[...], 0.0)
 
     def __call__(self, x):
-        y = x @ self.weight().T
-        return y if self.b is None else y + self.b[...]
+        return _apply(x, self.weight(), self.b)
 
     def storage(self) -> dict:
-        return {"values": int(self.w[...].size * 4), "meta": int(self.mask[...].size)}
+        return {"values": int(self.w[...].nbytes), "meta": int(self.mask[...].size)}
 
     def nbytes(self) -> int:
         s = self.storage()
@@ -253,6 +257,7 @@ class ActQuantLinear(nnx.Module):
         return self.inner.weight()
 
     def __call__(self, x):
+        dtype, x = x.dtype, x.astype(jnp.float32)  # activation scales in fp32
         amax = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
         sx = jnp.where(amax > 0, amax / 127.0, 1.0)
         xq = jnp.clip(jnp.round(x / sx), -127, 127).astype(jnp.int8)
@@ -260,7 +265,7 @@ class ActQuantLinear(nnx.Module):
         acc = jax.lax.dot_general(xq, wq, (((x.ndim - 1,), (1,)), ((), ())),
                                   preferred_element_type=jnp.int32)
         y = acc.astype(jnp.float32) * sx * self.inner.scale[...][:, 0]
-        return y if self.b is None else y + self.b[...]
+        return (y if self.b is None else y + self.b[...]).astype(dtype)
 
     def storage(self) -> dict:
         return self.inner.storage()
@@ -337,9 +342,12 @@ class ZeroMLP(nnx.Module):
             layer = getattr(mlp, name, None)
             if layer is not None:
                 setattr(self, name, ZeroLinear(layer))
+        if getattr(mlp, "experts", None) is not None:  # a mixture of experts: every expert zeroed, router kept
+            self.router = mlp.router
+            self.experts = nnx.List([ZeroMLP(e) for e in mlp.experts])
         self.act = mlp.act
-        self.gated = hasattr(mlp, "gate")
-        self.d_ff = _shape(mlp.gate if self.gated else mlp.fc)[0]
+        self.gated = hasattr(mlp, "gate") and getattr(mlp, "sows_gate", True)
+        self.d_ff = _shape(mlp.gate)[0] if self.gated else None
 
     def __call__(self, x, *, trace: bool = False):
         if trace and self.gated:
@@ -358,14 +366,12 @@ def layer_storage(layer) -> dict:
 
 
 def all_linears(model):
-    """(path, layer) for every projection of every block, dropped ones included."""
+    """(path, layer) for every projection of every block, dropped ones included (experts too)."""
+    from hemorrhage.sim.compress.registry import block_linears
+
     for i, block in enumerate(model.layers):
-        for part in ("attn", "mlp"):
-            sub = getattr(block, part)
-            for attr in _PROJ:
-                layer = getattr(sub, attr, None)
-                if isinstance(layer, nnx.Module) and hasattr(layer, "weight"):
-                    yield f"layers.{i}.{part}.{attr}", layer
+        for path, _, _, layer in block_linears(block, f"layers.{i}"):
+            yield path, layer
 
 
 def memory_report(model) -> dict:

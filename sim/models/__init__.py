@@ -1,7 +1,9 @@
 """JAX (flax.nnx) models of real architectures, loaded from Hugging Face checkpoints.
 
     build(cfg, seed)            a randomly initialised model of cfg's family
-    load_checkpoint(path)       (model, cfg) from a local HF safetensors folder
+    load_checkpoint(path, dtype) (model, cfg) from a local HF safetensors folder: built from
+                                shapes (no random init), filled tensor by tensor from the shards
+                                the index names, held in dtype (auto = as stored; weights.py)
     load_state / export_state   HF tensor dict <-> model parameters
 """
 

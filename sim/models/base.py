@@ -57,9 +57,18 @@ class CausalLM(nnx.Module):
         raise NotImplementedError
 
     def unembed(self, h: Float[Array, "... d"]) -> Float[Array, "... vocab"]:
-        """z = W · norm(h): the head applied to any layer's h (the logit lens)."""
+        """z = W · norm(h): the head applied to any layer's h (the logit lens); then
+        z / logits_scaling (Granite) and c·tanh(z/c) (Gemma 2's final soft-cap) where the
+        config has them."""
         hn = self.norm(h)
-        return self.embed.attend(hn) if self.lm_head is None else self.lm_head(hn)
+        z = self.embed.attend(hn) if self.lm_head is None else self.lm_head(hn)
+        div, cap = getattr(self.cfg, "logit_divisor", 1.0), getattr(self.cfg, "final_softcap", None)
+        if div != 1.0:
+            z = z / div
+        z = z if cap is None else jnp.tanh(z / cap) * cap
+        # logits leave the model in fp32 (exact from bf16/fp16), so every softmax, KL and
+        # cosine downstream is computed in fp32 whatever the model's dtype
+        return z.astype(jnp.float32)
 
     def __call__(self, tokens: Int[Array, "B T"], *, pos0=0, cache=None, perturb: Perturb = None,
                  trace: bool = False, collect_h: bool = False):
@@ -90,7 +99,7 @@ class CausalLM(nnx.Module):
 def _trace(model: CausalLM, tokens, perturb):
     def run(m, toks):
         z, _, hs = m(toks, perturb=perturb, trace=True, collect_h=True)
-        return z, jnp.stack(hs)
+        return z, jnp.stack(hs).astype(jnp.float32)  # h leaves in fp32, like the logits
 
     (z, h), inter = nnx.capture(run, nnx.Intermediate)(model, tokens)
     flat = {".".join(map(str, k)): v for k, v in nnx.to_flat_state(inter)}

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
+from hemorrhage.sim.models.rope import apply_rope, plain_rope
+
 _INIT_STD = 0.02
 
 
@@ -60,8 +62,14 @@ class RMSNorm(nnx.Module):
         return 1.0 + self.w[...] if self.plus_one else self.w[...]
 
     def __call__(self, h: Float[Array, "... d"]) -> Float[Array, "... d"]:
-        ms = jnp.mean(jnp.square(h), axis=-1, keepdims=True)
-        return h * jax.lax.rsqrt(ms + self.eps) * self.gain()
+        # statistics in fp32 whatever the model's dtype (a bf16 mean of squares loses the
+        # small components); back to h's dtype as transformers does: Llama casts before the
+        # gain, Gemma's (1 + w) gain is applied in fp32 first.  No-ops in fp32.
+        hf = h.astype(jnp.float32)
+        ms = jnp.mean(jnp.square(hf), axis=-1, keepdims=True)
+        if self.plus_one:
+            return (hf * jax.lax.rsqrt(ms + self.eps) * self.gain().astype(jnp.float32)).astype(h.dtype)
+        return (hf * jax.lax.rsqrt(ms + self.eps)).astype(h.dtype) * self.gain()
 
 
 class LayerNorm(nnx.Module):
@@ -71,13 +79,15 @@ class LayerNorm(nnx.Module):
         self.b = nnx.Param(jnp.zeros((d,), jnp.float32))
 
     def __call__(self, h: Float[Array, "... d"]) -> Float[Array, "... d"]:
-        mu = jnp.mean(h, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(h - mu), axis=-1, keepdims=True)
-        return (h - mu) * jax.lax.rsqrt(var + self.eps) * self.w[...] + self.b[...]
+        hf = h.astype(jnp.float32)  # mean and variance in fp32 (torch's layer_norm does too)
+        mu = jnp.mean(hf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(hf - mu), axis=-1, keepdims=True)
+        return ((hf - mu) * jax.lax.rsqrt(var + self.eps) * self.w[...] + self.b[...]).astype(h.dtype)
 
 
 def activation(name: str):
-    return {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}[name]
+    return {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+            "gelu": lambda x: jax.nn.gelu(x, approximate=False), "relu": jax.nn.relu}[name]
 
 
 def hoyer(a: Float[Array, "... n"]) -> Float[Array, "..."]:
@@ -128,17 +138,8 @@ class MLP(nnx.Module):
 
 # ------------------------------------------------------------------- attention
 def rope_tables(pos: Int[Array, "T"], head_dim: int, theta: float, scale: float = 1.0):
-    """cos, sin [T D] for rotate-half RoPE (HF convention: the two halves pair up)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    freqs = (pos.astype(jnp.float32) / scale)[:, None] * inv_freq[None, :]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
-
-
-def apply_rope(x: Float[Array, "B T H D"], cos, sin) -> Float[Array, "B T H D"]:
-    half = x.shape[-1] // 2
-    rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
+    """cos, sin [T head_dim] of a plain RoPE (θ, positions / scale); schedules: sim/models/rope.py."""
+    return plain_rope(theta, head_dim, scale).tables(pos)
 
 
 def attention_mask(q_pos: Int[Array, "T"], k_pos: Int[Array, "S"], window: int | None) -> Bool[Array, "T S"]:
@@ -150,21 +151,27 @@ def attention_mask(q_pos: Int[Array, "T"], k_pos: Int[Array, "S"], window: int |
 
 
 class Attention(nnx.Module):
-    """Multi-head attention with GQA, optional q/k RMSNorm (Gemma 3), RoPE or none (GPT-2).
+    """Multi-head attention with GQA; what varies is read from the config, per layer:
 
-    GPT-2 uses one fused `qkv` projection (its c_attn); the others use q, k, v.
+        q, k      RMSNorm per head (cfg.qk_norm = "head": Qwen3, Gemma 3) or over the whole
+                  projection before the head split ("proj": OLMo 2), gain 1 + w where
+                  cfg.norm_plus_one (Gemma)
+        RoPE      cfg.layer_rope(layer): the schedule, partial rotary, None on NoPE layers;
+                  `rope=False` for learned positions (GPT-2)
+        s         q·k · cfg.attn_scale, then c·tanh(s/c) where cfg.attn_softcap (Gemma 2),
+                  then the causal / sliding-window mask
+
+    GPT-2 uses one fused `qkv` projection (its c_attn); the others use q, k, v (Phi-3's
+    fused qkv_proj is split into them at load: sim/models/llama.py).
     """
 
-    def __init__(self, cfg, layer: int, *, fused_qkv: bool = False, qk_norm: bool = False,
-                 rope: bool = True, rngs: nnx.Rngs):
+    def __init__(self, cfg, layer: int, *, fused_qkv: bool = False, rope: bool = True, rngs: nnx.Rngs):
         d, H, K, D = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.H, self.K, self.D = H, K, D
         self.scale = cfg.attn_scale
-        sliding = cfg.layer_types[layer] == "sliding"
-        self.window = cfg.sliding_window if sliding else None
-        self.theta = cfg.rope_local_theta if (sliding and cfg.family == "gemma3") else cfg.rope_theta
-        self.rope_scale = 1.0 if (sliding and cfg.family == "gemma3") else cfg.rope_scale
-        self.use_rope = rope
+        self.softcap = cfg.attn_softcap
+        self.window = cfg.sliding_window if cfg.layer_types[layer] == "sliding" else None
+        self.rope = cfg.layer_rope(layer) if rope else None
         if fused_qkv:
             self.qkv = Linear(d, (H + 2 * K) * D, bias=cfg.qkv_bias, rngs=rngs)
         else:
@@ -172,10 +179,12 @@ class Attention(nnx.Module):
             self.k = Linear(d, K * D, bias=cfg.qkv_bias, rngs=rngs)
             self.v = Linear(d, K * D, bias=cfg.qkv_bias, rngs=rngs)
         self.o = Linear(H * D, d, bias=cfg.o_bias, rngs=rngs)
-        if qk_norm:
-            self.q_norm = RMSNorm(D, cfg.norm_eps, plus_one=True)
-            self.k_norm = RMSNorm(D, cfg.norm_eps, plus_one=True)
-        self.qk_norm = qk_norm
+        self.qk_norm_over = cfg.qk_norm  # none | head | proj
+        self.qk_norm = cfg.qk_norm != "none"  # has q_norm / k_norm (sim.compress.storage reads it)
+        if self.qk_norm:
+            nq, nk = (D, D) if cfg.qk_norm == "head" else (H * D, K * D)
+            self.q_norm = RMSNorm(nq, cfg.norm_eps, plus_one=cfg.norm_plus_one)
+            self.k_norm = RMSNorm(nk, cfg.norm_eps, plus_one=cfg.norm_plus_one)
 
     def _project(self, x):
         B, T, _ = x.shape
@@ -184,15 +193,18 @@ class Attention(nnx.Module):
             q, k, v = jnp.split(self.qkv(x), [H * D, (H + K) * D], axis=-1)
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
-        return q.reshape(B, T, H, D), k.reshape(B, T, K, D), v.reshape(B, T, K, D)
+        if self.qk_norm_over == "proj":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.reshape(B, T, H, D), k.reshape(B, T, K, D), v.reshape(B, T, K, D)
+        if self.qk_norm_over == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
 
     def __call__(self, x: Float[Array, "B T d"], pos: Int[Array, "T"], cache=None, *, trace=False):
         """cache = (k [B S K D], v [B S K D]) of fixed length S, written at `pos`."""
         q, k, v = self._project(x)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.use_rope:
-            cos, sin = rope_tables(pos, self.D, self.theta, self.rope_scale)
+        if self.rope is not None:
+            cos, sin = self.rope.tables(pos)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
             k_all, v_all, k_pos, new_cache = k, v, pos, None
@@ -205,17 +217,21 @@ class Attention(nnx.Module):
         G = H // self.K
         qg = q.reshape(B, T, self.K, G, D)
         s = jnp.einsum("btkgd,bskd->bkgts", qg, k_all) * self.scale
+        if self.softcap is not None:
+            s = jnp.tanh(s / self.softcap) * self.softcap
         mask = attention_mask(pos, k_pos, self.window)
         s = jnp.where(mask[None, None, None], s, jnp.finfo(s.dtype).min)
-        a = jax.nn.softmax(s, axis=-1)
+        # softmax in fp32, probabilities back in the values' dtype (transformers' eager attention)
+        a = jax.nn.softmax(s.astype(jnp.float32), axis=-1)
         if trace:
             ent = -jnp.sum(a * jnp.log(jnp.where(a > 0, a, 1.0)), axis=-1)  # [B K G T]
             n_keys = jnp.maximum(mask.sum(-1), 1).astype(jnp.float32)
             # normalised entropy in [0, 1]: 1 = uniform over the visible keys
             self.sow(nnx.Intermediate, "attn_entropy", ent / jnp.maximum(jnp.log(n_keys), 1e-9))
-        o = jnp.einsum("bkgts,bskd->btkgd", a, v_all).reshape(B, T, H * D)
+        o = jnp.einsum("bkgts,bskd->btkgd", a.astype(v_all.dtype), v_all).reshape(B, T, H * D)
         return self.o(o), new_cache
 
     def empty_cache(self, batch: int, length: int):
-        z = jnp.zeros((batch, length, self.K, self.D), jnp.float32)
+        proj = self.qkv if hasattr(self, "qkv") else self.v
+        z = jnp.zeros((batch, length, self.K, self.D), proj.weight().dtype)  # the keys' dtype: the model's
         return (z, z)
