@@ -55,3 +55,11 @@ def wiki_tokens(smollm2):
     from hemorrhage.sim.data import eval_windows
 
     return eval_windows(smollm2.tokenizer, "wiki", seqlen=64, stride=64, max_windows=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny random Llama with SmolLM2's tokenizer, so real held-out windows and MC items apply."""
+    from helpers import save_tiny_hf_with_smollm2_tokenizer
+
+    return save_tiny_hf_with_smollm2_tokenizer(tmp_path_factory.mktemp("tiny") / "llama")

@@ -38,6 +38,19 @@ def save_tiny_hf_with_tokenizer(model_type: str, out: Path, seed: int = 0, **ove
     return out
 
 
+def save_tiny_hf_with_smollm2_tokenizer(out: Path, **overrides) -> Path:
+    """save_tiny_hf("llama") at SmolLM2's vocabulary with its tokenizer files (fetched once)."""
+    import shutil
+
+    from hemorrhage.sim.registry import fetch_model
+
+    save_tiny_hf("llama", out, **{"vocab_size": 49152, **overrides})
+    src = fetch_model("smollm2-135m", quiet=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, out / name)
+    return out
+
+
 def torch_logits(path: Path, tokens: np.ndarray) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM

@@ -112,14 +112,11 @@ def test_bad_dtype_names_and_unholdable_checkpoints_are_one_line(tmp_path, capsy
 def tiny_with_tokenizer(tmp_path_factory):
     """A tiny Llama with SmolLM2's tokenizer (real held-out windows), and a copy whose final
     norm holds 1e6 (finite in fp32, inf in fp16)."""
-    from hemorrhage.sim.registry import fetch_model
+    from helpers import save_tiny_hf_with_smollm2_tokenizer
     from safetensors.numpy import load_file, save_file
 
     root = tmp_path_factory.mktemp("dtype")
-    clean = save_tiny_hf("llama", root / "clean", vocab_size=49152)
-    src = fetch_model("smollm2-135m", quiet=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, clean / name)
+    clean = save_tiny_hf_with_smollm2_tokenizer(root / "clean")
     huge = root / "huge"
     shutil.copytree(clean, huge)
     w = load_file(str(huge / "model.safetensors"))

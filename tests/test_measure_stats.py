@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -170,21 +169,6 @@ def test_nan_and_inf_tokens():
 # ------------------------------------------------------------------ end to end -----------------
 
 TINY = ["--windows", "2", "--seqlen", "32", "--mc-items", "0", "--prompts", "0", "--strata-bins", "0"]
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    """A tiny random Llama with SmolLM2's tokenizer (the real held-out windows apply)."""
-    from helpers import save_tiny_hf
-
-    from hemorrhage.sim.registry import fetch_model
-
-    out = tmp_path_factory.mktemp("tiny") / "llama"
-    save_tiny_hf("llama", out, vocab_size=49152)
-    src = fetch_model("smollm2-135m", quiet=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, out / name)
-    return out
 
 
 def _check_row(r: dict) -> None:

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -134,21 +133,6 @@ def test_partial_last_line_is_dropped(tmp_path):
 
 
 # ------------------------------------------------------------------ the sweep -----------
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    """A tiny random Llama with SmolLM2's tokenizer (so real windows and MC items apply)."""
-    from helpers import save_tiny_hf
-
-    from hemorrhage.sim.registry import fetch_model
-
-    out = tmp_path_factory.mktemp("tiny") / "llama"
-    save_tiny_hf("llama", out, vocab_size=49152)
-    src = fetch_model("smollm2-135m", quiet=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, out / name)
-    return out
-
 
 def test_choice_scores_match_a_plain_forward(tiny_ckpt):
     """The KV-cache trick (question once, choices from its cache) equals scoring each

@@ -9,7 +9,6 @@ tiny checkpoint carrying SmolLM2's tokenizer; RTN 8-bit on SmolLM2 within ×1.5.
 from __future__ import annotations
 
 import json
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -258,21 +257,6 @@ def test_gptq_error_model_matches_a_real_gptq_layer():
         perm_ref, u_ref, _, _ = make_method("gptq", bits=4, act_order=act).factor(h)
         np.testing.assert_array_equal(perm, perm_ref)
         np.testing.assert_allclose(u2, u_ref, rtol=2e-3, atol=2e-3 * float(jnp.abs(u_ref).max()))
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    """A tiny random Llama with SmolLM2's tokenizer (real held-out text applies)."""
-    from helpers import save_tiny_hf
-
-    from hemorrhage.sim.registry import fetch_model
-
-    out = tmp_path_factory.mktemp("tiny") / "llama"
-    save_tiny_hf("llama", out, vocab_size=49152)
-    src = fetch_model("smollm2-135m", quiet=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, out / name)
-    return out
 
 
 SMALL = ["--windows", "1", "--seqlen", "32", "--prompts", "2", "--prompt-len", "8", "--new-tokens", "8",

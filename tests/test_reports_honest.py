@@ -23,16 +23,11 @@ AGREEMENTS = ("top1_agreement", "mc_agreement", "gen_identical", "gen_prefix_agr
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     """(tiny clean checkpoint, the same with layer 1's MLP down-projection NaN)."""
-    from helpers import save_tiny_hf
+    from helpers import save_tiny_hf_with_smollm2_tokenizer
     from safetensors.numpy import load_file, save_file
 
-    from hemorrhage.sim.registry import fetch_model
-
     root = tmp_path_factory.mktemp("honest")
-    clean = save_tiny_hf("llama", root / "clean", vocab_size=49152)
-    src = fetch_model("smollm2-135m", quiet=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, clean / name)
+    clean = save_tiny_hf_with_smollm2_tokenizer(root / "clean")
     nan = root / "nan"
     shutil.copytree(clean, nan)
     weights = load_file(str(nan / "model.safetensors"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,15 +24,10 @@ FP32 = 1e-5  # relative: a different summation order across devices, nothing mor
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
-    from helpers import save_tiny_hf
-
-    from hemorrhage.sim.registry import fetch_model
+    from helpers import save_tiny_hf_with_smollm2_tokenizer
 
     root = tmp_path_factory.mktemp("shard")
-    ckpt = save_tiny_hf("llama", root / "tiny", vocab_size=49152)  # SmolLM2's tokenizer: real data applies
-    src = fetch_model("smollm2-135m", quiet=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, ckpt / name)
+    ckpt = save_tiny_hf_with_smollm2_tokenizer(root / "tiny")  # real data applies
     (root / "sweep").mkdir()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     proc = subprocess.run([sys.executable, str(HERE / "shard_check.py"), str(ckpt), str(root / "sweep"), "--smollm2"],

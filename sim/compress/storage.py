@@ -1,9 +1,8 @@
 """How compressed linear layers are stored and executed.
 
-Every class here is an nnx.Module that replaces a `Linear` in place (same
-`__call__(x)`, a `weight()` returning the dense effective weight [out in], a `b`
-bias or None, and `nbytes()`), so the model class never changes and
-`export_state` writes exactly what the model runs.
+Every class here is an nnx.Module that replaces a `Linear` in place (same `__call__(x)`, a
+`weight()` returning the dense effective weight [out in], a `b` bias or None, `nbytes()`),
+so the model class never changes and `export_state` writes exactly what the model runs.
 
     PackedLinear     b-bit codes packed into uint8 (two 4-bit codes a byte; 1/2/8 bits
                      likewise; other widths as b bit-planes), fp32 scale and zero point
@@ -14,18 +13,15 @@ bias or None, and `nbytes()`), so the model class never changes and
                      Optional `in_scale` s (AWQ):  W_eff = decode / s  per input column.
     NMSparseLinear   N:M semi-structured: the N kept values of each group of M inputs
                      and their uint8 positions; scattered back to dense in `__call__`.
-    MaskedLinear     unstructured sparsity: the dense fp32 matrix with its zeros plus a
-                     bit-packed keep mask, W_eff = W ⊙ mask.  Honest about memory: a
-                     dense matrix with zeros is *not* smaller (ratio ≈ 1.03).
-    ActQuantLinear   W8A8: wraps an 8-bit symmetric per-channel PackedLinear and
-                     quantizes its input per token, dynamically, to int8; the matmul
-                     runs int8 × int8 → int32 and is rescaled.
+    MaskedLinear     unstructured sparsity: the dense matrix with its zeros plus a bit-packed
+                     keep mask, W_eff = W ⊙ mask (honestly *not* smaller: ratio ≈ 1.03).
+    ActQuantLinear   W8A8: an 8-bit symmetric per-channel PackedLinear whose input is quantized
+                     per token, dynamically, to int8; int8 × int8 → int32, then rescaled.
     ZeroLinear       a removed projection (layer dropping): no storage, weight() = 0.
-    ZeroAttention /  a removed attention / MLP branch: returns zeros of the right shape
-    ZeroMLP          (attention: passes the KV cache through unchanged).
+    ZeroAttention, ZeroMLP   a removed branch: zeros of the right shape (KV cache passed on).
 
-Integer storage uses the `Codes` variable type (not nnx.Param), so taking gradients
-over `nnx.Param` never meets a uint8 array.
+Integer storage uses the `Codes` variable type (not nnx.Param), so gradients over
+`nnx.Param` never meet a uint8 array.
 """
 
 from __future__ import annotations
