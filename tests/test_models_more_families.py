@@ -247,6 +247,27 @@ def test_hierarchy_diagnosis_and_predictor_paths_work_on_experts(saved):
     assert sum(".experts." in p for p in paths) == cfg.n_layers * cfg.n_experts * 3
 
 
+def test_predict_runs_on_a_mixture_of_experts(tmp_path, capsys):
+    """`hemorrhage predict` end to end on Mixtral: its Taylor-mode pass goes through the router,
+    whose top-k choice is piecewise constant (jet has no rule for top_k itself)."""
+    import json
+    import shutil
+
+    from hemorrhage.cli import main
+    from hemorrhage.sim.registry import fetch_model
+
+    out = tmp_path / "mixtral"
+    _save({**VARIANTS["mixtral"], "vocab_size": 49152}, out)  # SmolLM2's tokenizer: real text applies
+    src = fetch_model("smollm2-135m", quiet=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, out / name)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out), "--grid", "rtn:bits=8,4", "--json"]) == 0
+    points = json.loads(capsys.readouterr().out)["points"]
+    kl = [p["kl"] for p in points]
+    assert len(kl) == 2 and all(np.isfinite(kl)) and 0 < kl[0] < kl[1], kl
+
+
 # ------------------------------------------------------------------ refusals
 @pytest.mark.parametrize("family,key,value", [
     ("opt", "layer_norm_elementwise_affine", False),

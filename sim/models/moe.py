@@ -104,7 +104,11 @@ def route(logits: jax.Array, k: int, renormalise: bool) -> tuple[jax.Array, jax.
     """(weights w [.. E], routed [.. E] bool) from router logits: softmax over experts, top-k of
     the probabilities, optionally renormalised over the k chosen; w = 0 off the top k."""
     p = jax.nn.softmax(logits, axis=-1)
-    top, idx = jax.lax.top_k(p, k)
+    # which experts are chosen is piecewise constant in the logits: picked off a stopped copy
+    # (the same choice), so derivatives of every order — JVPs and the predictor's Taylor-mode
+    # pass, which has no rule for top_k — flow only through the chosen p
+    idx = jax.lax.top_k(jax.lax.stop_gradient(p), k)[1]
+    top = jnp.take_along_axis(p, idx, axis=-1)
     if renormalise:
         top = top / jnp.sum(top, axis=-1, keepdims=True)
     onehot = jax.nn.one_hot(idx, logits.shape[-1], dtype=p.dtype)  # [.. k E]
