@@ -72,6 +72,7 @@ def main() -> None:
     from hemorrhage.sim import load
     from hemorrhage.sim.compress import registry
     from hemorrhage.validate.sweep import base_path_for, parse_grid, run_sweep
+    from hemorrhage.validate.sweep_file import check_sweep_out
 
     grid = parse_grid(args.grid)
     counts, times = defaultdict(int), defaultdict(list)
@@ -96,6 +97,7 @@ def main() -> None:
     calib = {"calib_samples": 4, "calib_seqlen": 64, "seed": 0}
     folder = Path(args.out or tempfile.mkdtemp(prefix="bench_sweep_"))
     out = folder / f"sweep_{Path(args.model).name}.jsonl"
+    check_sweep_out(out)  # only a sweep file and base cache hemorrhage wrote are removed below
     out.unlink(missing_ok=True)  # a fresh sweep: nothing to resume, no base phase on disk
     base_path_for(out).unlink(missing_ok=True)
     logs: list[str] = []
