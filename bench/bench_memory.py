@@ -1,6 +1,7 @@
 """Memory and speed of compressed storage vs the dense model, measured in the same run.
 
     python bench/bench_memory.py [--model smollm2-135m] [--batch 4] [--seqlen 128] [--new 32]
+    python bench/bench_memory.py --measure-rss [--json PATH]   (bench/rss_measure.py: issue 29's budget)
 
 Variants: `dense` (fp32 Linear), `rtn4` (rtn bits=4 group_size=64: PackedLinear, two 4-bit
 codes a byte + fp32 scale/zero per 64 weights) and `nm24` (magnitude pattern=2:4:
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import time
 
+import rss_measure
 from bench_speed import best_of  # run as `python bench/bench_memory.py`: bench/ is on sys.path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,7 +113,18 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # the child's job
-    args = ap.parse_args()
+    ap.add_argument("--measure-rss", action="store_true",
+                    help="instead: peak RSS of `hemorrhage measure` per model:dtype vs 2.5 x weights + 1.5 GB "
+                         "(bench/rss_measure.py); flags after `--` go to measure")
+    ap.add_argument("--rss-models", default=",".join(rss_measure.DEFAULT_CASES),
+                    help="--measure-rss cases, comma-separated model:dtype")
+    ap.add_argument("--json", dest="json_path", help="--measure-rss: also write the result to this file")
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if args.measure_rss:
+        rss_measure.main([c for c in args.rss_models.split(",") if c], extra, args.json_path)
+        return
     if args.variant:
         print(json.dumps(child(args)))
         return

@@ -26,8 +26,11 @@ COMMANDS = {
     "train-control": ("train_control", "train the clean fp32 control model (small Llama, CPU, ≤ 15 min) and cache it"),
     "recover": ("recover", "fine-tune a compressed model, masks and grids fixed (STE); KL/top-1 before and after"),
     "predict": ("predict", "predict KL, top-1, first divergence and the cliff of a compression plan before compressing"),
+    "plan": ("plan", "a per-tensor compression plan that meets a KL budget or an average, its predicted KL stated"),
     "experiment": ("experiment", "run experiment 2, 4 or 6 on a stored sweep: CSV, figure and a verdict"),
     "figures": ("figures", "redraw every figure from stored results (sweeps, hierarchy tables); no model"),
+    "memory": ("memory", "will it fit? per-device memory plan of a command from the config alone (no weights)"),
+    "report": ("report", "one static HTML page per study: every verdict, figure, table and how to reproduce it"),
 }
 
 
@@ -80,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here; never try it
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
+        from hemorrhage.sim.allocator import tune_malloc
+
+        tune_malloc()  # before XLA starts its threads: the resident set stays near what is live
         keep_compiled_programs()
         parser = build_parser()
         args = parser.parse_args(argv)

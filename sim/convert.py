@@ -59,35 +59,66 @@ def unpermute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def gguf_tensors(path: Path, arch: str, n_head: int, n_kv: int, *, quiet: bool = False):
+    """(HF name -> shape) of every tensor, read from the GGUF's metadata alone, and an iterator
+    that dequantizes them one at a time, in that order, to fp32 (name, array).
+
+    One at a time because a 1.5 B model is 6.2 GB in fp32: a dict of all of them, then
+    safetensors' own serialisation (a bytes copy of each), held it twice."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
     reader = GGUFReader(str(path))
-    out = {}
     tensors = reader.tensors
-    iterator = tensors
-    if not quiet:
-        from tqdm import tqdm
+    shapes = {hf_name(t.name, arch): tuple(int(x) for x in reversed(t.shape)) for t in tensors}  # GGUF dims: [in, out]
 
-        iterator = tqdm(tensors, desc="dequantizing", unit="tensor", file=sys.stderr)
-    for t in iterator:
-        w = np.asarray(dequantize(t.data, t.tensor_type), np.float32)
-        w = w.reshape(tuple(int(x) for x in reversed(t.shape)))  # GGUF dims are [in, out]
-        name = hf_name(t.name, arch)
-        if arch == "llama" and ".q_proj." in name:
-            w = unpermute_rope(w, n_head)
-        elif arch == "llama" and ".k_proj." in name:
-            w = unpermute_rope(w, n_kv)
-        elif arch.startswith("gemma") and name.endswith("norm.weight"):
-            w = w - 1.0
-        out[name] = np.ascontiguousarray(w)
-    return out
+    def arrays():
+        iterator = tensors
+        if not quiet:
+            from tqdm import tqdm
+
+            iterator = tqdm(tensors, desc="dequantizing", unit="tensor", file=sys.stderr)
+        for t in iterator:
+            name = hf_name(t.name, arch)
+            w = np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(shapes[name])
+            if arch == "llama" and ".q_proj." in name:
+                w = unpermute_rope(w, n_head)
+            elif arch == "llama" and ".k_proj." in name:
+                w = unpermute_rope(w, n_kv)
+            elif arch.startswith("gemma") and name.endswith("norm.weight"):
+                w = w - 1.0
+            yield name, np.ascontiguousarray(w)
+
+    return shapes, arrays()
+
+
+def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], arrays, metadata: dict[str, str]) -> None:
+    """An fp32 safetensors file written tensor by tensor: the header (8-byte little-endian
+    length, then JSON of dtype, shape and [begin, end) byte offsets, padded to 8 bytes) comes
+    from `shapes`, then each array of `arrays` (name, np.ndarray, in the order of `shapes`) is
+    appended as it arrives; nothing keeps more than the one array in hand."""
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name, shape in shapes.items():
+        nbytes = 4 * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    order = iter(shapes)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name, w in arrays:
+            if name != next(order, None) or w.shape != shapes[name] or w.dtype != np.float32:
+                raise UserError(f"GGUF tensor {name!r} does not match its metadata ({w.shape}, {w.dtype})")
+            f.write(memoryview(np.ascontiguousarray(w)).cast("B"))
+        if next(order, None) is not None:
+            raise UserError(f"{path.name}: fewer tensors than the GGUF's metadata lists")
 
 
 def gguf_to_hf(gguf_path: Path, out_dir: Path, *, quiet: bool = False) -> None:
     """Write config.json, model.safetensors and the tokenizer files into out_dir."""
     import transformers
-    from safetensors.numpy import save_file
 
     transformers.logging.set_verbosity_error()
     try:  # transformers reads GGUF only with torch installed (a core dependency, but check)
@@ -105,11 +136,11 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path, *, quiet: bool = False) -> None:
     arch = "gemma3" if hf["model_type"].startswith("gemma3") else hf["model_type"]
     n_head = int(hf["num_attention_heads"])
     n_kv = int(hf.get("num_key_value_heads") or n_head)
-    tensors = gguf_tensors(gguf_path, arch, n_head, n_kv, quiet=quiet)
-    if hf.get("tie_word_embeddings") and "lm_head.weight" in tensors:
+    shapes, arrays = gguf_tensors(gguf_path, arch, n_head, n_kv, quiet=quiet)
+    if hf.get("tie_word_embeddings") and "lm_head.weight" in shapes:
         hf["tie_word_embeddings"] = False
     (out_dir / "config.json").write_text(json.dumps(hf, indent=2, default=str))
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    write_safetensors(out_dir / "model.safetensors", shapes, arrays, {"format": "pt"})
     if not quiet:
         print("[hemorrhage] rebuilding the tokenizer from GGUF metadata", file=sys.stderr)
     tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=fname)

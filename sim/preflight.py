@@ -77,6 +77,18 @@ def check_checkpoint(path: Path) -> dict:
     return hf
 
 
+def check_has_weights(path: Path) -> None:
+    """UserError for a folder holding a config.json and no weight file at all: such a folder
+    plans (`hemorrhage memory`) but cannot run."""
+    path = Path(path)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        return  # not this case: sim.models.loader.checkpoint_files names what is wrong
+    kinds = ("*.safetensors", "*.bin", "*.pt", "model.safetensors.index.json")
+    if not any(next(path.glob(k), None) for k in kinds):
+        raise UserError(f"{path} holds a config.json but no weights: only `hemorrhage memory` plans from a config "
+                        "alone; this command needs the checkpoint's *.safetensors")
+
+
 def read_config(file: Path) -> dict:
     try:
         raw = file.read_bytes()

@@ -51,6 +51,28 @@ def save_tiny_hf_with_smollm2_tokenizer(out: Path, **overrides) -> Path:
     return out
 
 
+def once_per_run(tmp_path_factory, name: str, compute) -> dict:
+    """`compute(folder)` (a JSON-able dict) run once per pytest run.  pytest-xdist may split a
+    module over its workers, and each would run the module's fixture again (a costly one twice):
+    the first worker computes under a file lock in the run's shared temporary folder, the others
+    read what it wrote."""
+    import fcntl
+    import json
+    import os
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # gw0, gw1 sit side by side
+    done = shared / name / "result.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if compute fails
+        if done.is_file():
+            return json.loads(done.read_text())
+        done.parent.mkdir(exist_ok=True)
+        result = compute(done.parent)
+        done.write_text(json.dumps(result))
+        return result
+
+
 def torch_logits(path: Path, tokens: np.ndarray) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM

@@ -4,6 +4,7 @@ carrying SmolLM2's tokenizer, so the real held-out data and MC items apply)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -174,11 +175,31 @@ def _complete_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+@contextlib.contextmanager
+def _cache_every_program():
+    """Every program compiled inside goes to the persistent compilation cache, however quick."""
+    import jax
+
+    keys = ("jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
+    kept = [getattr(jax.config, k) for k in keys]
+    for k in keys:
+        jax.config.update(k, 0)
+    try:
+        yield
+    finally:
+        for k, v in zip(keys, kept):
+            jax.config.update(k, v)
+
+
 def test_sweep_resumes_after_sigkill_and_is_deterministic(tiny_ckpt, tmp_path, capsys):
+    import jax
+
     n = len(SWEEP_GRID.split(","))
-    # a clean run, in this process
+    # a clean run, in this process; what it compiles is cached for the subprocesses below, which
+    # would otherwise compile it all again before their first row
     clean = tmp_path / "clean.jsonl"
-    assert main(_sweep_argv(tiny_ckpt, clean)) == 0
+    with _cache_every_program():
+        assert main(_sweep_argv(tiny_ckpt, clean)) == 0
     printed = json.loads(capsys.readouterr().out)
     rows = [json.loads(x) for x in clean.read_text().splitlines()]
     assert len(rows) == n == len({r["key"] for r in rows}) and printed == rows
@@ -191,7 +212,7 @@ def test_sweep_resumes_after_sigkill_and_is_deterministic(tiny_ckpt, tmp_path, c
 
     # the same sweep in subprocesses, SIGKILLed at a random point three times, then finished
     out = tmp_path / "killed.jsonl"
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or str(tmp_path / "jax"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     rng = random.Random(7)
     logs = []

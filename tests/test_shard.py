@@ -22,11 +22,9 @@ HERE = Path(__file__).resolve().parent
 FP32 = 1e-5  # relative: a different summation order across devices, nothing more
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> dict:
+def _run_shard_check(root: Path) -> dict:
     from helpers import save_tiny_hf_with_smollm2_tokenizer
 
-    root = tmp_path_factory.mktemp("shard")
     ckpt = save_tiny_hf_with_smollm2_tokenizer(root / "tiny")  # real data applies
     (root / "sweep").mkdir()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
@@ -34,6 +32,13 @@ def report(tmp_path_factory) -> dict:
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    from helpers import once_per_run
+
+    return once_per_run(tmp_path_factory, "shard_check", _run_shard_check)  # the costliest fixture: never twice
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2"])

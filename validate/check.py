@@ -27,28 +27,45 @@ def torch_reference(path):
     return model.eval()
 
 
-def check_against_torch(loaded, *, windows: int = 2, seqlen: int = 128, n_greedy: int = 20,
-                        prompt: str = DEFAULT_PROMPT) -> dict:
-    import jax.numpy as jnp
+def torch_side(path, tokenizer, *, windows: int = 2, seqlen: int = 128, n_greedy: int = 20,
+               prompt: str = DEFAULT_PROMPT) -> dict:
+    """transformers' logits on the held-out windows and its greedy continuation of `prompt`,
+    with the PyTorch model dropped before returning: `hemorrhage check` takes these before it
+    loads the JAX model, so the two fp32 copies of the weights never coexist (a 1.5 B model
+    is 7.1 GB in fp32)."""
+    import gc
+
     import torch
 
     from hemorrhage.sim.data import eval_windows
+
+    ref = torch_reference(path)
+    tokens = eval_windows(tokenizer, "wiki", seqlen=seqlen, stride=seqlen, max_windows=windows)
+    ids = tokenizer(prompt).input_ids
+    with torch.no_grad():
+        z_ref = ref(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
+        out = ref.generate(torch.tensor([ids]), max_new_tokens=n_greedy, do_sample=False,
+                           min_new_tokens=n_greedy, pad_token_id=tokenizer.eos_token_id)
+    del ref
+    gc.collect()
+    return {"tokens": np.asarray(tokens), "z_ref": z_ref, "ids": ids, "theirs": out[0, len(ids):].tolist()}
+
+
+def check_against_torch(loaded, *, windows: int = 2, seqlen: int = 128, n_greedy: int = 20,
+                        prompt: str = DEFAULT_PROMPT, reference: dict | None = None) -> dict:
+    """`loaded` against transformers on the same folder; `reference` is torch_side's result
+    when it was taken already (same windows, seqlen, n_greedy and prompt)."""
+    import jax.numpy as jnp
+
     from hemorrhage.sim.generate import generate
     from hemorrhage.sim.models import forward
 
-    ref = torch_reference(loaded.path)
-    tokens = eval_windows(loaded.tokenizer, "wiki", seqlen=seqlen, stride=seqlen, max_windows=windows)
+    ref = reference or torch_side(loaded.path, loaded.tokenizer, windows=windows, seqlen=seqlen,
+                                  n_greedy=n_greedy, prompt=prompt)
+    tokens, z_ref, ids, theirs = ref["tokens"], ref["z_ref"], ref["ids"], ref["theirs"]
     z_jax = np.asarray(forward(loaded.model, jnp.asarray(tokens)))
-    with torch.no_grad():
-        z_ref = ref(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
     diff = float(np.abs(z_jax - z_ref).max())
-
-    ids = loaded.tokenizer(prompt).input_ids
     ours = np.asarray(generate(loaded.model, jnp.asarray([ids]), n_greedy))[0].tolist()
-    with torch.no_grad():
-        out = ref.generate(torch.tensor([ids]), max_new_tokens=n_greedy, do_sample=False,
-                           min_new_tokens=n_greedy, pad_token_id=loaded.tokenizer.eos_token_id)
-    theirs = out[0, len(ids):].tolist()
     return {
         "model": loaded.name,
         "dtype": "float32",

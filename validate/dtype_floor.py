@@ -13,6 +13,12 @@ it is below the resolution of the measurement.  On the measured windows:
 In float32 the floor is zero by construction (the same weights, the same program), so it is
 not computed: every value is null with that reason.  A value that cannot be computed (the
 logits are not finite) is null with its reason, never a perfect score.
+
+Memory: the fp32 side is `reference_logits`, the fp32 base's logits at the scored positions
+[B, T−1, vocab], computed one window at a time and held on the host, so `hemorrhage measure`
+can take them BEFORE it loads the model in the narrower dtype and drop the fp32 copy: the two
+copies of the weights never coexist (peak ≈ the fp32 weights, 2× the bf16 ones, not 3×).
+Both sides go through the vocabulary one window at a time: [B, T, vocab] is never held twice.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ def first_nonfinite(model, tokens) -> dict | None:
 
 
 @jax.jit
-def _compare(z_ref, z):
+def compare_positions(z_ref, z):
     """Per position: KL(p_ref ‖ p), argmax agreement, both logit rows finite (fp32)."""
     lp_ref, lp = jax.nn.log_softmax(z_ref, axis=-1), jax.nn.log_softmax(z, axis=-1)
     kl = jnp.sum(jnp.exp(lp_ref) * (lp_ref - lp), axis=-1)
@@ -50,19 +56,39 @@ def _compare(z_ref, z):
     return kl, top1, finite
 
 
-def dtype_floor(model, dtype: str, tokens, reference=None) -> dict:
-    """The floor of `model` (held in `dtype`) against `reference`, the same base in fp32, on
-    `tokens` [B T] (scored positions: all but each window's last, as measure scores them)."""
+def _window_logits(model, tokens) -> "np.ndarray":
+    """fp32 logits at the scored positions [B, T−1, vocab], one window per forward (host numpy)."""
     from hemorrhage.sim.models import forward
 
+    return np.stack([np.asarray(forward(model, jnp.asarray(tokens[b:b + 1]))[0, :-1], np.float32)
+                     for b in range(tokens.shape[0])])
+
+
+def reference_logits(model, tokens) -> np.ndarray:
+    """The fp32 side of the floor: `model` (the base in fp32) at the scored positions of
+    `tokens` [B T]; [B, T−1, vocab] float32 on the host."""
+    return _window_logits(model, np.asarray(tokens))
+
+
+def dtype_floor(model, dtype: str, tokens, reference=None, z_ref: np.ndarray | None = None) -> dict:
+    """The floor of `model` (held in `dtype`) against the same base in fp32 on `tokens` [B T]
+    (scored positions: all but each window's last, as measure scores them); the fp32 side is
+    `z_ref` (reference_logits, taken earlier) or computed here from the fp32 model `reference`."""
     out: dict = {"dtype": dtype, "kl": None, "top1_agreement": None, "nonfinite": None}
     if dtype == "float32":
         return mark(out, FLOOR_KEYS, "the model runs in float32: its floor against float32 is zero by construction")
+    tokens = np.asarray(tokens)
+    kl, top1, finite = [], [], []
+    for b in range(tokens.shape[0]):  # one window's logits at a time on each side
+        zr = z_ref[b] if z_ref is not None else _window_logits(reference, tokens[b:b + 1])[0]
+        z = _window_logits(model, tokens[b:b + 1])[0]
+        for acc, a in zip((kl, top1, finite), compare_positions(jnp.asarray(zr), jnp.asarray(z))):
+            acc.append(np.asarray(a).reshape(-1))
+    kl, top1, finite = (np.concatenate(a) for a in (kl, top1, finite))
     toks = jnp.asarray(tokens)
-    z = forward(model, toks)[:, :-1]
-    z_ref = forward(reference, toks)[:, :-1]
-    kl, top1, finite = (np.asarray(a).reshape(-1) for a in _compare(z_ref, z))
-    out["nonfinite"] = first_nonfinite(model, toks)
+    if not finite.all() or not all(bool(jnp.all(jnp.isfinite(v.get_value())))
+                                   for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))):
+        out["nonfinite"] = first_nonfinite(model, toks)  # the full trace only when something is not finite
     if not finite.all():
         where = out["nonfinite"] or {"site": "logits"}
         return mark(out, FLOOR_KEYS, f"logits not finite in {dtype} at {int((~finite).sum())} of {finite.size} "

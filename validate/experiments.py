@@ -15,6 +15,7 @@ mixed and are compared in the figures.  Verdict format: validate/exp_common.py.
     ppl_not_enough     exp 6  validate/exp_ppl.py          perplexity vs capability metrics (LLM-KICK)
     seed000            exp 7  validate/exp_seed000.py      rare targets first; sparsity vs difficulty
     decoding           exp 8  validate/exp_decoding.py     greedy / sampling / beam under compression
+    retrieval                 validate/exp_retrieval.py    retrieval survives where generation collapses (rows with --retrieval)
 Exp 5 (Signal Degradation vs Computation Collapse) needs the model: `hemorrhage diagnose`
 (validate/diagnose.py); its stored results/diagnose/*.json are redrawn here.
 """
@@ -32,7 +33,7 @@ from hemorrhage.validate.exp_ppl import ppl_not_enough, spearman_table  # noqa: 
 REGISTRY = {"hierarchy": ("exp_hierarchy", "hierarchy"), "mc_vs_generation": ("exp_mc", "mc_vs_generation"),
             "compounding": ("exp_compounding", "compounding"), "thresholds": ("exp_thresholds", "thresholds"),
             "ppl_not_enough": ("exp_ppl", "ppl_not_enough"), "seed000": ("exp_seed000", "seed000"),
-            "decoding": ("exp_decoding", "decoding")}
+            "decoding": ("exp_decoding", "decoding"), "retrieval": ("exp_retrieval", "retrieval")}
 EXPERIMENTS = tuple(REGISTRY)
 
 

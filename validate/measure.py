@@ -147,6 +147,7 @@ class MeasureConfig:
     gen_seed: int = 0  # the sampling strategies' seed, the same for base and compressed
     steps: bool = True  # teacher-forced / free-running metrics per generation step
     strata_bins: int = 5  # quantiles of the base's NLL (validate/strata.py); 0 = none
+    retrieval: int = 0  # documents of the retrieval benchmark (validate/retrieval.py); 0 = none
 
     def __post_init__(self):
         checks = [(self.windows >= 1, "--windows must be >= 1"), (self.seqlen >= 2, "--seqlen must be >= 2"),
@@ -155,7 +156,8 @@ class MeasureConfig:
                   (self.prompts >= 0, "--prompts must be >= 0"),
                   (self.prompt_len >= 1, "--prompt-len must be >= 1"),
                   (self.new_tokens >= 1, "--new-tokens must be >= 1"),
-                  (self.strata_bins >= 0, "--strata-bins must be >= 0")]
+                  (self.strata_bins >= 0, "--strata-bins must be >= 0"),
+                  (self.retrieval == 0 or self.retrieval >= 2, "--retrieval must be 0 (none) or >= 2 documents")]
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
@@ -184,6 +186,8 @@ class MeasureConfig:
         d["strategies"] = list(self.strategies)
         d["stride"] = self.seqlen
         d["scored_tokens"] = self.windows * (self.seqlen - 1)
+        if not self.retrieval:  # configs (and sweep files) from before retrieval existed stay the same
+            d.pop("retrieval")
         return d
 
 
@@ -254,9 +258,41 @@ def measure(loaded, comp_model, base: BaseCache, record: dict | None = None) -> 
         out["per_layer"] = {k: [float(x) for x in np.asarray(v)] for k, v in sorted(pl.items())}
         if any(math.isnan(x) for v in out["per_layer"].values() for x in v):
             nc["per_layer"] = f"NaN where a layer's lens could not be compared ({why})"
+    if config.retrieval:
+        out.update(_retrieval(loaded, comp_model, config))
+        nc.update(out.pop(NC, {}))
     out[NC] = nc
     out["notes"] = _notes(out, len(nll_c))
     out["collapsed"] = bool(out["nonfinite_tokens"] or out.get("mc_nonfinite_items", 0))
+    return out
+
+
+def _retrieval(loaded, comp_model, config: MeasureConfig) -> dict:
+    from hemorrhage.validate.retrieval import RetrievalConfig, measure_retrieval
+
+    return measure_retrieval(loaded, comp_model, RetrievalConfig(n_documents=config.retrieval))
+
+
+# the language-model metrics an encoder has no head for (measure_encoder)
+LM_KEYS = TOKEN_KEYS + ("mc_agreement", "mc_acc_base", "mc_acc", "mc_kl_choices", "mc_kl_full",
+                        "first_divergence_mean", "gen_prefix_agreement", "gen_token_agreement", "gen_identical")
+
+
+def measure_encoder(loaded, comp_model, config: MeasureConfig, record: dict | None = None) -> dict:
+    """`measure` for a sentence encoder (sim/models/bert.py): retrieval (config.retrieval
+    documents, 1000 when 0) and embedding_cos; every language-model metric null with its reason."""
+    from hemorrhage.sim.timings import without_timings
+
+    out: dict = {"model": str(loaded.name), "base_note": getattr(loaded, "base_note", "")}
+    if record is not None:
+        out.update(method=record.get("method"), settings=record.get("settings"), record=without_timings(record))
+    config = dataclasses.replace(config, retrieval=config.retrieval or 1000)
+    out["config"] = {"retrieval": config.retrieval}
+    why = "the model is an encoder: no language-model head, so no next-token distribution, MC scores or generation"
+    out.update({k: None for k in LM_KEYS})
+    out.update(_retrieval(loaded, comp_model, config))
+    out[NC] = {**{k: why for k in LM_KEYS}, **out.pop(NC, {})}
+    out["notes"], out["collapsed"] = [], bool(out.get("retrieval_nonfinite_queries"))
     return out
 
 

@@ -295,7 +295,10 @@ def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log, d
                 append_row(out, row, fd)
             tqdm.write(f"[sweep] {label}: kl {show(res, 'kl')} ± {show(res, 'kl_stderr', '.2g')}, "
                        f"top-1 {show(res, 'top1_agreement', '.3f')}, "
-                       f"ppl {show(res, 'ppl')}" + (" COLLAPSED" if res["collapsed"] else ""), file=sys.stderr)
+                       f"ppl {show(res, 'ppl')}"
+                       # retrieval (--retrieval N) beside KL/MC/generation: one model, one setting, one row
+                       + (f", recall@1 {show(res, 'retrieval_recall_at_1', '.3f')}" if "retrieval_mrr" in res else "")
+                       + (" COLLAPSED" if res["collapsed"] else ""), file=sys.stderr)
             bar.update(1)
             if devices <= 1:  # with worker threads running, compiled programs are left alone
                 bound_memory(lambda m: tqdm.write(f"[sweep] {m}", file=sys.stderr))

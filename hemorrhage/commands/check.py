@@ -12,10 +12,23 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from hemorrhage.validate.check import check_against_torch
+    from hemorrhage.sim.loading import load_tokenizer
+    from hemorrhage.sim.models.loader import checkpoint_files
+    from hemorrhage.sim.models.weights import held_dtype
+    from hemorrhage.sim.preflight import check_checkpoint, check_has_weights
+    from hemorrhage.sim.registry import resolve
+    from hemorrhage.validate.check import check_against_torch, torch_side
 
+    # transformers' side first, its model dropped before ours loads: one fp32 copy at a time
+    path = resolve(args.model)
+    check_has_weights(path)  # a config-only folder: pointed to `hemorrhage memory`
+    checkpoint_files(path, getattr(args, "allow_pickle", False))  # what load() refuses, refused before torch runs
+    check_checkpoint(path)
+    held_dtype(path, getattr(args, "dtype", "auto"))
+    ref = torch_side(path, load_tokenizer(path), windows=args.windows, seqlen=args.seqlen,
+                     n_greedy=args.greedy_tokens)
     res = check_against_torch(load_model(args), windows=args.windows, seqlen=args.seqlen,
-                              n_greedy=args.greedy_tokens)
+                              n_greedy=args.greedy_tokens, reference=ref)
     if args.json:
         print_json(res)
     else:

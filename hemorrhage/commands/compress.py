@@ -27,6 +27,7 @@ import argparse
 from hemorrhage.commands.common import (add_compression, add_mesh, add_model, add_overwrite, check_compression,
                                         check_export_out, compression_settings, load_model, mesh_shape,
                                         place_on_mesh, print_json)
+from hemorrhage.commands.plan import add_plan_flag, compress_with_plan, read_plan_arg
 
 
 def add_arguments(p) -> None:
@@ -39,6 +40,7 @@ def add_arguments(p) -> None:
                    help="folder to write: new, empty, or an earlier export (only its files are replaced)")
     add_overwrite(p)
     add_mesh(p)
+    add_plan_flag(p)
     p.add_argument("--json", action="store_true", help="print the full record as JSON")
     p.add_argument("--timings", action="store_true",
                    help="with --json: include the wall-clock seconds (`timings`; without it the same command "
@@ -85,12 +87,17 @@ def run(args) -> int:
     from hemorrhage.sim.compress import compress_from_args, export_hf
 
     settings = compression_settings(args)
-    check_compression(args)  # bad names, settings and calibration flags fail here, before loading anything
+    plan = read_plan_arg(args)
+    if plan is None:
+        check_compression(args)  # bad names, settings and calibration flags fail here, before loading anything
     shape = mesh_shape(args)
     check_export_out(args)  # a folder the user owns, a path below a file: refused before the model loads
     loaded, mesh = place_on_mesh(load_model(args), shape)
-    model, record = compress_from_args(loaded, args.method, calib_samples=args.calib_samples,
-                                       calib_seqlen=args.calib_seqlen, seed=args.seed, mesh=mesh, **settings)
+    if plan is not None:
+        model, record = compress_with_plan(loaded, plan, args, mesh)
+    else:
+        model, record = compress_from_args(loaded, args.method, calib_samples=args.calib_samples,
+                                           calib_seqlen=args.calib_seqlen, seed=args.seed, mesh=mesh, **settings)
     out = export_hf(model, loaded.path, args.out, record, overwrite=args.overwrite)
     if args.json:
         for w in record.get("warnings", []):

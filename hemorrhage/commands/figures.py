@@ -2,7 +2,8 @@
 
 Redraw every figure from the stored results, without the model: each sweep
 results/*.jsonl gives the three experiment figures (mc_vs_generation, thresholds,
-ppl_not_enough); each results/hierarchy/*.csv gives its hierarchy figure.
+ppl_not_enough); each results/hierarchy/*.csv gives its hierarchy figure.  Then
+results/report/index.html: one static page over every stored sweep, linking these figures.
 """
 
 from __future__ import annotations
@@ -26,4 +27,7 @@ def run(args) -> int:
     check_dirs(args, "--results", "--figures")  # SUMMARY.md and verdicts are rewritten in --results
     written = regenerate(args.results, args.figures)
     print(f"{len(written)} figures written under {args.figures}")
+    from hemorrhage.validate.report import write_stored_report
+
+    write_stored_report(args.results, args.figures)  # results/report/index.html: one page for every stored sweep
     return 0

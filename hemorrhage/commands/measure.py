@@ -13,8 +13,11 @@ from __future__ import annotations
 import sys
 import time
 
+import numpy as np
+
 from hemorrhage.commands.common import (add_compression, add_mesh, add_model, check_compression, compress_loaded,
                                         load_model, mesh_shape, place_on_mesh, print_json)
+from hemorrhage.commands.plan import add_plan_flag, compress_with_plan, read_plan_arg
 
 
 def add_measure_arguments(p, *, per_layer_default: bool = True) -> None:
@@ -39,6 +42,10 @@ def add_measure_arguments(p, *, per_layer_default: bool = True) -> None:
                    help="skip the per-step teacher-forced / free-running metrics")
     g.add_argument("--strata-bins", type=int, default=5,
                    help="quantiles of the base's target NLL the damage is split by, 0 = none (default 5)")
+    g.add_argument("--retrieval", type=int, default=0, metavar="N",
+                   help="also measure retrieval over N held-out Wikipedia documents (recall@1/@10, MRR, "
+                        "embedding_cos; validate/retrieval.py); 0 = none, the default, since 1000 documents "
+                        "add minutes on a CPU (an encoder such as minilm-l6 always measures it, 1000 when 0)")
     if per_layer_default:
         g.add_argument("--no-per-layer", dest="per_layer", action="store_false",
                        help="skip the per-layer logit lens (the slowest part)")
@@ -56,7 +63,8 @@ def measure_config(args):
                          mc_items=args.mc_items, mc_seed=args.mc_seed, prompts=args.prompts,
                          prompt_len=args.prompt_len, new_tokens=args.new_tokens, per_layer=args.per_layer,
                          strategies=tuple(t.strip() for t in str(args.strategies).split(",") if t.strip()),
-                         gen_seed=args.gen_seed, steps=args.steps, strata_bins=args.strata_bins)
+                         gen_seed=args.gen_seed, steps=args.steps, strata_bins=args.strata_bins,
+                         retrieval=getattr(args, "retrieval", 0))
 
 
 def add_arguments(p) -> None:
@@ -64,6 +72,7 @@ def add_arguments(p) -> None:
     add_compression(p)
     add_measure_arguments(p)
     add_mesh(p)
+    add_plan_flag(p)
     p.add_argument("--json", action="store_true", help="print every metric as JSON (NaN/Infinity kept)")
 
 
@@ -73,19 +82,31 @@ def _log(msg: str) -> None:
 
 def run(args) -> int:
     from hemorrhage.validate.measure import base_cache, measure
+    from hemorrhage.validate.retrieval import is_encoder
 
     config = measure_config(args)  # validates before the model loads
-    check_compression(args)
+    plan = read_plan_arg(args)
+    if plan is None:
+        check_compression(args)
     shape = mesh_shape(args)
+    floor_ref = floor_reference(args, config)  # before the model in --dtype exists: never both copies
     loaded, mesh = place_on_mesh(load_model(args), shape)
-    check_compression(args, loaded.model)  # what depends on the model, before the base phase's minutes
+    if plan is None:
+        check_compression(args, loaded.model)  # what depends on the model, before the base phase's minutes
+    else:
+        from hemorrhage.sim.plan import check_plan
+
+        check_plan(plan, loaded)  # another model's plan, a tensor it lacks: before the base phase
+    if is_encoder(loaded.model):  # no LM head: retrieval only, language-model metrics null with the reason
+        return _run_encoder(args, loaded, config, mesh, plan)
     t0 = time.perf_counter()
     base = base_cache(loaded, config, log=_log)
     t1 = time.perf_counter()
-    comp, record = compress_loaded(loaded, args, mesh)
+    comp, record = compress_loaded(loaded, args, mesh) if plan is None else compress_with_plan(loaded, plan, args, mesh)
     t2 = time.perf_counter()
     res = measure(loaded, comp, base, record)
-    res["dtype_floor"] = dtype_floor_of(args, loaded, base.tokens)
+    del comp  # what it did not share with the base goes before the floor's forwards
+    res["dtype_floor"] = dtype_floor_of(args, loaded, base.tokens, floor_ref)
     _log(f"base phase {t1 - t0:.1f} s, compression {t2 - t1:.1f} s, measurement {time.perf_counter() - t2:.1f} s")
     if args.json:
         print_json(res)
@@ -94,13 +115,61 @@ def run(args) -> int:
     return 0
 
 
-def dtype_floor_of(args, loaded, tokens) -> dict:
+def _run_encoder(args, loaded, config, mesh, plan) -> int:
+    from hemorrhage.validate.measure import measure_encoder
+
+    comp, record = compress_loaded(loaded, args, mesh) if plan is None else compress_with_plan(loaded, plan, args, mesh)
+    res = measure_encoder(loaded, comp, config, record)
+    if args.json:
+        print_json(res)
+        return 0
+    from hemorrhage.validate.computable import show
+
+    r = res["retrieval"]
+    print(f"{res['model']}, {res['method']} {res['settings']}  ({r['n_queries']} queries, {r['n_documents']} documents)")
+    print(f"recall@1 {show(res, 'retrieval_recall_at_1_base', '.3f')} -> {show(res, 'retrieval_recall_at_1', '.3f')}   "
+          f"recall@10 {show(res, 'retrieval_recall_at_10_base', '.3f')} -> {show(res, 'retrieval_recall_at_10', '.3f')}"
+          f"   MRR {show(res, 'retrieval_mrr_base', '.3f')} -> {show(res, 'retrieval_mrr', '.3f')}   "
+          f"embedding cos {show(res, 'embedding_cos', '.4f')}")
+    print("language-model metrics: not computable (the model is an encoder, no LM head)")
+    print(f"note: {res['base_note']}")
+    return 0
+
+
+def floor_reference(args, config):
+    """(tokens, fp32 logits at their scored positions) of the base for the dtype floor, taken
+    from an fp32 load that is dropped before the model is loaded in --dtype; None when the
+    model will be held in fp32 or its dtype is only known once loaded (pickle weights).
+
+    Why first: loading the fp32 copy beside the bf16 model held 3× the bf16 weights' bytes; the
+    reference logits [windows, seqlen−1, vocab] are a fraction of that (validate.dtype_floor)."""
+    from hemorrhage.sim import load
+    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.models.weights import held_dtype
+    from hemorrhage.sim.registry import resolve
+    from hemorrhage.validate.dtype_floor import reference_logits
+
+    if getattr(args, "dtype", "auto") == "float32":
+        return None
+    path = resolve(args.model)
+    if held_dtype(path, args.dtype) in (None, "float32"):
+        return None
+    ref = load(args.model, allow_pickle=getattr(args, "allow_pickle", False), quiet=True, dtype="float32")
+    tokens = eval_windows(ref.tokenizer, config.source, seqlen=config.seqlen, stride=config.seqlen,
+                          max_windows=config.windows)
+    return np.asarray(tokens), reference_logits(ref.model, tokens)
+
+
+def dtype_floor_of(args, loaded, tokens, floor_ref=None) -> dict:
     """The base in --dtype against the same base in fp32 on the measured windows
-    (validate.dtype_floor); the fp32 copy is loaded only for this and dropped after."""
+    (validate.dtype_floor), from `floor_ref` (floor_reference) when it was taken on these
+    windows, else from an fp32 copy loaded only for this and dropped after."""
     from hemorrhage.validate.dtype_floor import dtype_floor
 
     if loaded.dtype == "float32":
         return dtype_floor(loaded.model, "float32", tokens)
+    if floor_ref is not None and np.array_equal(floor_ref[0], np.asarray(tokens)):
+        return dtype_floor(loaded.model, loaded.dtype, tokens, z_ref=floor_ref[1])
     from hemorrhage.sim import load
 
     ref = load(args.model, allow_pickle=getattr(args, "allow_pickle", False), quiet=True, dtype="float32")

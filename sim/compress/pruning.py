@@ -179,12 +179,14 @@ class Magnitude:
     def check(self, model):
         _check_nm(model, parse_pattern(self.pattern))
 
-    def apply(self, model, calib_tokens=None, layer_sparsity=None) -> dict:
+    def apply(self, model, calib_tokens=None, layer_sparsity=None, tensor_sparsity=None) -> dict:
+        """layer_sparsity [blocks] (OWL) or tensor_sparsity {path: s} (sim.plan) override self.sparsity."""
         nm = parse_pattern(self.pattern)
         count = _Counter(len(model.layers))
         for path, parent, attr, layer in list(linears(model)):
             i = _block_of(path)
             s = self.sparsity if layer_sparsity is None else layer_sparsity[i]
+            s = float((tensor_sparsity or {}).get(path, s))
             w = layer.weight()
             score = _abs(w)
             keep = nm_mask(score, *nm) if nm else topk_mask(score, s)
@@ -208,14 +210,15 @@ class Wanda:
     def check(self, model):
         _check_nm(model, parse_pattern(self.pattern))
 
-    def apply(self, model, calib_tokens, layer_sparsity=None) -> dict:
+    def apply(self, model, calib_tokens, layer_sparsity=None, tensor_sparsity=None) -> dict:
+        """layer_sparsity [blocks] (OWL) or tensor_sparsity {path: s} (sim.plan) override self.sparsity."""
         nm = parse_pattern(self.pattern)
         count = _Counter(len(model.layers))
         runner = Sequential(model, calib_tokens)
         for i, block in runner.blocks():
             groups = input_groups(block)
             stats = runner.stats(block, groups)
-            s = self.sparsity if layer_sparsity is None else layer_sparsity[i]
+            s_block = self.sparsity if layer_sparsity is None else layer_sparsity[i]
             for g in groups:
                 norm = stats[g.key].col_norm()
                 parent = g.parent(block)
@@ -223,6 +226,7 @@ class Wanda:
                     layer = getattr(parent, attr)
                     w = layer.weight()
                     score = _wanda_score(w, norm)
+                    s = float((tensor_sparsity or {}).get(f"layers.{i}.{g.part}.{attr}", s_block))
                     keep = nm_mask(score, *nm) if nm else row_mask(score, s)
                     _replace(parent, attr, layer, w, keep, nm)
                     count.add(i, keep)
@@ -252,7 +256,8 @@ class SparseGPT:
     def check(self, model):
         _check_nm(model, parse_pattern(self.pattern))
 
-    def apply(self, model, calib_tokens) -> dict:
+    def apply(self, model, calib_tokens, tensor_sparsity=None) -> dict:
+        """tensor_sparsity {path: s} (sim.plan) overrides self.sparsity."""
         nm = parse_pattern(self.pattern)
         count = _Counter(len(model.layers))
         runner = Sequential(model, calib_tokens)
@@ -268,7 +273,8 @@ class SparseGPT:
                     w = obs.zero_columns(layer.weight().astype(jnp.float32), dead)  # OBS updates in fp32
                     out, d = w.shape
                     bs = obs.block_size(d, nm[1] if nm else 1)
-                    k = jnp.asarray(obs.cumulative_counts(out * bs, d // bs, self.sparsity))
+                    s = float((tensor_sparsity or {}).get(f"layers.{i}.{g.part}.{attr}", self.sparsity))
+                    k = jnp.asarray(obs.cumulative_counts(out * bs, d // bs, s))
                     w_new, keep = obs.sparsegpt(w, u, k, bs=bs, n=nm[0] if nm else None, m=nm[1] if nm else None)
                     _replace(parent, attr, layer, w_new, keep, nm)
                     count.add(i, keep)

@@ -21,7 +21,7 @@ Each method also checks whether the base weights already lie on the requested gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import jax
@@ -82,12 +82,14 @@ class RTN(_Quant):
     def __post_init__(self):
         self._validate()
 
-    def apply(self, model, calib_tokens=None) -> dict:
+    def apply(self, model, calib_tokens=None, tensor_bits=None) -> dict:
+        """tensor_bits {path: bits}: a per-tensor plan (sim.plan); the others at self.bits."""
         grid = self._grid(model)
-        for _, parent, attr, layer in list(linears(model)):
-            codes, scale, zero = rtn(layer.weight(), bits=self.bits, group_size=self.group_size,
+        for path, parent, attr, layer in list(linears(model)):
+            bits = int((tensor_bits or {}).get(path, self.bits))
+            codes, scale, zero = rtn(layer.weight(), bits=bits, group_size=self.group_size,
                                      symmetric=self.symmetric)
-            setattr(parent, attr, _packed(layer, codes, scale, zero, self.bits, self.group_size))
+            setattr(parent, attr, _packed(layer, codes, scale, zero, bits, self.group_size))
         return self._record(model, grid)
 
 
@@ -188,7 +190,9 @@ class GPTQ(_Quant):
                           symmetric=self.symmetric, act_order=self.act_order)
         return res, lam
 
-    def apply(self, model, calib_tokens) -> dict:
+    def apply(self, model, calib_tokens, tensor_bits=None) -> dict:
+        """tensor_bits {path: bits}: a per-tensor plan (sim.plan); the others at self.bits.
+        Linears of one input group at different bits are solved one by one (same H)."""
         grid = self._grid(model)
         runner = Sequential(model, calib_tokens)
         lams = []
@@ -199,11 +203,15 @@ class GPTQ(_Quant):
                 stats = runner.stats(block, stage)
                 for g in stage:
                     parent = g.parent(block)
-                    layers = [getattr(parent, a) for a in g.attrs]
-                    res, lam = self.quantize_group([layer.weight() for layer in layers], stats[g.key].hessian())
-                    lams.append(lam)
-                    for attr, layer, (codes, scale, zero) in zip(g.attrs, layers, res):
-                        setattr(parent, attr, _packed(layer, codes, scale, zero, self.bits, self.group_size))
+                    bits = [int((tensor_bits or {}).get(f"layers.{i}.{g.part}.{a}", self.bits)) for a in g.attrs]
+                    for b in sorted(set(bits)):
+                        attrs = [a for a, ab in zip(g.attrs, bits) if ab == b]
+                        layers = [getattr(parent, a) for a in attrs]
+                        me = self if b == self.bits else replace(self, bits=b)
+                        res, lam = me.quantize_group([layer.weight() for layer in layers], stats[g.key].hessian())
+                        lams.append(lam)
+                        for attr, layer, (codes, scale, zero) in zip(attrs, layers, res):
+                            setattr(parent, attr, _packed(layer, codes, scale, zero, b, self.group_size))
             runner.advance(block)
         return self._record(model, {**grid, "damp_used_max": float(max(lams)) if lams else None})
 

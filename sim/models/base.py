@@ -9,11 +9,17 @@ Sites where `perturb(site, l, x)` may add noise or put back another activation:
     ("h", l)     the residual h_l, l = 0..L
     ("attn", l)  the attention branch output of block l (0-based), before the residual add
     ("mlp", l)   the MLP branch output of block l
+
+Where the blocks are uniform they run as one `lax.scan` (sim/models/scan.py) and `l` reaches
+a perturb marked `traced_layers` as a traced int32; an unmarked perturb gets Python ints
+(lax.switch per layer).  A model with `scan_layers = False`, or whose blocks differ, runs the
+unrolled loop, with the same numbers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Optional
 
 import jax
@@ -21,11 +27,45 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from hemorrhage.sim.models import scan
+
 Perturb = Optional[Callable[[str, int, Array], Array]]
 
 
 def _apply(perturb: Perturb, site: str, layer: int, x):
     return x if perturb is None else perturb(site, layer, x)
+
+
+def traced_layers(perturb):
+    """Mark `perturb(site, layer, x)` as working with `layer` a traced int32 scalar inside the
+    scanned blocks (compare it with jnp.where, index arrays with it).  An unmarked perturb
+    still gets Python ints: the scan dispatches it per layer with lax.switch, which traces
+    it L + 1 times per site (cheap for a small perturb; mark a costly one)."""
+    perturb.traced_layer = True
+    return perturb
+
+
+def _per_layer(perturb: Perturb, L: int) -> Perturb:
+    """A perturb the scan can call with a traced layer index: a `traced_layers` one as it is,
+    any other through lax.switch over its L + 1 Python-int layers (each branch is the
+    caller's code at a constant layer, so `if layer == 3:` and list indexing keep working)."""
+    if perturb is None or getattr(perturb, "traced_layer", False):
+        return perturb
+
+    def by_layer(site, layer, x):
+        return jax.lax.switch(layer, [partial(perturb, site, i) for i in range(L + 1)], x)
+
+    return by_layer
+
+
+def _sown(block: nnx.Module) -> dict:
+    """Pop what the block sowed in this call: {name: value} (sow keeps a tuple of calls)."""
+    flat = nnx.to_flat_state(nnx.pop(block, nnx.Intermediate))
+    out = {}
+    for path, var in flat:
+        v = var.get_value()
+        out[path[-1]] = v[0] if isinstance(v, tuple) else v
+    return out
 
 
 def branch(block: nnx.Module, perturb: Perturb, site: str, layer: int, trace: bool, x):
@@ -70,22 +110,63 @@ class CausalLM(nnx.Module):
         # cosine downstream is computed in fp32 whatever the model's dtype
         return z.astype(jnp.float32)
 
+    scan_layers = True  # False: always the unrolled loop (tests and bench compare the two)
+
     def __call__(self, tokens: Int[Array, "B T"], *, pos0=0, cache=None, perturb: Perturb = None,
                  trace: bool = False, collect_h: bool = False):
         """Returns (z [B T vocab], new cache or None, [h_0..h_L] if collect_h)."""
+        z, new_cache, hs, _ = self.run(tokens, pos0=pos0, cache=cache, perturb=perturb, trace=trace,
+                                       collect_h=collect_h)
+        return z, new_cache, (None if hs is None else list(hs))
+
+    def run(self, tokens: Int[Array, "B T"], *, pos0=0, cache=None, perturb: Perturb = None,
+            trace: bool = False, collect_h: bool = False):
+        """(z, new cache or None, h [L+1 B T d] if collect_h, {sown name: [L ...]} if trace).
+
+        The blocks run as one scan (sim/models/scan.py) where they are uniform and
+        `scan_layers` is on; otherwise unrolled, one traced block per layer.  Both give the
+        same numbers (to float rounding: XLA fuses the loop body on its own)."""
         T = tokens.shape[1]
         pos = jnp.asarray(pos0, jnp.int32) + jnp.arange(T, dtype=jnp.int32)
-        h = _apply(perturb, "h", 0, self.embed_tokens(tokens, pos))
-        hs = [h] if collect_h else None
-        new_cache = []
+        h0 = _apply(perturb, "h", 0, self.embed_tokens(tokens, pos))
+        how = scan.plan(self.layers) if self.scan_layers else scan.Plan(False, {})
+        blocks = self._scanned if how.scan else self._unrolled
+        h, new_cache, hs, sown = blocks(h0, pos, cache, perturb, trace, collect_h, how)
+        hs = jnp.concatenate([h0[None], hs]) if collect_h else None
+        return self.unembed(h), new_cache, hs, sown
+
+    def _unrolled(self, h, pos, cache, perturb, trace, collect_h, how):
+        hs, new_cache, sown = [], [], {}
         for i, block in enumerate(self.layers):
             h, c = block(h, pos, None if cache is None else cache[i], perturb=perturb, layer=i, trace=trace)
             h = _apply(perturb, "h", i + 1, h)
             new_cache.append(c)
-            if collect_h:
-                hs.append(h)
-        z = self.unembed(h)
-        return z, (None if cache is None else tuple(new_cache)), hs
+            hs.append(h)
+            for name, v in (_sown(block) if trace else {}).items():
+                sown.setdefault(name, []).append(v)
+        return (h, None if cache is None else tuple(new_cache), jnp.stack(hs) if collect_h else None,
+                {k: jnp.stack(v) for k, v in sown.items()})
+
+    def _scanned(self, h, pos, cache, perturb, trace, collect_h, how: scan.Plan):
+        gd, params = scan.stack_states(self.layers)
+        L = len(self.layers)
+        tables = scan.rope_tables(how.ropes, pos)
+        xs = {"params": params, "layer": jnp.arange(L, dtype=jnp.int32), "kind": how.kinds}
+        perturb = _per_layer(perturb, L)
+        if cache is not None:
+            xs["cache"] = jax.tree.map(lambda *cs: jnp.stack(cs), *cache)
+
+        def body(h, x):
+            block = nnx.merge(gd, x["params"])
+            saved = scan.with_kind(block, x["kind"], tables)
+            h, c = block(h, pos, x.get("cache"), perturb=perturb, layer=x["layer"], trace=trace)
+            scan.restore(block, saved)
+            h = _apply(perturb, "h", x["layer"] + 1, h)
+            return h, (c, h if collect_h else None, _sown(block) if trace else {})
+
+        h, (c, hs, sown) = jax.lax.scan(body, h, xs)
+        new_cache = None if cache is None else tuple(jax.tree.map(lambda a: a[i], c) for i in range(L))
+        return h, new_cache, hs, sown
 
     def empty_cache(self, batch: int, length: int):
         return tuple(b.attn.empty_cache(batch, length) for b in self.layers)
@@ -97,25 +178,12 @@ class CausalLM(nnx.Module):
 
 @nnx.jit(static_argnums=(2,))
 def _trace(model: CausalLM, tokens, perturb):
-    def run(m, toks):
-        z, _, hs = m(toks, perturb=perturb, trace=True, collect_h=True)
-        return z, jnp.stack(hs).astype(jnp.float32)  # h leaves in fp32, like the logits
-
-    (z, h), inter = nnx.capture(run, nnx.Intermediate)(model, tokens)
-    flat = {".".join(map(str, k)): v for k, v in nnx.to_flat_state(inter)}
-
-    def stack(name):
-        keys = sorted((k for k in flat if k.endswith(name)), key=lambda k: int(k.split(".")[1]))
-        if not keys:
-            return None
-        vals = [flat[k].get_value() for k in keys]  # sow keeps a tuple of calls
-        return jnp.stack([v[0] if isinstance(v, tuple) else v for v in vals])
-
-    ent = stack("attn_entropy")
+    z, _, h, sown = model.run(tokens, perturb=perturb, trace=True, collect_h=True)
+    ent = sown.get("attn_entropy")
     if ent is not None:  # [L B K G T] -> mean over heads [L B T]
         ent = ent.mean(axis=(2, 3))
-    return Trace(h=h, logits=z, attn_entropy=ent, gate_pos=stack("gate_pos"),
-                 attn_out=stack("attn_out"), mlp_out=stack("mlp_out"), mlp_hoyer=stack("mlp_hoyer"))
+    return Trace(h=h.astype(jnp.float32), logits=z, attn_entropy=ent, gate_pos=sown.get("gate_pos"),
+                 attn_out=sown.get("attn_out"), mlp_out=sown.get("mlp_out"), mlp_hoyer=sown.get("mlp_hoyer"))
 
 
 @nnx.jit(static_argnums=(2,))

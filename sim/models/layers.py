@@ -205,7 +205,9 @@ class Attention(nnx.Module):
         q, k, v = self._project(x)
         if self.rope is not None:
             cos, sin = self.rope.tables(pos)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            on = getattr(self.rope, "on", None)  # per-layer RoPE as data (sim/models/scan.py): NoPE layers
+            q, k = (qr, kr) if on is None else (jnp.where(on, qr, q), jnp.where(on, kr, k))
         if cache is None:
             k_all, v_all, k_pos, new_cache = k, v, pos, None
         else:

@@ -102,6 +102,19 @@ def resolve_dtype(stored: set[str], asked: str) -> str:
     return "float32"  # no tensors at all: the loader then names the first one missing
 
 
+
+def held_dtype(path: Path, asked: str) -> str | None:
+    """The dtype `load_checkpoint` will hold the folder's model in, from the safetensors
+    headers alone (no tensor read); None where that needs the tensors (pickle weights).
+    Every stored tensor counts here, where the loader counts only those it fills from: the
+    two differ only for a checkpoint whose unused buffers are wider than its weights."""
+    from hemorrhage.sim.preflight import safetensors_header
+
+    files = weight_files(path)
+    if not files:
+        return asked if asked != "auto" else None
+    return resolve_dtype(set(stored_tags({f: safetensors_header(f) for f in files}).values()), asked)
+
 class TensorReader:
     """Lazy name -> tensor view of a checkpoint's safetensors files.
 
