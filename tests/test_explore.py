@@ -35,3 +35,20 @@ def test_knob_measures_each_level_of_the_damage(explorer):
     assert q.per_layer["kl"][-1] > 0 and np.isfinite(q.per_layer["kl_pred"]).all()
     fig = hierarchy_figure(hard, 1)
     assert len(fig.axes) == 2
+
+
+def test_notebook_knob_cells_build_the_view(explorer):
+    """The cells every tutorial shares (explore.method_dropdown ... knob_view) with marimo's own
+    UI elements: the slider offers the method's settings, the view holds the figure and text."""
+    import marimo as mo
+
+    from hemorrhage.validate import explore
+
+    method = explore.method_dropdown(mo, "magnitude")
+    level = explore.level_slider(mo, method.value)
+    layer = explore.layer_slider(mo, explorer)
+    assert method.value == "magnitude" and level.value == explore.KNOBS["magnitude"][1][3]
+    assert layer.value == explorer.h_base.shape[0] - 1
+    html = explore.knob_view(mo, explorer, method.value, level.value, layer).text
+    d = explorer.damage("magnitude", level.value)  # cached: the view measured this setting
+    assert "data:image/png" in html and "Multiple choice" in html and d.text_compressed[:8].replace("<", "&lt;") in html

@@ -36,6 +36,7 @@ FIELDS = ("h", "logits", "attn_entropy", "gate_pos", "attn_out", "mlp_out", "mlp
 
 def _model(hf: dict):
     m = build(ModelConfig.from_hf(hf), seed=3)
+    m.scan_layers = True  # opt in: the unrolled loop is the default (sim/models/base.py)
     for _, var in nnx.iter_graph(m):
         if isinstance(var, nnx.Param) and var[...].ndim == 2:
             var.set_value(var[...] * 10.0)

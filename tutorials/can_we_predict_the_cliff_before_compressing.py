@@ -167,8 +167,8 @@ def _(mo):
     logit lens you see the hierarchy $1-\cos(h) < 1-\cos(z) < 1-\cos(p)$ grow, $KL(p\|q)$ beside its
     prediction $\tfrac12\mathrm{Var}_p(\Delta z)$ (Theorem 3), the MC answers (they keep the base's
     choice) and the two generations (they part early).  **Latency** on SmolLM2-135M, 2-core CPU:
-    the base side once, about a minute including compilation; then a few seconds per new setting
-    (measured: see `tutorials/README.md`); a setting seen before is instant.
+    the base side once, about half a minute; then about 10 s per new sparsity and 40–45 s per new
+    bit width, which compiles anew (measured: `tutorials/README.md`); a setting seen before is instant.
 
     Try: rtn 6 → 3 bits and watch ½Var_p(Δz) against KL: the prediction's premise holds while the points stay on the diagonal.
     """)
@@ -178,39 +178,32 @@ def _(mo):
 @app.cell
 def _(interactive, mo):
     mo.stop(not interactive)  # a script runs the study above only: the knob is for people
-    from hemorrhage.validate.explore import KNOBS
+    from hemorrhage.validate import explore
 
-    method = mo.ui.dropdown(options=list(KNOBS), value="rtn", label="method")
-    return KNOBS, method
+    method = explore.method_dropdown(mo, "rtn")
+    return explore, method
 
 
 @app.cell
-def _(KNOBS, method, mo):
-    level = mo.ui.slider(steps=list(KNOBS[method.value][1]), value=KNOBS[method.value][1][3],
-                         label=KNOBS[method.value][0])
+def _(explore, method, mo):
+    level = explore.level_slider(mo, method.value)
     mo.hstack([method, level])
     return (level,)
 
 
 @app.cell
-def _(args, interactive, mo):
+def _(args, explore, interactive, mo):
     mo.stop(not interactive)
     from hemorrhage.sim import load as _load
-    from hemorrhage.validate.explore import Explorer
 
-    explorer = Explorer(_load(args.model, quiet=True))  # the base side, once: every slider reuses it
-    _n = explorer.h_base.shape[0] - 1
-    layer = mo.ui.slider(0, _n, value=_n, label="layer (logit lens; 0 = embeddings)")
+    explorer = explore.Explorer(_load(args.model, quiet=True))  # the base side, once: every slider reuses it
+    layer = explore.layer_slider(mo, explorer)
     return explorer, layer
 
 
 @app.cell
-def _(explorer, layer, level, method, mo):
-    from hemorrhage.validate.explore import hierarchy_figure, summary_markdown
-
-    _d = explorer.damage(method.value, level.value)
-    _layer = min(layer.value, len(_d.per_layer["kl"]) - 1)
-    mo.vstack([layer, hierarchy_figure(_d, _layer), mo.md(summary_markdown(_d, _layer, explorer.questions))])
+def _(explore, explorer, layer, level, method, mo):
+    explore.knob_view(mo, explorer, method.value, level.value, layer)
     return
 
 

@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hemorrhage.sim.models.base import traced_layers
+
 CKA_MIN, GATE_FLIP_MAX, ENTROPY_SHIFT_MAX, KL_DAMAGE = 0.7, 0.25, 0.15, 0.01
 
 
@@ -50,16 +52,21 @@ def _kl_rows(z_ref, z):
 
 
 @partial(nnx.jit, static_argnames=("site",))
-def _final_kl_patched(comp, tokens, z_base, site: str, layer, values):
-    """Mean final KL when `values[layer]` replaces the compressed model's `site` at `layer`."""
+def _final_kl_patched(comp, tokens, z_base, site: str, layers, values):
+    """Mean final KL for each l in `layers` [n] when `values[l]` replaces the compressed model's
+    `site` at l: one program and one dispatch for all of them (lax.map keeps one forward live)."""
 
-    def patch(s, l, x):
-        if s != site:
-            return x
-        return jnp.where(layer == l, values[min(l, values.shape[0] - 1)], x)
+    def one(layer):
+        @traced_layers  # `l` may be the scan's traced layer index: one body, not a switch over layers
+        def patch(s, l, x):
+            if s != site:
+                return x
+            return jnp.where(layer == l, values[jnp.minimum(l, values.shape[0] - 1)], x)
 
-    z = comp(tokens, perturb=patch)[0]
-    return jnp.mean(_kl_rows(z_base, z))
+        z = comp(tokens, perturb=patch)[0]
+        return jnp.mean(_kl_rows(z_base, z))
+
+    return jax.lax.map(one, layers)
 
 
 @nnx.jit
@@ -88,11 +95,8 @@ def diagnose(base, comp, tokens) -> dict:
     top1 = float(np.mean(np.asarray(jnp.argmax(tb.logits, -1) == jnp.argmax(tc.logits, -1))))
 
     def restored(site, values, layers):
-        out = []
-        for l in layers:
-            kl = float(_final_kl_patched(comp, tokens, tb.logits, site, jnp.asarray(l), values))
-            out.append(1.0 - kl / final_kl if final_kl > 0 and np.isfinite(final_kl) else float("nan"))
-        return out
+        kls = np.asarray(_final_kl_patched(comp, tokens, tb.logits, site, jnp.asarray(list(layers), jnp.int32), values))
+        return [1.0 - float(kl) / final_kl if final_kl > 0 and np.isfinite(final_kl) else float("nan") for kl in kls]
 
     restore_h = restored("h", tb.h, range(1, n_blocks + 1))
     restore_attn = restored("attn", tb.attn_out, range(n_blocks))

@@ -189,3 +189,31 @@ def summary_markdown(d: Damage, layer: int, questions=()) -> str:
     lines += [f"**Generation** (greedy, {len(d.text_base) and 'same prompt'}): first differs at step "
               f"{d.first_divergence}.", "", f"- base: `{d.text_base!r}`", f"- compressed: `{d.text_compressed!r}`"]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the notebooks' knob cells
+# One definition of the knob for the four tutorials (tutorials/*.py): each marimo cell calls one
+# of these, so the cells' dependencies (method -> level, explorer -> layer) stay marimo's own.
+def method_dropdown(mo, value: str):
+    """The method picker: one of KNOBS."""
+    return mo.ui.dropdown(options=list(KNOBS), value=value, label="method")
+
+
+def level_slider(mo, method: str):
+    """The setting `method` turns (sparsity or bits), started at its fourth value."""
+    name, values = KNOBS[method]
+    return mo.ui.slider(steps=list(values), value=values[3], label=name)
+
+
+def layer_slider(mo, explorer: "Explorer"):
+    """Which layer's logit lens to show, from 0 (the embeddings) to L (the output)."""
+    n = explorer.h_base.shape[0] - 1
+    return mo.ui.slider(0, n, value=n, label="layer (logit lens; 0 = embeddings)")
+
+
+def knob_view(mo, explorer: "Explorer", method: str, level, layer_ui):
+    """The damage of (method, level) at the layer the slider names: the layer slider, the
+    hierarchy figure and the summary (MC answers, both generations, the time it took)."""
+    d = explorer.damage(method, level)
+    layer = min(layer_ui.value, len(d.per_layer["kl"]) - 1)
+    return mo.vstack([layer_ui, hierarchy_figure(d, layer), mo.md(summary_markdown(d, layer, explorer.questions))])

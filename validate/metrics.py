@@ -66,8 +66,10 @@ def compare_hidden(h: Float[Array, "N d"], h_c: Float[Array, "N d"]) -> dict[str
 def per_layer(base, comp, hs: Float[Array, "L1 N d"], hs_c: Float[Array, "L1 N d"], chunk: int = 256):
     """Token-mean of every metric at every layer's logit lens: dict of [L+1] arrays.
 
-    Tokens go through the head `chunk` at a time so a 262k vocabulary fits in memory."""
+    Tokens go through the head `chunk` at a time so a 262k vocabulary fits in memory; fewer
+    tokens than a chunk go as one chunk of their own size (padding them would only add work)."""
     n = hs.shape[1]
+    chunk = max(1, min(chunk, n))
     pad = (-n) % chunk
     valid = jnp.arange(n + pad) < n
 

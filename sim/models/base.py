@@ -10,10 +10,9 @@ Sites where `perturb(site, l, x)` may add noise or put back another activation:
     ("attn", l)  the attention branch output of block l (0-based), before the residual add
     ("mlp", l)   the MLP branch output of block l
 
-Where the blocks are uniform they run as one `lax.scan` (sim/models/scan.py) and `l` reaches
-a perturb marked `traced_layers` as a traced int32; an unmarked perturb gets Python ints
-(lax.switch per layer).  A model with `scan_layers = False`, or whose blocks differ, runs the
-unrolled loop, with the same numbers.
+With `scan_layers = True` and uniform blocks they run as one `lax.scan` (sim/models/scan.py) and
+`l` reaches a perturb marked `traced_layers` as a traced int32; an unmarked perturb gets Python
+ints (lax.switch per layer).  Otherwise (the default) the unrolled loop runs, with the same numbers.
 """
 
 from __future__ import annotations
@@ -110,7 +109,10 @@ class CausalLM(nnx.Module):
         # cosine downstream is computed in fp32 whatever the model's dtype
         return z.astype(jnp.float32)
 
-    scan_layers = True  # False: always the unrolled loop (tests and bench compare the two)
+    # True: uniform blocks run as one lax.scan (compile time independent of depth).  Off by
+    # default: the per-layer weights are stacked inside each jitted call, a temporary copy of
+    # every block weight, and the scanned prefill ran slower than the unrolled one (bench/README.md)
+    scan_layers = False
 
     def __call__(self, tokens: Int[Array, "B T"], *, pos0=0, cache=None, perturb: Perturb = None,
                  trace: bool = False, collect_h: bool = False):

@@ -26,6 +26,8 @@ exporter, sim/compress and the predictor unchanged) and are stacked inside each 
 That stack is a copy of the block weights per call, made once per jitted call: decode in
 sim/generate is one jit whose `lax.scan` over tokens closes over the stack, so the copy is
 made per generation, not per token (measured: bench/README.md, "Scanned blocks").
+That copy is why the scan is opt-in (`CausalLM.scan_layers`, default False) until the
+parameters are stored stacked.
 
 Taylor mode: `jax.experimental.jet` has no rule for `scan`; the predictor's second-order
 pass (sim/linear_response) goes through the blocks, so `_scan_jet_rule` below supplies one:
