@@ -52,9 +52,9 @@ def response_seconds(loaded, cfg, reps: int = 3) -> float:
     import jax
 
     from hemorrhage.sim import linear_response as lrm
-    from hemorrhage.sim.predict import _data
+    from hemorrhage.sim.predict import held_out_sets
 
-    sets, _, _ = _data(loaded, cfg)
+    sets, _, _ = held_out_sets(loaded, cfg)
     lr = lrm.Linearization(loaded.model, sets, taylor=cfg.dephasing)
     ctx = lrm.Context(lr, cfg)
     ctx.h_eval = lr.h["eval"][:, :-1].reshape(-1, lr.h["eval"].shape[-1])

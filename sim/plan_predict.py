@@ -31,23 +31,10 @@ from hemorrhage.sim.tangents import obs_shape, quant_noise_std
 
 def held_out(loaded, cfg) -> dict:
     """The predictor's token sets: cfg.windows held-out windows ("eval") and, with prompts,
-    the base's greedy continuations ("gen") after them (as sim.predict)."""
-    from hemorrhage.sim.data import eval_windows
-    from hemorrhage.sim.generate import generate
+    the base's greedy continuations ("gen") after them (sim.predict's own)."""
+    from hemorrhage.sim.predict import held_out_sets
 
-    from hemorrhage.errors import UserError
-
-    ev = eval_windows(loaded.tokenizer, cfg.source, seqlen=cfg.seqlen, stride=cfg.seqlen, max_windows=cfg.windows)
-    sets = {"eval": ev}
-    if cfg.prompts:
-        w = eval_windows(loaded.tokenizer, cfg.source, seqlen=cfg.prompt_len, stride=cfg.seqlen,
-                         max_windows=cfg.windows + cfg.prompts)
-        prompts = w[cfg.windows:]
-        if len(prompts) == 0:
-            raise UserError("the held-out text has no room for prompts after the scored windows")
-        gen = np.asarray(generate(loaded.model, prompts, cfg.new_tokens), np.int32)
-        sets["gen"] = np.concatenate([prompts, gen[:, :-1]], axis=1)
-    return sets
+    return held_out_sets(loaded, cfg)[0]
 
 
 def plan_context(loaded, cfg, stats=None) -> lrm.Context:

@@ -204,7 +204,8 @@ def plan_families(model, grid: list[tuple[str, dict]]) -> list[dict]:
 
 # ------------------------------------------------------------------ the prediction -----
 
-def _data(loaded, cfg: PredictConfig):
+def held_out_sets(loaded, cfg: PredictConfig):
+    """({"eval": held-out windows, "gen": prompts + the base's greedy continuations}, prompts, gen)."""
     from hemorrhage.sim.data import eval_windows
     from hemorrhage.sim.generate import generate
 
@@ -234,7 +235,7 @@ def predict(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictCo
     model = loaded.model
     fams = plan_families(model, grid)
     say("base generation")
-    sets, prompts, gen = _data(loaded, cfg)
+    sets, prompts, gen = held_out_sets(loaded, cfg)
     stats = None
     if any(f["method"] in ("gptq", "wanda", "sparsegpt") for f in fams):
         from hemorrhage.sim.compress.calib import layer_hessians
