@@ -43,8 +43,11 @@ from bench_speed import best_of  # run as `python bench/bench_memory.py`: bench/
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-VARIANTS = {"dense": ("none", {}), "rtn4": ("rtn", {"bits": 4, "group_size": 64}),
-            "nm24": ("magnitude", {"pattern": "2:4"})}
+VARIANTS = {
+    "dense": ("none", {}),
+    "rtn4": ("rtn", {"bits": 4, "group_size": 64}),
+    "nm24": ("magnitude", {"pattern": "2:4"}),
+}
 
 
 def _rss_mb() -> float:
@@ -64,14 +67,15 @@ def child(args) -> dict:
 
     from hemorrhage.sim import load
     from hemorrhage.sim.compress import compress, make_method, memory_report
-    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.windows import eval_windows
     from hemorrhage.sim.generate import generate
 
     jnp.zeros(1).block_until_ready()  # the XLA client itself, before any weight exists
     rss0 = _rss_mb()
     loaded = load(args.model, quiet=True)
-    tokens = np.asarray(eval_windows(loaded.tokenizer, "wiki", seqlen=args.seqlen, stride=args.seqlen,
-                                     max_windows=args.batch))
+    tokens = np.asarray(
+        eval_windows(loaded.tokenizer, "wiki", seqlen=args.seqlen, stride=args.seqlen, max_windows=args.batch)
+    )
     method, settings = VARIANTS[args.variant]
     if args.variant == "dense":
         model = loaded.model
@@ -94,15 +98,24 @@ def child(args) -> dict:
     prompt = jnp.asarray(tokens[:1, :16])
     generate(model, prompt, args.new).block_until_ready()  # compile
     decode = best_of(lambda: generate(model, prompt, args.new).block_until_ready(), args.repeats)
-    return {"variant": args.variant, "method": method, "settings": settings,
-            "linear_bytes": mem["bytes"], "linear_fp32_bytes": mem["fp32_bytes"], "ratio_vs_fp32": mem["ratio"],
-            "weight_bytes": int(sum(a.nbytes for a in arrays)),
-            "xla_argument_bytes": None if ma is None else int(ma.argument_size_in_bytes),
-            "xla_temp_bytes": None if ma is None else int(ma.temp_size_in_bytes),
-            "xla_output_bytes": None if ma is None else int(ma.output_size_in_bytes),
-            "rss_mb": round(_rss_mb() - rss0, 1), "rss_baseline_mb": round(rss0, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "prefill_tok_s": tokens.size / prefill, "decode_tok_s": args.new / decode, "compile_s": round(compile_s, 2)}
+    return {
+        "variant": args.variant,
+        "method": method,
+        "settings": settings,
+        "linear_bytes": mem["bytes"],
+        "linear_fp32_bytes": mem["fp32_bytes"],
+        "ratio_vs_fp32": mem["ratio"],
+        "weight_bytes": int(sum(a.nbytes for a in arrays)),
+        "xla_argument_bytes": None if ma is None else int(ma.argument_size_in_bytes),
+        "xla_temp_bytes": None if ma is None else int(ma.temp_size_in_bytes),
+        "xla_output_bytes": None if ma is None else int(ma.output_size_in_bytes),
+        "rss_mb": round(_rss_mb() - rss0, 1),
+        "rss_baseline_mb": round(rss0, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "prefill_tok_s": tokens.size / prefill,
+        "decode_tok_s": args.new / decode,
+        "compile_s": round(compile_s, 2),
+    }
 
 
 def main() -> None:
@@ -113,15 +126,21 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # the child's job
-    ap.add_argument("--measure-rss", action="store_true",
-                    help="instead: peak RSS of `hemorrhage measure` per model:dtype vs 2.5 x weights + 1.5 GB "
-                         "(bench/rss_measure.py); flags after `--` go to measure")
-    ap.add_argument("--rss-models", default=",".join(rss_measure.DEFAULT_CASES),
-                    help="--measure-rss cases, comma-separated model:dtype")
+    ap.add_argument(
+        "--measure-rss",
+        action="store_true",
+        help="instead: peak RSS of `hemorrhage measure` per model:dtype vs 2.5 x weights + 1.5 GB "
+        "(bench/rss_measure.py); flags after `--` go to measure",
+    )
+    ap.add_argument(
+        "--rss-models",
+        default=",".join(rss_measure.DEFAULT_CASES),
+        help="--measure-rss cases, comma-separated model:dtype",
+    )
     ap.add_argument("--json", dest="json_path", help="--measure-rss: also write the result to this file")
     argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if args.measure_rss:
         rss_measure.main([c for c in args.rss_models.split(",") if c], extra, args.json_path)
         return
@@ -130,28 +149,64 @@ def main() -> None:
         return
     rows = {}
     for name in VARIANTS:  # one fresh process each, one after the other (no two share the cores)
-        cmd = [sys.executable, __file__, "--variant", name, "--model", args.model, "--batch", str(args.batch),
-               "--seqlen", str(args.seqlen), "--new", str(args.new), "--repeats", str(args.repeats)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            name,
+            "--model",
+            args.model,
+            "--batch",
+            str(args.batch),
+            "--seqlen",
+            str(args.seqlen),
+            "--new",
+            str(args.new),
+            "--repeats",
+            str(args.repeats),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"bench_memory: {name} failed:\n{proc.stderr[-2000:]}")
         rows[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     dense = rows["dense"]
     for r in rows.values():
-        r["vs_dense"] = {k: (r[k] / dense[k] if dense.get(k) else None)
-                         for k in ("linear_bytes", "weight_bytes", "xla_argument_bytes", "xla_temp_bytes", "rss_mb",
-                                   "prefill_tok_s", "decode_tok_s")}
-    res = {"model": args.model, "cpu_threads": os.cpu_count(), "batch": args.batch, "seqlen": args.seqlen,
-           "new_tokens": args.new, "load_avg_1m": round(os.getloadavg()[0], 2), "variants": rows}
+        r["vs_dense"] = {
+            k: (r[k] / dense[k] if dense.get(k) else None)
+            for k in (
+                "linear_bytes",
+                "weight_bytes",
+                "xla_argument_bytes",
+                "xla_temp_bytes",
+                "rss_mb",
+                "prefill_tok_s",
+                "decode_tok_s",
+            )
+        }
+    res = {
+        "model": args.model,
+        "cpu_threads": os.cpu_count(),
+        "batch": args.batch,
+        "seqlen": args.seqlen,
+        "new_tokens": args.new,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "variants": rows,
+    }
     print(json.dumps(res, indent=2))
-    print(f"{'variant':<6} {'linear MiB':>10} {'×fp32':>6} {'weights MiB':>11} {'×dense':>6} {'XLA temp MiB':>12} "
-          f"{'RSS MiB':>8} {'prefill tok/s':>13} {'×dense':>6} {'decode tok/s':>12} {'×dense':>6}", file=sys.stderr)
+    print(
+        f"{'variant':<6} {'linear MiB':>10} {'×fp32':>6} {'weights MiB':>11} {'×dense':>6} {'XLA temp MiB':>12} "
+        f"{'RSS MiB':>8} {'prefill tok/s':>13} {'×dense':>6} {'decode tok/s':>12} {'×dense':>6}",
+        file=sys.stderr,
+    )
     for n, r in rows.items():
         v = r["vs_dense"]
-        print(f"{n:<6} {r['linear_bytes'] / 2**20:>10.1f} {r['ratio_vs_fp32']:>6.3f} "
-              f"{r['weight_bytes'] / 2**20:>11.1f} {v['weight_bytes']:>6.3f} {(r['xla_temp_bytes'] or 0) / 2**20:>12.1f} {r['rss_mb']:>8.0f} "
-              f"{r['prefill_tok_s']:>13.0f} {v['prefill_tok_s']:>6.2f} {r['decode_tok_s']:>12.1f} "
-              f"{v['decode_tok_s']:>6.2f}", file=sys.stderr)
+        print(
+            f"{n:<6} {r['linear_bytes'] / 2**20:>10.1f} {r['ratio_vs_fp32']:>6.3f} "
+            f"{r['weight_bytes'] / 2**20:>11.1f} {v['weight_bytes']:>6.3f} {(r['xla_temp_bytes'] or 0) / 2**20:>12.1f} {r['rss_mb']:>8.0f} "
+            f"{r['prefill_tok_s']:>13.0f} {v['prefill_tok_s']:>6.2f} {r['decode_tok_s']:>12.1f} "
+            f"{v['decode_tok_s']:>6.2f}",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

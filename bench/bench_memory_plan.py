@@ -60,8 +60,25 @@ def _run(mode: str, model: str, dtype: str) -> int:
 
 
 def _plan(model: str, dtype: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "hemorrhage.cli", "memory", "--model", model, "--dtype", dtype,
-                           "--command", "measure", "--target", "this", "--json"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hemorrhage.cli",
+            "memory",
+            "--model",
+            model,
+            "--dtype",
+            dtype,
+            "--command",
+            "measure",
+            "--target",
+            "this",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         raise SystemExit(f"plan {model} {dtype} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout)
@@ -69,8 +86,9 @@ def _plan(model: str, dtype: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="smollm2-135m:float32",
-                    help="comma-separated NAME:DTYPE (default smollm2-135m:float32)")
+    ap.add_argument(
+        "--models", default="smollm2-135m:float32", help="comma-separated NAME:DTYPE (default smollm2-135m:float32)"
+    )
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -83,14 +101,24 @@ def main() -> int:
         peak = _run("measured", model, dtype or "float32")
         plan = _plan(model, dtype or "float32")
         planned = plan["peak_bytes_per_device"]
-        row = {"model": model, "dtype": dtype or "float32", "weight_bytes": plan["weight_bytes"],
-               "planned": planned, "peak_program": plan["peak_program"], "baseline_rss": base, "peak_rss": peak,
-               "measured_minus_baseline": peak - base, "ratio": (peak - base) / planned}
+        row = {
+            "model": model,
+            "dtype": dtype or "float32",
+            "weight_bytes": plan["weight_bytes"],
+            "planned": planned,
+            "peak_program": plan["peak_program"],
+            "baseline_rss": base,
+            "peak_rss": peak,
+            "measured_minus_baseline": peak - base,
+            "ratio": (peak - base) / planned,
+        }
         rows.append(row)
-        print(f"{model:20s} {row['dtype']:9s} weights {plan['weight_bytes'] / 1e9:5.2f} GB  planned "
-              f"{planned / 1e9:5.2f} GB ({plan['peak_program']})  measured {(peak - base) / 1e9:5.2f} GB "
-              f"(peak RSS {peak / 1e9:5.2f} − baseline {base / 1e9:4.2f})  measured/planned {row['ratio']:.2f}",
-              flush=True)
+        print(
+            f"{model:20s} {row['dtype']:9s} weights {plan['weight_bytes'] / 1e9:5.2f} GB  planned "
+            f"{planned / 1e9:5.2f} GB ({plan['peak_program']})  measured {(peak - base) / 1e9:5.2f} GB "
+            f"(peak RSS {peak / 1e9:5.2f} − baseline {base / 1e9:4.2f})  measured/planned {row['ratio']:.2f}",
+            flush=True,
+        )
     print(json.dumps(rows))
     return 0
 

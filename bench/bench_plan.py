@@ -57,13 +57,15 @@ def heuristic_levels(planner, avg: float) -> list:
 
 def imatrix_levels(planner, avg: float) -> list:
     from hemorrhage.sim.compress.calib import layer_hessians
-    from hemorrhage.sim.data import calibration_tokens
+    from hemorrhage.sim.windows import calibration_tokens
     from hemorrhage.sim.plan_sensitivity import sensitivity_table
     from hemorrhage.sim.plan_solve import solve
 
     cfg, lr = planner.cfg, planner.ctx.lr
-    stats = layer_hessians(planner.loaded.model, calibration_tokens(planner.loaded.tokenizer, "wiki", cfg.calib_samples,
-                                                                    cfg.calib_seqlen, cfg.calib_seed))
+    stats = layer_hessians(
+        planner.loaded.model,
+        calibration_tokens(planner.loaded.tokenizer, "wiki", cfg.calib_samples, cfg.calib_seqlen, cfg.calib_seed),
+    )
     act = [jnp.broadcast_to(0.5 * jnp.diag(stats[p].hessian())[None, :], w.shape) for p, w in zip(lr.paths, lr.weights)]
     s = planner.spec
     tab = sensitivity_table(lr, act, s.method, list(s.levels), group_size=s.group_size, symmetric=s.symmetric)
@@ -78,10 +80,17 @@ def plan_from_levels(planner, levels, name):
     s = planner.spec
     whole = planner.whole(levels)
     avg = sum(lv * n for lv, n in zip(levels, planner.tab.n_weights)) / planner.n_total
-    return {"format": PLAN_FORMAT, "model": name, "fingerprint": fingerprint(planner.loaded), "method": s.method,
-            "axis": s.axis, "settings": {"group_size": s.group_size, "symmetric": s.symmetric},
-            "tensors": [{"path": p, s.axis: lv} for p, lv in zip(planner.tab.paths, levels)],
-            "predicted_kl": whole["kl"], f"avg_{s.axis}": avg}
+    return {
+        "format": PLAN_FORMAT,
+        "model": name,
+        "fingerprint": fingerprint(planner.loaded),
+        "method": s.method,
+        "axis": s.axis,
+        "settings": {"group_size": s.group_size, "symmetric": s.symmetric},
+        "tensors": [{"path": p, s.axis: lv} for p, lv in zip(planner.tab.paths, levels)],
+        "predicted_kl": whole["kl"],
+        f"avg_{s.axis}": avg,
+    }
 
 
 def family(loaded, cfg, method, levels, avgs, log):
@@ -101,9 +110,15 @@ def family(loaded, cfg, method, levels, avgs, log):
     rows = []
     for a in avgs:
         plan = plans[a]
-        row = {"avg": a, "plan_avg": plan[f"avg_{axis}"], "plan_predicted_kl": plan["predicted_kl"],
-               "plan_predicted_top1": plan["predicted_top1"], "additivity": plan["additivity"], "_plan": plan,
-               "uniform_predicted_kl": planner.uniform(a)["predicted_kl"] if a in levels else None}
+        row = {
+            "avg": a,
+            "plan_avg": plan[f"avg_{axis}"],
+            "plan_predicted_kl": plan["predicted_kl"],
+            "plan_predicted_top1": plan["predicted_top1"],
+            "additivity": plan["additivity"],
+            "_plan": plan,
+            "uniform_predicted_kl": planner.uniform(a)["predicted_kl"] if a in levels else None,
+        }
         if axis == "bits":
             for name, fn in (("heuristic", heuristic_levels), ("imatrix", imatrix_levels)):
                 row["_" + name] = plan_from_levels(planner, fn(planner, a), name)
@@ -129,9 +144,11 @@ def family(loaded, cfg, method, levels, avgs, log):
         m = row["plan"]["kl"]
         row["plan_over_uniform"] = m / row["uniform"]["kl"]
         row["predicted_over_measured"] = plan["predicted_kl"] / m
-        log(f"{method} avg {a}: plan KL {m:.4g} (pred {plan['predicted_kl']:.4g}) vs uniform "
-            f"{row['uniform']['kl']:.4g}" + "".join(f", {k} {row[k]['kl']:.4g}" for k in ("heuristic", "imatrix", "owl")
-                                                     if k in row))
+        log(
+            f"{method} avg {a}: plan KL {m:.4g} (pred {plan['predicted_kl']:.4g}) vs uniform "
+            f"{row['uniform']['kl']:.4g}"
+            + "".join(f", {k} {row[k]['kl']:.4g}" for k in ("heuristic", "imatrix", "owl") if k in row)
+        )
         out["points"].append(row)
     out["plan_over_grid_time"] = out["seconds_plan"] / out["seconds_uniform_grid"]
     return out
@@ -150,11 +167,17 @@ def main(argv=None) -> int:
     # the linear closure: the dephased one's Taylor-mode pass needs memory a shared CPU box lacks
     cfg = PredictConfig(windows=2, seqlen=128, prompts=2, new_tokens=16, regime_tokens=16, estimate="linear")
     loaded = load(args.model, quiet=True)
-    res = {"model": args.model, "config": {"windows": cfg.windows, "seqlen": cfg.seqlen, "prompts": cfg.prompts,
-                                           "estimate": cfg.estimate},
-           "families": []}
-    todo = {"rtn": ((2, 3, 4, 6, 8), (3.0, 4.0)), "gptq": ((2, 3, 4, 6, 8), (3.0, 4.0)),
-            "magnitude": ((0.3, 0.4, 0.5, 0.6, 0.7), (0.5,)), "wanda": ((0.3, 0.4, 0.5, 0.6, 0.7), (0.5,))}
+    res = {
+        "model": args.model,
+        "config": {"windows": cfg.windows, "seqlen": cfg.seqlen, "prompts": cfg.prompts, "estimate": cfg.estimate},
+        "families": [],
+    }
+    todo = {
+        "rtn": ((2, 3, 4, 6, 8), (3.0, 4.0)),
+        "gptq": ((2, 3, 4, 6, 8), (3.0, 4.0)),
+        "magnitude": ((0.3, 0.4, 0.5, 0.6, 0.7), (0.5,)),
+        "wanda": ((0.3, 0.4, 0.5, 0.6, 0.7), (0.5,)),
+    }
     for fam in args.families.split(","):
         levels, avgs = todo[fam]
         res["families"].append(family(loaded, cfg, fam, levels, avgs, _log))
@@ -162,12 +185,16 @@ def main(argv=None) -> int:
     for f in res["families"]:
         for r in f["points"]:
             base = {k: r[k]["kl"] for k in ("uniform", "heuristic", "imatrix", "owl") if k in r}
-            print(f"{args.model} {f['method']} avg {r['avg']}: plan KL {r['plan']['kl']:.4g} "
-                  f"(predicted {r['plan_predicted_kl']:.4g}, ×{r['predicted_over_measured']:.2f}); "
-                  + ", ".join(f"{k} {v:.4g}" for k, v in base.items())
-                  + f"; plan/uniform {r['plan_over_uniform']:.3f}")
-        print(f"{f['method']}: planning {f['seconds_plan']:.0f} s vs uniform grid {f['seconds_uniform_grid']:.0f} s "
-              f"({100 * f['plan_over_grid_time']:.0f} %)")
+            print(
+                f"{args.model} {f['method']} avg {r['avg']}: plan KL {r['plan']['kl']:.4g} "
+                f"(predicted {r['plan_predicted_kl']:.4g}, ×{r['predicted_over_measured']:.2f}); "
+                + ", ".join(f"{k} {v:.4g}" for k, v in base.items())
+                + f"; plan/uniform {r['plan_over_uniform']:.3f}"
+            )
+        print(
+            f"{f['method']}: planning {f['seconds_plan']:.0f} s vs uniform grid {f['seconds_uniform_grid']:.0f} s "
+            f"({100 * f['plan_over_grid_time']:.0f} %)"
+        )
     return 0
 
 

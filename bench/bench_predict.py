@@ -51,12 +51,11 @@ def response_seconds(loaded, cfg, reps: int = 3) -> float:
     mask work saved elsewhere can go below, only fewer responses or fewer tokens."""
     import jax
 
-    from hemorrhage.sim import linear_response as lrm
-    from hemorrhage.sim.predict import held_out_sets
+    from hemorrhage.sim.predict import Context, Linearization, held_out_sets
 
     sets, _, _ = held_out_sets(loaded, cfg)
-    lr = lrm.Linearization(loaded.model, sets, taylor=cfg.dephasing)
-    ctx = lrm.Context(lr, cfg)
+    lr = Linearization(loaded.model, sets, taylor=cfg.dephasing)
+    ctx = Context(lr, cfg)
     ctx.h_eval = lr.h["eval"][:, :-1].reshape(-1, lr.h["eval"].shape[-1])
     dws = [1e-3 * jax.random.normal(jax.random.key(i), w.shape) for i, w in enumerate(lr.weights)]
 
@@ -85,11 +84,18 @@ def main(argv=None) -> int:
     ap.add_argument("--regime-tokens", type=int, default=32)
     ap.add_argument("--estimate", choices=("centre", "dephased", "linear"), default="centre")
     ap.add_argument("--out", help="JSON output (default results/bench_predict_MODEL.json)")
-    ap.add_argument("--phase", choices=("all", "measure", "predict"), default="all",
-                    help="'measure': only the measured rows (resumable); 'predict': only a fresh prediction")
+    ap.add_argument(
+        "--phase",
+        choices=("all", "measure", "predict"),
+        default="all",
+        help="'measure': only the measured rows (resumable); 'predict': only a fresh prediction",
+    )
     ap.add_argument("--once", action="store_true", help="predict once (cold only), no warm second prediction")
-    ap.add_argument("--measured-from", metavar="JSON",
-                    help="reuse the measured rows (and their timings) of an earlier --out JSON of the same grid and data")
+    ap.add_argument(
+        "--measured-from",
+        metavar="JSON",
+        help="reuse the measured rows (and their timings) of an earlier --out JSON of the same grid and data",
+    )
     args = ap.parse_args(argv)
 
     import gc
@@ -99,21 +105,40 @@ def main(argv=None) -> int:
     from hemorrhage.sim import load
     from hemorrhage.sim.outputs import atomic_write_text  # a killed run leaves the old file whole
     from hemorrhage.sim.predict import FULL_GRID, PredictConfig, predict
-    from hemorrhage.sim.predict_measured import Measurer, measured_cliffs
+    from hemorrhage.validate.predict_check import Measurer, measured_cliffs
     from hemorrhage.validate.sweep import bound_memory, parse_grid
 
     grid = parse_grid(FULL_GRID if args.grid == "full" else args.grid)
-    cfg = PredictConfig(windows=args.windows, seqlen=args.seqlen, prompts=args.prompts, new_tokens=args.new_tokens,
-                        probes=args.probes, prune_anchors=args.prune_anchors, regime_tokens=args.regime_tokens,
-                        estimate=args.estimate)
+    cfg = PredictConfig(
+        windows=args.windows,
+        seqlen=args.seqlen,
+        prompts=args.prompts,
+        new_tokens=args.new_tokens,
+        probes=args.probes,
+        prune_anchors=args.prune_anchors,
+        regime_tokens=args.regime_tokens,
+        estimate=args.estimate,
+    )
     out = Path(args.out or f"results/bench_predict_{Path(args.model).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     # resumable (a shared machine may kill a long run): every measured row is stored as soon as
     # it exists, with its own timing, keyed on what the measurement depends on (not on the
     # predictor's own settings), and reused by a rerun.  The prediction is cheap and is always
     # made afresh unless --phase measure.
-    mcfg = {k: getattr(cfg, k) for k in ("windows", "seqlen", "source", "prompts", "prompt_len", "new_tokens",
-                                         "calib_samples", "calib_seqlen", "calib_seed")}
+    mcfg = {
+        k: getattr(cfg, k)
+        for k in (
+            "windows",
+            "seqlen",
+            "source",
+            "prompts",
+            "prompt_len",
+            "new_tokens",
+            "calib_samples",
+            "calib_seqlen",
+            "calib_seed",
+        )
+    }
     key = json.dumps([args.model, grid, mcfg], sort_keys=True, default=str)
     part = out.with_suffix(".partial.jsonl")
     done = []
@@ -126,7 +151,9 @@ def main(argv=None) -> int:
             old = json.loads(Path(args.measured_from).read_text())
             rows_old = old["measured"]["points"]
             if len(rows_old) != len(grid):
-                sys.exit(f"bench_predict: {args.measured_from} holds {len(rows_old)} measured rows, the grid has {len(grid)}")
+                sys.exit(
+                    f"bench_predict: {args.measured_from} holds {len(rows_old)} measured rows, the grid has {len(grid)}"
+                )
             done.append({"setup": old["seconds_measure"] - sum(map(row_seconds, rows_old))})
             done += [{"i": i, "row": r} for i, r in enumerate(rows_old)]
         atomic_write_text(part, "".join(json.dumps(d) + "\n" for d in done))
@@ -175,71 +202,114 @@ def main(argv=None) -> int:
     cl = measured_cliffs(pred, meas, cfg.kl_threshold)
 
     print(f"\n{args.model}: {len(grid)} settings, {cfg.windows}x{cfg.seqlen} tokens, {cfg.prompts} prompts")
-    print(f"{'setting':<34} {'kl_pred':>9} {'kl_meas':>9} {'ratio':>6} {'top1 p/m':>11} {'1st div p/m':>12} "
-          f"{'nonlin':>7} {'gap p/m':>11}")
+    print(
+        f"{'setting':<34} {'kl_pred':>9} {'kl_meas':>9} {'ratio':>6} {'top1 p/m':>11} {'1st div p/m':>12} "
+        f"{'nonlin':>7} {'gap p/m':>11}"
+    )
     hits = total = 0
     by_method: dict[str, list[int]] = {}
     for p, m in zip(pred["points"], meas["points"]):
         ratio = p["kl"] / m["kl"] if m["kl"] > 0 else math.inf
         s = f"{p['family']} {p['level']}"
         reg = p.get("regime", {}).get("nonlinearity", float("nan"))
-        print(f"{s:<34} {p['kl']:>9.4g} {m['kl']:>9.4g} {ratio:>6.2f} {p['top1_agreement']:>5.3f}/{m['top1_agreement']:<5.3f} "
-              f"{p.get('first_divergence_mean', float('nan')):>5.1f}/{m.get('first_divergence_mean', float('nan')):<6.1f} "
-              f"{reg:>7.3f} {p.get('mc_vs_gen_gap', float('nan')):>5.2f}/{m.get('mc_vs_gen_gap', float('nan')):<5.2f}")
+        print(
+            f"{s:<34} {p['kl']:>9.4g} {m['kl']:>9.4g} {ratio:>6.2f} {p['top1_agreement']:>5.3f}/{m['top1_agreement']:<5.3f} "
+            f"{p.get('first_divergence_mean', float('nan')):>5.1f}/{m.get('first_divergence_mean', float('nan')):<6.1f} "
+            f"{reg:>7.3f} {p.get('mc_vs_gen_gap', float('nan')):>5.2f}/{m.get('mc_vs_gen_gap', float('nan')):<5.2f}"
+        )
         if m["kl"] <= 0.5:
             ok = 1 / 1.5 <= ratio <= 1.5
             hits, total = hits + ok, total + 1
             h = by_method.setdefault(p["family"], [0, 0])
             h[0] += ok
             h[1] += 1
-    print(f"\nKL within x1.5 where measured KL <= 0.5: {hits}/{total}  "
-          + "  ".join(f"{k}: {a}/{b}" for k, (a, b) in by_method.items()))
+    print(
+        f"\nKL within x1.5 where measured KL <= 0.5: {hits}/{total}  "
+        + "  ".join(f"{k}: {a}/{b}" for k, (a, b) in by_method.items())
+    )
     lin = [(p["kl_linear"], m["kl"]) for p, m in zip(pred["points"], meas["points"]) if "kl_linear" in p]
     if lin:  # the other closure (the linear response) as a point estimate, for the record
         err = lambda pairs: [abs(math.log(max(a, 1e-30) / mk)) for a, mk in pairs if 0 < mk <= 3]  # noqa: E731
         e_lin = err(lin)
         e_pt = err([(p["kl"], m["kl"]) for p, m in zip(pred["points"], meas["points"]) if "kl_linear" in p])
-        print(f"linear KL within x1.5 where measured KL <= 0.5: "
-              f"{sum(1 / 1.5 <= a / mk <= 1.5 for a, mk in lin if mk <= 0.5)}/{sum(mk <= 0.5 for _, mk in lin)}; "
-              f"mean |log(pred/meas)| where measured KL <= 3: point estimate ({cfg.estimate}) "
-              f"{sum(e_pt) / max(len(e_pt), 1):.3f}, linear {sum(e_lin) / max(len(e_lin), 1):.3f}")
-    print(f"\n{'family':<24} {'cliff pred':>10} {'interval':>15} {'measured':>9} {'diff':>7} {'target':>7} "
-          f"{'linear':>9} {'model interval':>15} {'in it':>5} {'fwd-corr':>9}")
+        print(
+            f"linear KL within x1.5 where measured KL <= 0.5: "
+            f"{sum(1 / 1.5 <= a / mk <= 1.5 for a, mk in lin if mk <= 0.5)}/{sum(mk <= 0.5 for _, mk in lin)}; "
+            f"mean |log(pred/meas)| where measured KL <= 3: point estimate ({cfg.estimate}) "
+            f"{sum(e_pt) / max(len(e_pt), 1):.3f}, linear {sum(e_lin) / max(len(e_lin), 1):.3f}"
+        )
+    print(
+        f"\n{'family':<24} {'cliff pred':>10} {'interval':>15} {'measured':>9} {'diff':>7} {'target':>7} "
+        f"{'linear':>9} {'model interval':>15} {'in it':>5} {'fwd-corr':>9}"
+    )
     for c in cl:
         tol = 0.5 if c["axis"] == "bits" else 0.05
         diff = (c["cliff"] - c["measured"]) if c["cliff"] is not None and c["measured"] is not None else None
         iv = "-" if c["interval"] is None else f"[{c['interval'][0]:.2f},{c['interval'][1]:.2f}]"
         f = lambda x: "none" if x is None else f"{x:.3f}"  # noqa: E731
-        ok = "ok" if diff is not None and abs(diff) <= tol else ("both none" if diff is None and c["cliff"] == c["measured"] else "miss")
+        ok = (
+            "ok"
+            if diff is not None and abs(diff) <= tol
+            else ("both none" if diff is None and c["cliff"] == c["measured"] else "miss")
+        )
         mi = c.get("model_interval")
         inside = "-" if mi is None or c["measured"] is None else ("yes" if mi[0] <= c["measured"] <= mi[1] else "no")
         mi = "-" if mi is None else f"[{mi[0]:.2f},{mi[1]:.2f}]"
-        print(f"{c['family']:<24} {f(c['cliff']):>10} {iv:>15} {f(c['measured']):>9} "
-              f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7} {f(c.get('cliff_linear')):>9} {mi:>15} {inside:>5} "
-              f"{f(c.get('cliff_forward_corrected')) + (' !' if c.get('forward_check_doubts') else ''):>9}")
+        print(
+            f"{c['family']:<24} {f(c['cliff']):>10} {iv:>15} {f(c['measured']):>9} "
+            f"{'-' if diff is None else f'{diff:+.3f}':>7} {ok:>7} {f(c.get('cliff_linear')):>9} {mi:>15} {inside:>5} "
+            f"{f(c.get('cliff_forward_corrected')) + (' !' if c.get('forward_check_doubts') else ''):>9}"
+        )
     ratio, ratio_warm = t_pred / t_meas, t_warm / t_meas
-    print(f"\ntime: measure {t_meas:.1f} s; predict {t_pred:.1f} s cold (compilation included), ratio "
-          f"{100 * ratio:.2f} %; {t_warm:.1f} s warm (second prediction in the process), ratio {100 * ratio_warm:.2f} % "
-          "(target <= 2 %)")
+    print(
+        f"\ntime: measure {t_meas:.1f} s; predict {t_pred:.1f} s cold (compilation included), ratio "
+        f"{100 * ratio:.2f} %; {t_warm:.1f} s warm (second prediction in the process), ratio {100 * ratio_warm:.2f} % "
+        "(target <= 2 %)"
+    )
     # the floor of the prediction: one JVP (≈ 2 forwards of the blocks) per probe of a
     # quantization family and per anchor of a pruning family, on every token it scores
-    anchors = {(p["method"], p["family"]): len(p["noise"]["anchors"]) for p in pred["points"]
-               if "anchors" in p.get("noise", {})}
+    anchors = {
+        (p["method"], p["family"]): len(p["noise"]["anchors"])
+        for p in pred["points"]
+        if "anchors" in p.get("noise", {})
+    }
     fams = {(p["method"], p["family"]) for p in pred["points"]}
     n_jvp = sum(anchors.get(f, cfg.probes) for f in fams)
     n_tok = cfg.windows * cfg.seqlen + cfg.prompts * (cfg.prompt_len + cfg.new_tokens - 1)
-    print(f"JVPs: {n_jvp} over {n_tok} tokens each ({len(fams)} families); measuring: {len(grid)} compressions "
-          f"and evaluations ({t_meas / max(len(grid), 1):.1f} s each)")
+    print(
+        f"JVPs: {n_jvp} over {n_tok} tokens each ({len(fams)} families); measuring: {len(grid)} compressions "
+        f"and evaluations ({t_meas / max(len(grid), 1):.1f} s each)"
+    )
     t_resp = response_seconds(loaded, cfg)
     floor = n_jvp * t_resp
-    print(f"floor: one response (JVP{' + Taylor-mode pass' if cfg.dephasing else ''} + logit metrics, warm) "
-          f"{t_resp:.2f} s; x {n_jvp} = {floor:.1f} s = {100 * floor / t_meas:.2f} % of measuring "
-          "(the responses alone, before any setup, compilation, masks or factorisations)")
-    atomic_write_text(out, json.dumps({"model": args.model, "predicted": pred, "measured": meas, "cliffs": cl,
-                               "seconds_predict": t_pred, "seconds_predict_warm": t_warm, "seconds_measure": t_meas, "ratio": ratio,
-                               "ratio_warm": ratio_warm, "seconds_per_response": t_resp, "responses": n_jvp,
-                               "ratio_floor": floor / t_meas,
-                               "kl_hits": [hits, total]}, indent=1, default=str, allow_nan=True))
+    print(
+        f"floor: one response (JVP{' + Taylor-mode pass' if cfg.dephasing else ''} + logit metrics, warm) "
+        f"{t_resp:.2f} s; x {n_jvp} = {floor:.1f} s = {100 * floor / t_meas:.2f} % of measuring "
+        "(the responses alone, before any setup, compilation, masks or factorisations)"
+    )
+    atomic_write_text(
+        out,
+        json.dumps(
+            {
+                "model": args.model,
+                "predicted": pred,
+                "measured": meas,
+                "cliffs": cl,
+                "seconds_predict": t_pred,
+                "seconds_predict_warm": t_warm,
+                "seconds_measure": t_meas,
+                "ratio": ratio,
+                "ratio_warm": ratio_warm,
+                "seconds_per_response": t_resp,
+                "responses": n_jvp,
+                "ratio_floor": floor / t_meas,
+                "kl_hits": [hits, total],
+            },
+            indent=1,
+            default=str,
+            allow_nan=True,
+        ),
+    )
     print(f"wrote {out}")
     return 0
 

@@ -43,8 +43,11 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    ap.add_argument("--compile-models", default="smollm2-135m,gemma3-270m",
-                    help="models whose compile time is compared scanned vs unrolled (empty: none)")
+    ap.add_argument(
+        "--compile-models",
+        default="smollm2-135m,gemma3-270m",
+        help="models whose compile time is compared scanned vs unrolled (empty: none)",
+    )
     ap.add_argument("--compile-only", action="store_true", help="skip the torch throughput comparison")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,8 +57,13 @@ def main() -> None:
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
-    res = {"model": args.model, "cpu_threads": threads, "jax": jax.__version__, "torch": torch.__version__,
-           "device": str(jax.devices()[0])}
+    res = {
+        "model": args.model,
+        "cpu_threads": threads,
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "device": str(jax.devices()[0]),
+    }
     res.update(compile_figures([m for m in args.compile_models.split(",") if m], args.repeats))
     if not args.compile_only:
         res.update(throughput(args, threads))
@@ -99,8 +107,7 @@ def compile_figures(models: list[str], repeats: int) -> dict:
         for path, scan_on in (("scan", True), ("unrolled", False)):
             model.scan_layers = scan_on
             row_p[path], warm_p = _first_and_warm(lambda: forward(model, x).block_until_ready(), repeats)
-            row_d[path], warm_d = _first_and_warm(
-                lambda: generate(model, x[:, :16], 32).block_until_ready(), repeats)
+            row_d[path], warm_d = _first_and_warm(lambda: generate(model, x[:, :16], 32).block_until_ready(), repeats)
             row_s[f"{path}_prefill_s"], row_s[f"{path}_decode_s"] = warm_p, warm_d
             row_s[f"{path}_temp_bytes"] = _temp_bytes(model, x)
         model.scan_layers = True
@@ -116,13 +123,19 @@ def compile_figures(models: list[str], repeats: int) -> dict:
     for path, scan_on in (("scan", True), ("unrolled", False)):
         times = {}
         for n in (2, 32):
-            model = build(ModelConfig.from_hf(tiny("llama", num_hidden_layers=n, hidden_size=64,
-                                                   intermediate_size=128)))
+            model = build(
+                ModelConfig.from_hf(tiny("llama", num_hidden_layers=n, hidden_size=64, intermediate_size=128))
+            )
             model.scan_layers = scan_on
             times[n] = _first_and_warm(lambda: forward(model, xt).block_until_ready(), repeats)[0]
         depth[path] = times[32] / times[2]
-    return {"compile_s_prefill": prefill, "compile_s_decode": decode, "scan_steady": steady,
-            "compile_depth_ratio": depth["scan"], "compile_depth_ratio_unrolled": depth["unrolled"]}
+    return {
+        "compile_s_prefill": prefill,
+        "compile_s_decode": decode,
+        "scan_steady": steady,
+        "compile_depth_ratio": depth["scan"],
+        "compile_depth_ratio_unrolled": depth["unrolled"],
+    }
 
 
 def throughput(args, threads: int) -> dict:
@@ -131,15 +144,16 @@ def throughput(args, threads: int) -> dict:
     import torch
 
     from hemorrhage.sim import load
-    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.windows import eval_windows
     from hemorrhage.sim.generate import generate
     from hemorrhage.sim.models import forward
     from hemorrhage.validate.check import torch_reference
 
     loaded = load(args.model, quiet=True)
     ref = torch_reference(loaded.path)
-    tokens = np.asarray(eval_windows(loaded.tokenizer, "wiki", seqlen=args.seqlen, stride=args.seqlen,
-                                     max_windows=args.batch))
+    tokens = np.asarray(
+        eval_windows(loaded.tokenizer, "wiki", seqlen=args.seqlen, stride=args.seqlen, max_windows=args.batch)
+    )
     n_tok = tokens.size
     x = jnp.asarray(tokens)
 
@@ -156,22 +170,34 @@ def throughput(args, threads: int) -> dict:
     t = time.perf_counter()
     generate(loaded.model, jnp.asarray(prompt), args.new).block_until_ready()
     compile_decode = time.perf_counter() - t
-    jax_decode = best_of(lambda: generate(loaded.model, jnp.asarray(prompt), args.new).block_until_ready(),
-                         args.repeats)
+    jax_decode = best_of(
+        lambda: generate(loaded.model, jnp.asarray(prompt), args.new).block_until_ready(), args.repeats
+    )
     pt = torch.as_tensor(prompt, dtype=torch.long)
-    gen_kw = dict(max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False,
-                  pad_token_id=loaded.tokenizer.eos_token_id)
+    gen_kw = dict(
+        max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, pad_token_id=loaded.tokenizer.eos_token_id
+    )
     with torch.inference_mode():
         ref.generate(pt, **gen_kw)
         torch_decode = best_of(lambda: ref.generate(pt, **gen_kw), args.repeats)
 
     return {
-        "prefill": {"tokens": n_tok, "jax_tok_s": n_tok / jax_prefill, "torch_tok_s": n_tok / torch_prefill,
-                    "ratio_jax_over_torch": torch_prefill / jax_prefill, "target": 1.5,
-                    "jax_compile_s": compile_prefill},
-        "decode": {"new_tokens": args.new, "jax_tok_s": args.new / jax_decode,
-                   "torch_tok_s": args.new / torch_decode, "ratio_jax_over_torch": torch_decode / jax_decode,
-                   "target": 1.0, "jax_compile_s": compile_decode},
+        "prefill": {
+            "tokens": n_tok,
+            "jax_tok_s": n_tok / jax_prefill,
+            "torch_tok_s": n_tok / torch_prefill,
+            "ratio_jax_over_torch": torch_prefill / jax_prefill,
+            "target": 1.5,
+            "jax_compile_s": compile_prefill,
+        },
+        "decode": {
+            "new_tokens": args.new,
+            "jax_tok_s": args.new / jax_decode,
+            "torch_tok_s": args.new / torch_decode,
+            "ratio_jax_over_torch": torch_decode / jax_decode,
+            "target": 1.0,
+            "jax_compile_s": compile_decode,
+        },
     }
 
 

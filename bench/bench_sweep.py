@@ -34,8 +34,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-GRID = ("magnitude:sparsity=0.1,0.2,0.3,0.4,0.5,0.6;rtn:bits=8,6,4,3,group_size=32,64;"
-        "wanda:sparsity=0.3,0.5;gptq:bits=4,3,group_size=64;awq:bits=4,3,group_size=64")
+GRID = (
+    "magnitude:sparsity=0.1,0.2,0.3,0.4,0.5,0.6;rtn:bits=8,6,4,3,group_size=32,64;"
+    "wanda:sparsity=0.3,0.5;gptq:bits=4,3,group_size=64;awq:bits=4,3,group_size=64"
+)
 
 
 def _wrap(module, name: str, counts: dict, times: dict):
@@ -66,6 +68,7 @@ def main() -> None:
 
     import hemorrhage.sim.compress as C
     import hemorrhage.sim.data as D
+    import hemorrhage.sim.windows as W
     import hemorrhage.validate.base_phase as B
     import hemorrhage.validate.measure as M
 
@@ -76,8 +79,13 @@ def main() -> None:
 
     grid = parse_grid(args.grid)
     counts, times = defaultdict(int), defaultdict(list)
-    for mod, name in ((B, "compute_base"), (D, "split_text"), (D, "calibration_tokens"), (C, "compress_from_args"),
-                      (M, "measure")):
+    for mod, name in (
+        (B, "compute_base"),
+        (D, "split_text"),
+        (W, "calibration_tokens"),
+        (C, "compress_from_args"),
+        (M, "measure"),
+    ):
         _wrap(mod, name, counts, times)
     t = time.perf_counter()
     loaded = load(args.model, quiet=True)
@@ -90,8 +98,17 @@ def main() -> None:
         return tok_call(self, text, *a, **k)
 
     tok_cls.__call__ = counting_call
-    small = dict(windows=2, seqlen=64, mc_items=4, prompts=2, prompt_len=8, new_tokens=8, per_layer=False,
-                 steps=False, strata_bins=0)
+    small = dict(
+        windows=2,
+        seqlen=64,
+        mc_items=4,
+        prompts=2,
+        prompt_len=8,
+        new_tokens=8,
+        per_layer=False,
+        steps=False,
+        strata_bins=0,
+    )
     fields = {f.name for f in dataclasses.fields(M.MeasureConfig)}
     config = M.MeasureConfig(**{k: v for k, v in small.items() if k in fields})
     calib = {"calib_samples": 4, "calib_seqlen": 64, "seed": 0}
@@ -130,20 +147,36 @@ def main() -> None:
     resume_s = time.perf_counter() - t
 
     summary = {
-        "model": args.model, "settings": len(grid), "devices": args.devices, "cpu_threads": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2), "model_load_s": round(load_s, 1),
-        "sweep_s": round(sweep_s, 1), "base_phase_s": round(base_s, 1), "base_phase_calls": counts["compute_base"],
-        "calibration": {"windows_drawn": registry.CALIB_STATS["drawn"] - 1,
-                        "windows_reused": registry.CALIB_STATS["reused"],
-                        "calibration_tokens_calls": counts["calibration_tokens"] - 1,
-                        "text_split_reads": counts["split_text"],
-                        "whole_split_tokenizations": counts["tokenize_whole_split"], "one_draw_s": round(draw_s, 4)},
-        "per_setting_s": {"first_of_each_kind_mean": round(sum(first_of_kind) / max(len(first_of_kind), 1), 2),
-                          "rest_mean": round(sum(rest) / max(len(rest), 1), 2), "n_first": len(first_of_kind),
-                          "n_rest": len(rest), "by_method": dict(by_method)},
-        "one_by_one_estimate_s": round(naive_s, 1), "ratio_one_by_one_over_sweep": round(naive_s / sweep_s, 3),
+        "model": args.model,
+        "settings": len(grid),
+        "devices": args.devices,
+        "cpu_threads": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "model_load_s": round(load_s, 1),
+        "sweep_s": round(sweep_s, 1),
+        "base_phase_s": round(base_s, 1),
+        "base_phase_calls": counts["compute_base"],
+        "calibration": {
+            "windows_drawn": registry.CALIB_STATS["drawn"] - 1,
+            "windows_reused": registry.CALIB_STATS["reused"],
+            "calibration_tokens_calls": counts["calibration_tokens"] - 1,
+            "text_split_reads": counts["split_text"],
+            "whole_split_tokenizations": counts["tokenize_whole_split"],
+            "one_draw_s": round(draw_s, 4),
+        },
+        "per_setting_s": {
+            "first_of_each_kind_mean": round(sum(first_of_kind) / max(len(first_of_kind), 1), 2),
+            "rest_mean": round(sum(rest) / max(len(rest), 1), 2),
+            "n_first": len(first_of_kind),
+            "n_rest": len(rest),
+            "by_method": dict(by_method),
+        },
+        "one_by_one_estimate_s": round(naive_s, 1),
+        "ratio_one_by_one_over_sweep": round(naive_s / sweep_s, 3),
         "rerun": {"s": round(resume_s, 2), "done_before": again["done_before"], "computed": again["computed"]},
-        "rows": len(res["rows"]), "failed": res["failed"], "log": logs,
+        "rows": len(res["rows"]),
+        "failed": res["failed"],
+        "log": logs,
     }
     print(json.dumps(summary, indent=2))
 

@@ -80,7 +80,7 @@ def write_checkpoint(config: Path, out: Path, tokenizer: str = "smollm2-135m", s
             else:
                 n = int(np.prod(shape))
                 start = int(rng.integers(0, pool.size - min(n, pool.size) + 1))
-                t = np.resize(pool[start:start + n], n).reshape(shape) * np.float32(shape[-1] ** -0.5)
+                t = np.resize(pool[start : start + n], n).reshape(shape) * np.float32(shape[-1] ** -0.5)
             tensors[theirs] = t.astype(ml_dtypes.bfloat16)  # one fp32 tensor at a time
             del t
         save_file(tensors, str(out / name), metadata={"format": "pt"})
@@ -94,9 +94,28 @@ def write_checkpoint(config: Path, out: Path, tokenizer: str = "smollm2-135m", s
 def command_argv(command: str, folder: Path, setting: tuple) -> list[str]:
     """The hemorrhage command line of one setting (RTN 4-bit g128: a method every command takes)."""
     _, windows, seqlen, prompts, new = setting
-    argv = [command, "--model", str(folder), "--dtype", "bfloat16", "--method", "rtn", "--bits", "4",
-            "--group-size", "128", "--windows", str(windows), "--seqlen", str(seqlen), "--prompts", str(prompts),
-            "--new-tokens", str(new), "--json"]
+    argv = [
+        command,
+        "--model",
+        str(folder),
+        "--dtype",
+        "bfloat16",
+        "--method",
+        "rtn",
+        "--bits",
+        "4",
+        "--group-size",
+        "128",
+        "--windows",
+        str(windows),
+        "--seqlen",
+        str(seqlen),
+        "--prompts",
+        str(prompts),
+        "--new-tokens",
+        str(new),
+        "--json",
+    ]
     if command == "measure":
         argv += ["--mc-items", "8", "--no-steps"]
     return argv
@@ -104,9 +123,29 @@ def command_argv(command: str, folder: Path, setting: tuple) -> list[str]:
 
 def plan(command: str, folder: Path, setting: tuple) -> dict:
     _, windows, seqlen, prompts, new = setting
-    argv = [sys.executable, "-m", "hemorrhage.cli", "memory", "--model", str(folder), "--dtype", "bfloat16",
-            "--command", command, "--target", "this", "--windows", str(windows), "--seqlen", str(seqlen),
-            "--prompts", str(prompts), "--new-tokens", str(new), "--json"]
+    argv = [
+        sys.executable,
+        "-m",
+        "hemorrhage.cli",
+        "memory",
+        "--model",
+        str(folder),
+        "--dtype",
+        "bfloat16",
+        "--command",
+        command,
+        "--target",
+        "this",
+        "--windows",
+        str(windows),
+        "--seqlen",
+        str(seqlen),
+        "--prompts",
+        str(prompts),
+        "--new-tokens",
+        str(new),
+        "--json",
+    ]
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
@@ -126,9 +165,16 @@ def child(argv: list[str]) -> None:
     stats = jax.devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"code": code, "platform": jax.devices()[0].platform,
-                      "peak_bytes": peak if peak is not None else rss,
-                      "peak_source": "device memory_stats" if peak is not None else "process peak RSS (no device stats)"}))
+    print(
+        json.dumps(
+            {
+                "code": code,
+                "platform": jax.devices()[0].platform,
+                "peak_bytes": peak if peak is not None else rss,
+                "peak_source": "device memory_stats" if peak is not None else "process peak RSS (no device stats)",
+            }
+        )
+    )
 
 
 def measured(argv: list[str]) -> dict:
@@ -161,14 +207,23 @@ def main() -> int:
         for command in args.commands.split(","):
             p = plan(command, out, setting)
             m = measured(command_argv(command, out, setting))
-            rows.append({"setting": setting[0], "command": command, "planned": p.get("peak_bytes_per_device"),
-                         "measured": m.get("peak_bytes"), "source": m.get("peak_source"),
-                         "error": p.get("error") or m.get("error")})
+            rows.append(
+                {
+                    "setting": setting[0],
+                    "command": command,
+                    "planned": p.get("peak_bytes_per_device"),
+                    "measured": m.get("peak_bytes"),
+                    "source": m.get("peak_source"),
+                    "error": p.get("error") or m.get("error"),
+                }
+            )
             r = rows[-1]
             ratio = r["measured"] / r["planned"] if r["planned"] and r["measured"] else float("nan")
-            print(f"{setting[0]:8s} {command:8s} planned {_gb(r['planned'])}  measured {_gb(r['measured'])}  "
-                  f"measured/planned {ratio:.2f}  ({r['source'] or r['error']})  {time.perf_counter() - t0:.0f} s",
-                  flush=True)
+            print(
+                f"{setting[0]:8s} {command:8s} planned {_gb(r['planned'])}  measured {_gb(r['measured'])}  "
+                f"measured/planned {ratio:.2f}  ({r['source'] or r['error']})  {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
     print(json.dumps(rows))
     return 0 if all(r["error"] is None for r in rows) else 1
 

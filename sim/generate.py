@@ -76,13 +76,24 @@ def _checked_prompt(model, prompt, max_new_tokens: int):
     if prompt.ndim == 1:
         prompt = prompt[None]
     if prompt.shape[1] + max_new_tokens > model.cfg.max_positions:
-        raise UserError(f"prompt + new tokens ({prompt.shape[1] + max_new_tokens}) exceed the model's "
-                        f"{model.cfg.max_positions} positions")
+        raise UserError(
+            f"prompt + new tokens ({prompt.shape[1] + max_new_tokens}) exceed the model's "
+            f"{model.cfg.max_positions} positions"
+        )
     return prompt
 
 
-def generate(model, prompt: Int[Array, "B T"], max_new_tokens: int = 20, *, temperature: float = 0.0,
-             top_p: float = 1.0, seed: int = 0, perturb=None, return_logits: bool = False):
+def generate(
+    model,
+    prompt: Int[Array, "B T"],
+    max_new_tokens: int = 20,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    perturb=None,
+    return_logits: bool = False,
+):
     """New tokens [B N] (and the logits each was drawn from, [B N vocab], if asked).
 
     The scan computes one extra step beyond the last token it returns; that keeps
@@ -91,8 +102,15 @@ def generate(model, prompt: Int[Array, "B T"], max_new_tokens: int = 20, *, temp
     return (toks, zs) if return_logits else toks
 
 
-def generate_checked(model, prompt: Int[Array, "B T"], max_new_tokens: int = 20, *, temperature: float = 0.0,
-                     top_p: float = 1.0, seed: int = 0):
+def generate_checked(
+    model,
+    prompt: Int[Array, "B T"],
+    max_new_tokens: int = 20,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+):
     """(new tokens [B N], finite [B N] bool): as `generate`, and whether the logits each token
     was chosen from were all finite (where not, the token is no prediction of the model)."""
     toks, _, fin = _run(model, prompt, max_new_tokens, temperature, top_p, seed, None, False)
@@ -105,8 +123,16 @@ def _run(model, prompt, max_new_tokens, temperature, top_p, seed, perturb, keep_
     if not 0.0 < top_p <= 1.0:
         raise UserError(f"top_p must be in (0, 1], got {top_p}")
     prompt = _checked_prompt(model, prompt, max_new_tokens)
-    return _generate(model, prompt, jax.random.key(seed), max_new_tokens=max_new_tokens,
-                     temperature=float(temperature), top_p=float(top_p), perturb=perturb, keep_logits=keep_logits)
+    return _generate(
+        model,
+        prompt,
+        jax.random.key(seed),
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_p=float(top_p),
+        perturb=perturb,
+        keep_logits=keep_logits,
+    )
 
 
 def truncate_at_eos(tokens, eos_id: int | None) -> list[int]:

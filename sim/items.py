@@ -30,6 +30,7 @@ from hemorrhage.sim.data import (
     split_text,
 )
 
+
 def _subset(n_total: int, n: int | None, seed: int | None) -> list[int]:
     """All indices (n None), the first n (seed None), or n sorted indices drawn with the seed."""
     if n is None or n >= n_total:
@@ -66,8 +67,14 @@ def _bigbench_mc(name: str, n: int | None, seed: int) -> list[MCItem]:
         order = rng.permutation(len(opts))  # the source puts the answer at a fixed slot in some tasks
         opts = [opts[j] for j in order]
         best = max(s for _, s in opts)
-        items.append(MCItem(_bigbench_prompt(task, e["input"]), [f" {c}" for c, _ in opts],
-                            next(k for k, (_, s) in enumerate(opts) if s == best), f"bigbench/{name}"))
+        items.append(
+            MCItem(
+                _bigbench_prompt(task, e["input"]),
+                [f" {c}" for c, _ in opts],
+                next(k for k, (_, s) in enumerate(opts) if s == best),
+                f"bigbench/{name}",
+            )
+        )
     return items
 
 
@@ -77,10 +84,11 @@ def _mmlu_items(n: int | None, seed: int) -> list[MCItem]:
     for i in _subset(len(lines), n, seed):
         r = json.loads(lines[i])
         opts = "".join(f"\n{L}. {r[f'answer_{L.lower()}']}" for L in "ABCD")
-        q = (f"The following are multiple choice questions (with answers) about {r['topic']}.\n\n"
-             f"{r['question'].strip()}{opts}\nAnswer:")
-        items.append(MCItem(q, [" A", " B", " C", " D"], "ABCD".index(r["correct_answer"]),
-                            f"mmlu/{r['topic']}"))
+        q = (
+            f"The following are multiple choice questions (with answers) about {r['topic']}.\n\n"
+            f"{r['question'].strip()}{opts}\nAnswer:"
+        )
+        items.append(MCItem(q, [" A", " B", " C", " D"], "ABCD".index(r["correct_answer"]), f"mmlu/{r['topic']}"))
     return items
 
 
@@ -107,8 +115,11 @@ def _cloze_items(n: int | None, seed: int) -> list[MCItem]:
     breaks = [m.start() for m in re.finditer(r"\n\n", held)]
     article = np.searchsorted(breaks, [pos for pos, _ in words])  # which article each word is in
     k = CLOZE_CONTEXT_WORDS
-    eligible = [i for i in range(k, len(words))
-                if words[i][1].lower() in rank and held[words[i][0] - 1] == " " and article[i - k] == article[i]]
+    eligible = [
+        i
+        for i in range(k, len(words))
+        if words[i][1].lower() in rank and held[words[i][0] - 1] == " " and article[i - k] == article[i]
+    ]
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(eligible), size=min(n, len(eligible)), replace=False).tolist())
     items = []
@@ -117,13 +128,13 @@ def _cloze_items(n: int | None, seed: int) -> list[MCItem]:
         pos, w = words[i]
         r = rank[w.lower()]
         lo = max(0, min(r - 25, len(vocab) - 51))
-        pool = [v for v in vocab[lo:lo + 51] if v != w.lower()]
+        pool = [v for v in vocab[lo : lo + 51] if v != w.lower()]
         distract = [surface[pool[j]] for j in rng.choice(len(pool), size=3, replace=False)]
         if w[0].isupper():
             distract = [d[0].upper() + d[1:] for d in distract]
         choices = [w] + distract
         order = rng.permutation(4)
-        context = held[words[i - k][0]:pos].rstrip(" ")
+        context = held[words[i - k][0] : pos].rstrip(" ")
         items.append(MCItem(context, [f" {choices[j]}" for j in order], int(np.argmin(order)), "wiki-cloze"))
     return items
 
@@ -145,16 +156,25 @@ def gen_items(name: str, n: int | None = None, seed: int | None = None) -> list[
     """Generation items: the first n (seed None) or n drawn with the seed; n None: all."""
     if name == "humaneval":
         rows = [json.loads(x) for x in (fetch_data(name) / "HumanEval.jsonl").read_text().splitlines() if x.strip()]
-        return [GenItem(rows[i]["prompt"], [rows[i]["canonical_solution"]], f"humaneval/{rows[i]['task_id']}",
-                        {"entry_point": rows[i]["entry_point"], "test": rows[i]["test"]})
-                for i in _subset(len(rows), n, seed)]
+        return [
+            GenItem(
+                rows[i]["prompt"],
+                [rows[i]["canonical_solution"]],
+                f"humaneval/{rows[i]['task_id']}",
+                {"entry_point": rows[i]["entry_point"], "test": rows[i]["test"]},
+            )
+            for i in _subset(len(rows), n, seed)
+        ]
     if name in ("qa_wikidata", "arithmetic"):
         task = _bigbench_task(name)
         ex = task["examples"]
         out = []
         for i in _subset(len(ex), n, seed):
             t = ex[i]["target"]
-            out.append(GenItem(_bigbench_prompt(task, ex[i]["input"]), [t] if isinstance(t, str) else list(t),
-                               f"bigbench/{name}"))
+            out.append(
+                GenItem(
+                    _bigbench_prompt(task, ex[i]["input"]), [t] if isinstance(t, str) else list(t), f"bigbench/{name}"
+                )
+            )
         return out
     raise UserError(f"no generation items for {name!r}; known: {', '.join(GEN_NAMES)}")

@@ -61,8 +61,18 @@ from hemorrhage.errors import UserError
 DTYPES = ("float32", "bfloat16", "float16")
 COMMANDS = ("measure", "predict", "compress")
 TARGETS = ("accelerator", "this")
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 @dataclass(frozen=True)
@@ -95,8 +105,9 @@ class PlanRequest:
 
 # ------------------------------------------------------------------ inputs -------------
 
+
 def parse_bytes(text: str) -> int:
-    """"80GB" -> 80e9, "80GiB" -> 80·2³⁰, "123" -> 123 bytes; UserError otherwise."""
+    """ "80GB" -> 80e9, "80GiB" -> 80·2³⁰, "123" -> 123 bytes; UserError otherwise."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
@@ -148,6 +159,7 @@ def check_mesh(cfg, mesh: dict) -> None:
 
 # ------------------------------------------------------------------ abstract model -----
 
+
 def abstract_model(cfg, dtype: str):
     """(graphdef, state) of the model with every floating variable a ShapeDtypeStruct in
     `dtype` (as sim.models.load_checkpoint holds it), nothing allocated."""
@@ -159,8 +171,9 @@ def abstract_model(cfg, dtype: str):
 
     graphdef, state = nnx.split(nnx.eval_shape(lambda: build(cfg)))
     dt = jnp.dtype(dtype)
-    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dt) if jnp.issubdtype(s.dtype, jnp.floating)
-                         else s, state)
+    state = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, dt) if jnp.issubdtype(s.dtype, jnp.floating) else s, state
+    )
     return graphdef, state
 
 
@@ -191,8 +204,9 @@ def _sharded(state, mesh):
     flat = nnx.to_flat_state(state)
     for path, var in flat:
         s = var.get_value()
-        var.set_value(jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                           sharding=NamedSharding(mesh, param_spec(path, tuple(s.shape), m))))
+        var.set_value(
+            jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, param_spec(path, tuple(s.shape), m)))
+        )
     return nnx.from_flat_state(flat)
 
 
@@ -215,12 +229,17 @@ def analyse(fn, args, weight_args) -> dict:
     if ma is None:  # a backend without the analysis
         raise UserError(f"this JAX backend ({jax.default_backend()}) gives no memory analysis of compiled programs")
     weights = sum(per_device_bytes(args[i]) for i in weight_args)
-    return {"argument_bytes": int(ma.argument_size_in_bytes), "output_bytes": int(ma.output_size_in_bytes),
-            "temp_bytes": int(ma.temp_size_in_bytes), "alias_bytes": int(ma.alias_size_in_bytes),
-            "weight_argument_bytes": int(weights)}
+    return {
+        "argument_bytes": int(ma.argument_size_in_bytes),
+        "output_bytes": int(ma.output_size_in_bytes),
+        "temp_bytes": int(ma.temp_size_in_bytes),
+        "alias_bytes": int(ma.alias_size_in_bytes),
+        "weight_argument_bytes": int(weights),
+    }
 
 
 # ------------------------------------------------------------------ the plan -----------
+
 
 def _mesh_of(shape: dict):
     """A Mesh of prod(shape) devices: this backend's when it has enough, else host CPU ones
@@ -279,30 +298,57 @@ def make_plan(req: PlanRequest) -> dict:
         if req.programs and name not in req.programs:
             continue
         a = analyse(fn, args, wargs)
-        if emulate and name != "dtype_floor":  # temporaries (activations, stacked block weights) are in --dtype there: scaled
+        if (
+            emulate and name != "dtype_floor"
+        ):  # temporaries (activations, stacked block weights) are in --dtype there: scaled
             a["temp_bytes_fp32_compile"] = a["temp_bytes"]
             a["temp_bytes"] = int(a["temp_bytes"] * jnp.dtype(req.dtype).itemsize / 4)
         # the program's weights counted as held (in --dtype), its other inputs as compiled
         here = per_device_bytes(floor) if name == "dtype_floor" else resident
-        a["peak_bytes"] = int(here + a["argument_bytes"] - a["weight_argument_bytes"] + a["output_bytes"]
-                              + a["temp_bytes"] - a["alias_bytes"])
+        a["peak_bytes"] = int(
+            here
+            + a["argument_bytes"]
+            - a["weight_argument_bytes"]
+            + a["output_bytes"]
+            + a["temp_bytes"]
+            - a["alias_bytes"]
+        )
         programs[name] = a
     peak = max([p["peak_bytes"] for p in programs.values()], default=resident)
     fits = None if req.device_memory is None else bool(peak <= req.device_memory)
     n_dev = 1 if mesh is None else int(mesh.devices.size)
-    method = (f"XLA memory_analysis of each program compiled on abstract shapes for {n_dev} {platform} device(s)"
-              + (" (SPMD over the mesh, weights NamedSharding-annotated)" if mesh is not None else "")
-              + ("; accelerator target from a CPU: programs compiled in float32 (XLA:CPU upcasts half-precision "
-                 f"weights to fp32 inside every program), temporaries scaled to {req.dtype} (the float32 ones, an "
-                 f"upper bound, kept as temp_bytes_fp32_compile), weights counted in {req.dtype}" if emulate else ""))
-    return {"model": str(req.model), "model_type": cfg.model_type, "dtype": req.dtype, "command": req.command,
-            "mesh": {"data": int(req.mesh.get("data", 1)), "model": int(req.mesh.get("model", 1))},
-            "target": req.target, "method": method, "shapes": asdict(sh),
-            "parameters": int(sum(math.prod(s.shape) for s in jax.tree.leaves(held))),
-            "weight_bytes": weight_total, "weight_bytes_by_dtype": bytes_by_dtype(held),
-            "weight_bytes_per_device": base, "compressed_copy_bytes_per_device": lin,
-            "resident_bytes_per_device": resident, "programs": programs, "peak_program": _argmax(programs),
-            "peak_bytes_per_device": int(peak), "device_memory": req.device_memory, "fits": fits}
+    method = (
+        f"XLA memory_analysis of each program compiled on abstract shapes for {n_dev} {platform} device(s)"
+        + (" (SPMD over the mesh, weights NamedSharding-annotated)" if mesh is not None else "")
+        + (
+            "; accelerator target from a CPU: programs compiled in float32 (XLA:CPU upcasts half-precision "
+            f"weights to fp32 inside every program), temporaries scaled to {req.dtype} (the float32 ones, an "
+            f"upper bound, kept as temp_bytes_fp32_compile), weights counted in {req.dtype}"
+            if emulate
+            else ""
+        )
+    )
+    return {
+        "model": str(req.model),
+        "model_type": cfg.model_type,
+        "dtype": req.dtype,
+        "command": req.command,
+        "mesh": {"data": int(req.mesh.get("data", 1)), "model": int(req.mesh.get("model", 1))},
+        "target": req.target,
+        "method": method,
+        "shapes": asdict(sh),
+        "parameters": int(sum(math.prod(s.shape) for s in jax.tree.leaves(held))),
+        "weight_bytes": weight_total,
+        "weight_bytes_by_dtype": bytes_by_dtype(held),
+        "weight_bytes_per_device": base,
+        "compressed_copy_bytes_per_device": lin,
+        "resident_bytes_per_device": resident,
+        "programs": programs,
+        "peak_program": _argmax(programs),
+        "peak_bytes_per_device": int(peak),
+        "device_memory": req.device_memory,
+        "fits": fits,
+    }
 
 
 def _argmax(programs: dict) -> str | None:
@@ -313,14 +359,18 @@ def _linear_bytes(graphdef, state) -> int:
     """Per-device bytes of the block linears' weights: the compressed model's copy of them."""
     from flax import nnx
 
-    from hemorrhage.sim.linear_response import block_linear_paths
+    from hemorrhage.sim.predict import block_linear_paths
 
     wanted = {p + ".w" for p in block_linear_paths(nnx.merge(graphdef, state))}
-    return sum(per_device_bytes(var.get_value()) for path, var in nnx.to_flat_state(state)
-               if ".".join(map(str, path)) in wanted)
+    return sum(
+        per_device_bytes(var.get_value())
+        for path, var in nnx.to_flat_state(state)
+        if ".".join(map(str, path)) in wanted
+    )
 
 
 # ------------------------------------------------------------------ fake devices -------
+
 
 def plan_in_subprocess(req: PlanRequest) -> dict:
     """make_plan in a fresh Python with N fake host devices (the count is fixed when JAX
@@ -329,10 +379,18 @@ def plan_in_subprocess(req: PlanRequest) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={need}").strip()
     env["JAX_PLATFORMS"] = "cpu"
-    payload = {**asdict(req), "shapes": None if req.shapes is None else asdict(req.shapes),
-               "programs": None if req.programs is None else list(req.programs)}
-    done = subprocess.run([sys.executable, "-m", "hemorrhage.sim.memory_plan"], input=json.dumps(payload),
-                          capture_output=True, text=True, env=env)
+    payload = {
+        **asdict(req),
+        "shapes": None if req.shapes is None else asdict(req.shapes),
+        "programs": None if req.programs is None else list(req.programs),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "hemorrhage.sim.memory_plan"],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if done.returncode == 2:  # a UserError there is one here
         raise UserError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "planning failed")
     if done.returncode != 0:

@@ -43,7 +43,7 @@ def programs(command: str, graphdef, state, cfg, sh, mesh, floor_state=None) -> 
     if command in ("measure", "predict") and sh.prompts:
         progs["decode"] = (lambda s, p: generate(nnx.merge(graphdef, s), p, sh.new_tokens), (state, pr), (0,))
     if command == "predict":
-        from hemorrhage.sim.linear_response import block_linear_paths
+        from hemorrhage.sim.predict import block_linear_paths
 
         model = nnx.merge(graphdef, state)
         wanted = {p + ".w" for p in block_linear_paths(model)}
@@ -84,5 +84,3 @@ def state_dtype(state):
     import jax.numpy as jnp
 
     return next((s.dtype for s in jax.tree.leaves(state) if jnp.issubdtype(s.dtype, jnp.floating)), jnp.float32)
-
-

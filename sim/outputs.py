@@ -37,7 +37,20 @@ from hemorrhage.errors import UserError
 MARKER = ".hemorrhage-output.json"
 
 
+def jsonable(x):
+    """json.dump's `default` for what the results hold besides plain Python: numpy scalars and
+    arrays (and JAX arrays) as numbers and lists, anything else as its str()."""
+    import numpy as np  # here, not at the top: the CLI imports this module before any work
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
 # ------------------------------------------------------------------ modes and fsync ----
+
 
 def umask() -> int:
     """The process umask, read without changing it where Linux allows (os.umask would set
@@ -88,6 +101,7 @@ def _fsync_tree(root: Path) -> None:
 
 # ------------------------------------------------------------------ files --------------
 
+
 @contextlib.contextmanager
 def atomic_file(path: Path):
     """Yield a temporary path beside `path` (same suffix, so writers that infer a format
@@ -120,6 +134,7 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 
 # ------------------------------------------------------------------ checks -------------
+
 
 def check_path(path, *, want: str, flag: str = "--out") -> Path:
     """`path` as an output location of kind `want` ("dir" or "file"): not below a regular
@@ -175,9 +190,11 @@ def check_output_dir(path, *, overwrite: bool = False, flag: str = "--out") -> P
     or the user's with `overwrite` (only our file names will be written there)."""
     path = check_path(path, want="dir", flag=flag)
     if path.is_dir() and any(path.iterdir()) and owned_files(path) is None and not overwrite:
-        raise UserError(f"{flag} {path} is a folder with files that hemorrhage did not write; "
-                        f"choose an empty or new folder, or add --overwrite to write hemorrhage's files "
-                        f"into it (nothing else there is touched)")
+        raise UserError(
+            f"{flag} {path} is a folder with files that hemorrhage did not write; "
+            f"choose an empty or new folder, or add --overwrite to write hemorrhage's files "
+            f"into it (nothing else there is touched)"
+        )
     return path
 
 
@@ -186,12 +203,12 @@ def check_output_file(path, *, flag: str = "--out", is_ours=None, what: str = "f
     `is_ours(path)` recognises as its own.  Read only: the file is left byte for byte."""
     path = check_path(path, want="file", flag=flag)
     if path.exists() and is_ours is not None and not is_ours(path):
-        raise UserError(f"{flag} {path} exists and is not a {what}; it was left untouched: "
-                        f"choose another {flag}")
+        raise UserError(f"{flag} {path} exists and is not a {what}; it was left untouched: choose another {flag}")
     return path
 
 
 # ------------------------------------------------------------------ folders ------------
+
 
 @contextlib.contextmanager
 def atomic_dir(final: Path):
@@ -223,8 +240,7 @@ def atomic_dir(final: Path):
 
 
 def _write_marker(folder: Path, files, command: str) -> None:
-    text = json.dumps({"written_by": "hemorrhage", "command": command, "files": sorted(set(files))},
-                      indent=2) + "\n"
+    text = json.dumps({"written_by": "hemorrhage", "command": command, "files": sorted(set(files))}, indent=2) + "\n"
     atomic_write_text(folder / MARKER, text)
 
 

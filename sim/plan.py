@@ -71,16 +71,20 @@ class PlanSpec:
             raise UserError("the list of levels is empty")
         quant = self.method in QUANT_METHODS
         if self.budget_kl is not None and not (np.isfinite(self.budget_kl) and self.budget_kl > 0):
-            raise UserError(f"--budget-kl must be a finite number > 0 (the float32 floor is 0: any change "
-                            f"of the weights costs some KL), got {self.budget_kl}")
+            raise UserError(
+                f"--budget-kl must be a finite number > 0 (the float32 floor is 0: any change "
+                f"of the weights costs some KL), got {self.budget_kl}"
+            )
         if self.budget_kl is not None and not quant:
             raise UserError("pruning plans take --sparsity (the average); --budget-kl is for rtn and gptq")
         if self.avg is not None:
             lo, hi = min(self.levels), max(self.levels)
             what = "--avg-bits" if quant else "--sparsity"
             if not lo <= self.avg <= hi:
-                raise UserError(f"{what} {self.avg:g} is outside the levels' range [{lo:g}, {hi:g}]: "
-                                f"no mix of them has that average")
+                raise UserError(
+                    f"{what} {self.avg:g} is outside the levels' range [{lo:g}, {hi:g}]: "
+                    f"no mix of them has that average"
+                )
         for name in ("fisher_windows", "draws", "iterations"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
@@ -104,7 +108,7 @@ def fingerprint(loaded) -> str:
 
 
 def _calibration(loaded, cfg, n: int):
-    from hemorrhage.sim.data import calibration_tokens
+    from hemorrhage.sim.windows import calibration_tokens
 
     return calibration_tokens(loaded.tokenizer, "wiki", n, cfg.calib_seqlen, cfg.calib_seed)
 
@@ -130,8 +134,15 @@ class Planner:
         self.say("diagonal Fisher")
         fisher = fisher_diag(self.ctx.lr, _calibration(loaded, cfg, spec.fisher_windows), spec.draws, cfg.seed)
         self.say("per-tensor shares")
-        self.tab = sensitivity_table(self.ctx.lr, fisher, spec.method, list(spec.levels), stats=stats,
-                                     group_size=spec.group_size, symmetric=spec.symmetric)
+        self.tab = sensitivity_table(
+            self.ctx.lr,
+            fisher,
+            spec.method,
+            list(spec.levels),
+            stats=stats,
+            group_size=spec.group_size,
+            symmetric=spec.symmetric,
+        )
         self.us = factors(self.ctx.lr, stats) if spec.method in ("gptq", "sparsegpt") else None
         self.n_total = sum(self.tab.n_weights)
         self.seconds_setup = time.perf_counter() - self.t0
@@ -141,8 +152,18 @@ class Planner:
         from hemorrhage.sim.plan_predict import plan_dws, whole_plan
 
         s = self.spec
-        return whole_plan(self.ctx, plan_dws(self.ctx, s.method, levels, factors=self.us, group_size=s.group_size,
-                                             symmetric=s.symmetric, seed=self.cfg.seed))
+        return whole_plan(
+            self.ctx,
+            plan_dws(
+                self.ctx,
+                s.method,
+                levels,
+                factors=self.us,
+                group_size=s.group_size,
+                symmetric=s.symmetric,
+                seed=self.cfg.seed,
+            ),
+        )
 
     def limit(self, avg: float) -> int:
         """The solver's cost limit of an average (bits, or sparsity: kept weights × KEEP_UNITS)."""
@@ -155,8 +176,11 @@ class Planner:
         rounds = self.spec.iterations if budget_kl is not None else 1
         for it in range(rounds):
             kls = [k * alpha for k in tab.kl]
-            sol = (solve(tab.cost, kls, max_cost=self.limit(avg)) if avg is not None
-                   else solve(tab.cost, kls, max_kl=budget_kl))
+            sol = (
+                solve(tab.cost, kls, max_cost=self.limit(avg))
+                if avg is not None
+                else solve(tab.cost, kls, max_kl=budget_kl)
+            )
             self.say(f"round {it}: whole-plan response")
             whole = self.whole([tab.levels[j] for j in sol.choice])
             raw = sum(float(tab.kl[t][j]) for t, j in enumerate(sol.choice))
@@ -168,16 +192,31 @@ class Planner:
         ok = [x for x in tried if budget_kl is None or x[1]["kl"] <= budget_kl]
         sol, whole, raw = min(ok, key=lambda x: x[0].cost) if ok else tried[-1]
         constraint = {"budget_kl": budget_kl} if budget_kl is not None else {f"avg_{self.spec.axis}": avg}
-        return _record(self.loaded, self.spec, tab, sol, whole, raw, alpha, bool(ok), len(tried), constraint,
-                       time.perf_counter() - self.t0)
+        return _record(
+            self.loaded,
+            self.spec,
+            tab,
+            sol,
+            whole,
+            raw,
+            alpha,
+            bool(ok),
+            len(tried),
+            constraint,
+            time.perf_counter() - self.t0,
+        )
 
     def uniform(self, level) -> dict:
         """Every tensor at `level`: the whole-plan prediction, bytes and average."""
         whole = self.whole([level] * len(self.tab.paths))
         j = self.tab.levels.index(level)
-        return {"level": level, "predicted_kl": whole["kl"], "predicted_top1": whole["top1_agreement"],
-                "bytes": int(sum(int(b[j]) for b in self.tab.bytes)),
-                "sum_of_shares": float(sum(float(k[j]) for k in self.tab.kl))}
+        return {
+            "level": level,
+            "predicted_kl": whole["kl"],
+            "predicted_top1": whole["top1_agreement"],
+            "bytes": int(sum(int(b[j]) for b in self.tab.bytes)),
+            "sum_of_shares": float(sum(float(k[j]) for k in self.tab.kl)),
+        }
 
 
 def make_plan(loaded, spec: PlanSpec, cfg, *, log=None) -> dict:
@@ -192,25 +231,45 @@ def _record(loaded, spec, tab, sol, whole, raw, alpha, met, rounds, constraint, 
     tensors = []
     for t, j in enumerate(sol.choice):
         k = float(tab.kl[t][j])
-        tensors.append({"path": tab.paths[t], spec.axis: tab.levels[j], "n_weights": tab.n_weights[t],
-                        "bytes": int(tab.bytes[t][j]), "kl_share_raw": k,
-                        "predicted_kl_share": k / raw * total if raw > 0 else 0.0})
+        tensors.append(
+            {
+                "path": tab.paths[t],
+                spec.axis: tab.levels[j],
+                "n_weights": tab.n_weights[t],
+                "bytes": int(tab.bytes[t][j]),
+                "kl_share_raw": k,
+                "predicted_kl_share": k / raw * total if raw > 0 else 0.0,
+            }
+        )
     avg = sum(x[spec.axis] * x["n_weights"] for x in tensors) / n_total
-    out = {"format": PLAN_FORMAT, "model": str(getattr(loaded, "name", "")), "fingerprint": fingerprint(loaded),
-           "method": spec.method, "axis": spec.axis, "levels": list(spec.levels),
-           "settings": {"group_size": spec.group_size, "symmetric": spec.symmetric} if spec.axis == "bits" else {},
-           "constraint": constraint,
-           "tensors": tensors, "predicted_kl": total, "predicted_top1": whole["top1_agreement"],
-           "predicted_first_divergence": whole["first_divergence_mean"],
-           f"avg_{spec.axis}": avg, "bytes": int(sum(x["bytes"] for x in tensors)),
-           "fp32_bytes": int(4 * n_total), "n_weights": int(n_total),
-           "prediction": {k: whole[k] for k in ("kl_linear", "kl_dephased", "kl_second_order", "gen_identical",
-                                                "regime")},
-           "additivity": {"sum_of_shares": raw, "whole_over_sum": total / raw if raw > 0 else None,
-                          "whole_second_order_over_sum": whole["kl_second_order"] / raw if raw > 0 else None,
-                          "share_scale_used": alpha, "rounds": rounds},
-           "solver": {"exact": sol.exact, "meets_budget": met if "budget_kl" in constraint else None},
-           "timings": {"seconds": round(seconds, 2)}}
+    out = {
+        "format": PLAN_FORMAT,
+        "model": str(getattr(loaded, "name", "")),
+        "fingerprint": fingerprint(loaded),
+        "method": spec.method,
+        "axis": spec.axis,
+        "levels": list(spec.levels),
+        "settings": {"group_size": spec.group_size, "symmetric": spec.symmetric} if spec.axis == "bits" else {},
+        "constraint": constraint,
+        "tensors": tensors,
+        "predicted_kl": total,
+        "predicted_top1": whole["top1_agreement"],
+        "predicted_first_divergence": whole["first_divergence_mean"],
+        f"avg_{spec.axis}": avg,
+        "bytes": int(sum(x["bytes"] for x in tensors)),
+        "fp32_bytes": int(4 * n_total),
+        "n_weights": int(n_total),
+        "prediction": {k: whole[k] for k in ("kl_linear", "kl_dephased", "kl_second_order", "gen_identical", "regime")},
+        "additivity": {
+            "sum_of_shares": raw,
+            "whole_over_sum": total / raw if raw > 0 else None,
+            "whole_second_order_over_sum": whole["kl_second_order"] / raw if raw > 0 else None,
+            "share_scale_used": alpha,
+            "rounds": rounds,
+        },
+        "solver": {"exact": sol.exact, "meets_budget": met if "budget_kl" in constraint else None},
+        "timings": {"seconds": round(seconds, 2)},
+    }
     return out
 
 
@@ -241,11 +300,15 @@ def check_plan(plan: dict, loaded) -> dict[str, float]:
         settings[t["path"]] = t[plan["axis"]]
     lacks = sorted(set(settings) - set(have))
     if lacks:
-        raise UserError(f"the plan names a tensor the model lacks: {lacks[0]} (the plan is for "
-                        f"{plan.get('model') or 'another model'})")
+        raise UserError(
+            f"the plan names a tensor the model lacks: {lacks[0]} (the plan is for "
+            f"{plan.get('model') or 'another model'})"
+        )
     if plan.get("fingerprint") != fingerprint(loaded):
-        raise UserError(f"the plan was made for another model ({plan.get('model')!r}, fingerprint "
-                        f"{plan.get('fingerprint')}); this one is {fingerprint(loaded)}")
+        raise UserError(
+            f"the plan was made for another model ({plan.get('model')!r}, fingerprint "
+            f"{plan.get('fingerprint')}); this one is {fingerprint(loaded)}"
+        )
     missing = [p for p in have if p not in settings]
     if missing:
         raise UserError(f"the plan has no setting for {missing[0]}")

@@ -21,7 +21,7 @@ label draws per window reduce its variance.  A tensor t at setting j then costs
 with δw the setting's real error on that tensor: RTN's rounding error (rtn_dequant − w);
 pruning's −w on the pruned weights of the method's own mask (magnitude |w| per tensor,
 Wanda |w|·‖X_j‖ per row, SparseGPT (w/U_jj)² per row); for GPTQ and SparseGPT the sequential
-OBS shape δw = (x/diag U)·U of sim.tangents (H⁻¹ = UᵀU), for GPTQ in expectation over the
+OBS shape δw = (x/diag U)·U of sim.predict.tangents (H⁻¹ = UᵀU), for GPTQ in expectation over the
 rounding residual x (iid, variance σ² = Δ²/12 of RTN's grid, as sim.predict models it):
 
     E[k_tj] = ½ Σ_ij (σ²_ij / U_jj²) (F (U∘U)ᵀ)_ij
@@ -44,7 +44,7 @@ from flax import nnx
 from hemorrhage.sim.compress.pruning import row_mask, topk_mask
 from hemorrhage.sim.compress.quantizer import qparams
 from hemorrhage.sim.compress.storage import packed_size
-from hemorrhage.sim.tangents import obs_factor, obs_shape, quant_noise_std
+from hemorrhage.sim.predict import obs_factor, obs_shape, quant_noise_std
 from jaxtyping import Array, Float
 
 QUANT_METHODS, PRUNE_METHODS = ("rtn", "gptq"), ("magnitude", "wanda", "sparsegpt")
@@ -54,6 +54,7 @@ KEEP_UNITS = 1000  # a pruning option's cost: kept weights × this (integer cost
 @partial(jax.jit, static_argnums=0)
 def _sq_grad(gd, lin, rest, toks, key):
     """(∂_W Σ_t log p_t(y_t))², y_t drawn from the base's own p_t (held fixed: no gradient)."""
+
     def logp(lin):
         z = nnx.merge(gd, lin, rest)(toks)[0][:, :-1].astype(jnp.float32)
         y = jax.random.categorical(key, jax.lax.stop_gradient(z))
@@ -66,14 +67,14 @@ def _sq_grad(gd, lin, rest, toks, key):
 def fisher_diag(lr, windows, draws: int = 2, seed: int = 0) -> list[Float[Array, "out in"]]:
     """The diagonal Fisher of the softmax on the block linears (module docstring), per
     linear in `lr.paths` order, averaged per scored token (each window's last is not scored,
-    as `hemorrhage measure` scores them).  lr: a sim.linear_response.Linearization (its
+    as `hemorrhage measure` scores them).  lr: a sim.predict.Linearization (its
     split of the model into linears and the rest)."""
     windows = np.asarray(windows, np.int32)
     total = None
     for b in range(windows.shape[0]):
         for k in range(draws):
             key = jax.random.fold_in(jax.random.key(seed), b * draws + k)
-            g2 = _sq_grad(lr.graphdef, lr.lin, lr.rest, jnp.asarray(windows[b:b + 1]), key)
+            g2 = _sq_grad(lr.graphdef, lr.lin, lr.rest, jnp.asarray(windows[b : b + 1]), key)
             total = g2 if total is None else jax.tree.map(jnp.add, total, g2)
     n = windows.shape[0] * draws * (windows.shape[1] - 1)
     return [leaf / n for leaf in jax.tree_util.tree_leaves(total)]
@@ -90,7 +91,7 @@ def _rtn_error(w, bits, group_size: int | None, symmetric: bool):
         c0 = 2.0 ** (bits - 1) - 1
         q = jnp.clip(jnp.round(wg / scale[..., None]), -c0, c0) * scale[..., None]
     else:
-        q = jnp.clip(jnp.round((wg - zero[..., None]) / scale[..., None]), 0, 2.0 ** bits - 1) * scale[..., None]
+        q = jnp.clip(jnp.round((wg - zero[..., None]) / scale[..., None]), 0, 2.0**bits - 1) * scale[..., None]
         q = q + zero[..., None]
     return q.reshape(out, d) - w
 
@@ -163,8 +164,17 @@ def factors(lr, stats, damp: float = 0.01) -> dict[str, jax.Array]:
     return out
 
 
-def sensitivity_table(lr, fisher: list, method: str, levels: list, *, stats=None, group_size=None,
-                      symmetric: bool = False, damp: float = 0.01) -> Table:
+def sensitivity_table(
+    lr,
+    fisher: list,
+    method: str,
+    levels: list,
+    *,
+    stats=None,
+    group_size=None,
+    symmetric: bool = False,
+    damp: float = 0.01,
+) -> Table:
     """k_tj, costs and bytes of every linear at every level (module docstring).  stats:
     compress.calib.layer_hessians of the base (Wanda, GPTQ, SparseGPT)."""
     quant = method in QUANT_METHODS
@@ -181,8 +191,10 @@ def sensitivity_table(lr, fisher: list, method: str, levels: list, *, stats=None
                 sigma = quant_noise_std(w, jnp.float32(lv), group_size, symmetric)
                 k = _gptq_expected(f, sigma, us[path])
             else:
-                k = _half_fisher_energy(f, tensor_error(method, lv, w, norm=norm, u=us.get(path),
-                                                        group_size=group_size, symmetric=symmetric))
+                k = _half_fisher_energy(
+                    f,
+                    tensor_error(method, lv, w, norm=norm, u=us.get(path), group_size=group_size, symmetric=symmetric),
+                )
             row_k.append(float(k))
             if quant:
                 row_c.append(n * int(lv))
@@ -194,5 +206,13 @@ def sensitivity_table(lr, fisher: list, method: str, levels: list, *, stats=None
         cost.append(np.asarray(row_c, np.int64))
         nbytes.append(np.asarray(row_b, np.int64))
         counts.append(n)
-    return Table(paths=list(lr.paths), method=method, axis="bits" if quant else "sparsity", levels=list(levels),
-                 kl=kl, cost=cost, bytes=nbytes, n_weights=counts)
+    return Table(
+        paths=list(lr.paths),
+        method=method,
+        axis="bits" if quant else "sparsity",
+        levels=list(levels),
+        kl=kl,
+        cost=cost,
+        bytes=nbytes,
+        n_weights=counts,
+    )

@@ -129,8 +129,14 @@ def _greedy(c, k, max_cost=None, max_kl=None) -> list[int]:
     return choice
 
 
-def solve(costs: list[np.ndarray], kls: list[np.ndarray], *,
-          max_cost: int | None = None, max_kl: float | None = None, max_cells: int = 4_000_000) -> Solution:
+def solve(
+    costs: list[np.ndarray],
+    kls: list[np.ndarray],
+    *,
+    max_cost: int | None = None,
+    max_kl: float | None = None,
+    max_cells: int = 4_000_000,
+) -> Solution:
     """The plan (module docstring): costs[t] int [options], kls[t] float [options]; exactly
     one of max_cost, max_kl.  UserError when no choice meets the constraint (the cheapest plan costs more than max_cost, or the best
     plan's KL is above max_kl)."""
@@ -154,8 +160,10 @@ def solve(costs: list[np.ndarray], kls: list[np.ndarray], *,
         ok = np.flatnonzero(d <= max_kl)
         if ok.size == 0:
             best = float(np.min(d))
-            raise UserError(f"no plan meets the KL budget {max_kl:g}: the best setting of every tensor "
-                            f"is predicted at {best:.4g}; raise the budget or add higher bits / lower sparsity")
+            raise UserError(
+                f"no plan meets the KL budget {max_kl:g}: the best setting of every tensor "
+                f"is predicted at {best:.4g}; raise the budget or add higher bits / lower sparsity"
+            )
         at = int(ok[0])
     choice = _backtrack(arg, cu, at)
     true_cost = sum(int(c[t][j]) for t, j in enumerate(choice))
@@ -164,5 +172,9 @@ def solve(costs: list[np.ndarray], kls: list[np.ndarray], *,
     kl = sum(float(k[t][j]) for t, j in enumerate(choice))
     if max_kl is not None and kl > max_kl:
         choice, exact = _greedy(c, k, max_kl=max_kl), False
-    return Solution(choice=[int(j) for j in choice], cost=sum(int(c[t][j]) for t, j in enumerate(choice)),
-                    kl=sum(float(k[t][j]) for t, j in enumerate(choice)), exact=bool(exact))
+    return Solution(
+        choice=[int(j) for j in choice],
+        cost=sum(int(c[t][j]) for t, j in enumerate(choice)),
+        kl=sum(float(k[t][j]) for t, j in enumerate(choice)),
+        exact=bool(exact),
+    )

@@ -42,18 +42,45 @@ from hemorrhage.sim.models.config_keys import check_keys
 
 _MAX = 2**31 - 1
 # family field -> (required?, least value); 0 where from_hf reads 0 as "the default"
-_ROPE_SIZES = {"hidden_size": (True, 1), "num_attention_heads": (True, 1), "num_hidden_layers": (True, 1),
-               "intermediate_size": (True, 1), "vocab_size": (True, 1), "num_key_value_heads": (False, 0),
-               "head_dim": (False, 0), "max_position_embeddings": (False, 1), "sliding_window_pattern": (False, 1),
-               "max_window_layers": (False, 0), "sliding_window": (False, 0)}
-_GPT2_SIZES = {"n_embd": (True, 1), "n_head": (True, 1), "n_layer": (True, 1), "vocab_size": (True, 1),
-               "n_inner": (False, 0), "n_positions": (False, 1)}
+_ROPE_SIZES = {
+    "hidden_size": (True, 1),
+    "num_attention_heads": (True, 1),
+    "num_hidden_layers": (True, 1),
+    "intermediate_size": (True, 1),
+    "vocab_size": (True, 1),
+    "num_key_value_heads": (False, 0),
+    "head_dim": (False, 0),
+    "max_position_embeddings": (False, 1),
+    "sliding_window_pattern": (False, 1),
+    "max_window_layers": (False, 0),
+    "sliding_window": (False, 0),
+}
+_GPT2_SIZES = {
+    "n_embd": (True, 1),
+    "n_head": (True, 1),
+    "n_layer": (True, 1),
+    "vocab_size": (True, 1),
+    "n_inner": (False, 0),
+    "n_positions": (False, 1),
+}
 # OPT names its MLP width ffn_dim
-_OPT_SIZES = {**{k: v for k, v in _ROPE_SIZES.items() if k != "intermediate_size"}, "ffn_dim": (True, 1),
-              "word_embed_proj_dim": (False, 1)}
-_POSITIVE = ("rope_theta", "rope_local_base_freq", "query_pre_attn_scalar", "attn_logit_softcapping",
-             "final_logit_softcapping", "embedding_multiplier", "residual_multiplier", "attention_multiplier",
-             "logits_scaling", "partial_rotary_factor")
+_OPT_SIZES = {
+    **{k: v for k, v in _ROPE_SIZES.items() if k != "intermediate_size"},
+    "ffn_dim": (True, 1),
+    "word_embed_proj_dim": (False, 1),
+}
+_POSITIVE = (
+    "rope_theta",
+    "rope_local_base_freq",
+    "query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "embedding_multiplier",
+    "residual_multiplier",
+    "attention_multiplier",
+    "logits_scaling",
+    "partial_rotary_factor",
+)
 _FLOATS = ("rms_norm_eps", "layer_norm_epsilon") + _POSITIVE
 
 
@@ -85,8 +112,10 @@ def check_has_weights(path: Path) -> None:
         return  # not this case: sim.models.loader.checkpoint_files names what is wrong
     kinds = ("*.safetensors", "*.bin", "*.pt", "model.safetensors.index.json")
     if not any(next(path.glob(k), None) for k in kinds):
-        raise UserError(f"{path} holds a config.json but no weights: only `hemorrhage memory` plans from a config "
-                        "alone; this command needs the checkpoint's *.safetensors")
+        raise UserError(
+            f"{path} holds a config.json but no weights: only `hemorrhage memory` plans from a config "
+            "alone; this command needs the checkpoint's *.safetensors"
+        )
 
 
 def read_config(file: Path) -> dict:
@@ -125,8 +154,11 @@ def check_config(hf: dict) -> None:
                 raise UserError(f"config.json for {mt} lacks the field {name!r}")
             continue
         got[name] = _size(name, hf[name], lo)
-    d, h = (got.get("n_embd"), got.get("n_head")) if mt == "gpt2" else (got.get("hidden_size"),
-                                                                          got.get("num_attention_heads"))
+    d, h = (
+        (got.get("n_embd"), got.get("n_head"))
+        if mt == "gpt2"
+        else (got.get("hidden_size"), got.get("num_attention_heads"))
+    )
     if d is not None and h is not None and (mt == "gpt2" or not got.get("head_dim")) and d % h:
         raise UserError(f"config.json: width {d} is not divisible by {h} heads")
     for name in _FLOATS:
@@ -208,8 +240,9 @@ def safetensors_header(f: Path) -> dict:
             raise UserError(f"cannot read weights {f.name}: {size} bytes, shorter than a safetensors header")
         (n,) = struct.unpack("<Q", head)
         if n > size - 8:
-            raise UserError(f"cannot read weights {f.name}: header of {n} bytes in a file of {size} "
-                            f"(truncated or not safetensors)")
+            raise UserError(
+                f"cannot read weights {f.name}: header of {n} bytes in a file of {size} (truncated or not safetensors)"
+            )
         raw = fh.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -217,12 +250,22 @@ def safetensors_header(f: Path) -> dict:
         raise UserError(f"cannot read weights {f.name}: its header is not JSON (corrupt file)") from None
     if not isinstance(header, dict):
         raise UserError(f"cannot read weights {f.name}: its header is not a JSON object")
-    end = max((int(v["data_offsets"][1]) for k, v in header.items()
-               if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)
-               and len(v["data_offsets"]) == 2 and _is_int(v["data_offsets"][1])), default=0)
+    end = max(
+        (
+            int(v["data_offsets"][1])
+            for k, v in header.items()
+            if k != "__metadata__"
+            and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list)
+            and len(v["data_offsets"]) == 2
+            and _is_int(v["data_offsets"][1])
+        ),
+        default=0,
+    )
     if 8 + n + end > size:
-        raise UserError(f"cannot read weights {f.name}: the header describes {8 + n + end} bytes, the file "
-                        f"has {size} (truncated)")
+        raise UserError(
+            f"cannot read weights {f.name}: the header describes {8 + n + end} bytes, the file has {size} (truncated)"
+        )
     return header
 
 

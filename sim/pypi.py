@@ -122,14 +122,19 @@ def _settings() -> dict[str, str]:
 def index_config() -> IndexConfig:
     s = _settings()
     no_index = s.get("no-index", "").strip().lower() in ("1", "true", "yes", "on")
-    indexes = () if no_index else (s.get("index-url", "").strip() or DEFAULT_INDEX,
-                                   *s.get("extra-index-url", "").split())
+    indexes = (
+        () if no_index else (s.get("index-url", "").strip() or DEFAULT_INDEX, *s.get("extra-index-url", "").split())
+    )
     try:
         timeout = float(s.get("timeout") or s.get("default-timeout") or 15)
     except ValueError:
         timeout = 15.0  # pip's default; pip itself would stop at the bad value
-    return IndexConfig(find_links=tuple(s.get("find-links", "").split()), indexes=tuple(indexes),
-                       cert=s.get("cert") or None, timeout=timeout)
+    return IndexConfig(
+        find_links=tuple(s.get("find-links", "").split()),
+        indexes=tuple(indexes),
+        cert=s.get("cert") or None,
+        timeout=timeout,
+    )
 
 
 def _open(url: str, config: IndexConfig, accept: str | None = None):
@@ -172,8 +177,10 @@ def _page_links(url: str, config: IndexConfig) -> dict[str, tuple[str, str | Non
                 return {}
             raise
     if "json" in content_type:
-        return {f["filename"]: (urllib.parse.urljoin(url, f["url"]), f.get("hashes", {}).get("sha256"))
-                for f in json.loads(body).get("files", [])}
+        return {
+            f["filename"]: (urllib.parse.urljoin(url, f["url"]), f.get("hashes", {}).get("sha256"))
+            for f in json.loads(body).get("files", [])
+        }
     links = _Links()
     links.feed(body.decode("utf-8", errors="replace"))
     out: dict[str, tuple[str, str | None]] = {}
@@ -198,8 +205,10 @@ def locate(pkg: Package, config: IndexConfig) -> str:
         if pkg.filename in links:
             url, declared = links[pkg.filename]
             if declared and declared.lower() != pkg.sha256:
-                raise UserError(f"{pkg.spec}: the index at {page} declares SHA-256 {declared[:12]}… for "
-                                f"{pkg.filename}, expected {pkg.sha256[:12]}…; nothing was downloaded")
+                raise UserError(
+                    f"{pkg.spec}: the index at {page} declares SHA-256 {declared[:12]}… for "
+                    f"{pkg.filename}, expected {pkg.sha256[:12]}…; nothing was downloaded"
+                )
             return url
     where = "; ".join(problems) if problems else f"looked in {', '.join(pages) or 'no index (no-index)'}"
     raise UserError(f"{pkg.spec}: no index serves {pkg.filename} ({where})")
@@ -209,8 +218,10 @@ def fetch_file(pkg: Package, dest: Path, *, quiet: bool = False) -> Path:
     """Download pkg's file to `dest`: streamed into a temp file beside it while hashing, renamed
     onto `dest` only if the hash is the pinned one; otherwise the temp file is deleted."""
     if pkg.sha256 is None:
-        raise UserError(f"{pkg.spec}: no SHA-256 is pinned for {pkg.filename} (no index served it when "
-                        f"the pins were taken), so it is not fetched; pin its hash to use it")
+        raise UserError(
+            f"{pkg.spec}: no SHA-256 is pinned for {pkg.filename} (no index served it when "
+            f"the pins were taken), so it is not fetched; pin its hash to use it"
+        )
     config = index_config()
     url = locate(pkg, config)
     digest = hashlib.sha256()
@@ -227,11 +238,14 @@ def fetch_file(pkg: Package, dest: Path, *, quiet: bool = False) -> Path:
             out.flush()
             got = digest.hexdigest()
             if got != pkg.sha256:
-                raise UserError(f"{pkg.spec}: SHA-256 of {pkg.filename} is {got[:12]}…, expected "
-                                f"{pkg.sha256[:12]}…; the download was deleted")
+                raise UserError(
+                    f"{pkg.spec}: SHA-256 of {pkg.filename} is {got[:12]}…, expected "
+                    f"{pkg.sha256[:12]}…; the download was deleted"
+                )
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        raise UserError(f"{pkg.spec}: could not download {pkg.filename} from {url}: "
-                        f"{getattr(e, 'reason', e)}") from None
+        raise UserError(
+            f"{pkg.spec}: could not download {pkg.filename} from {url}: {getattr(e, 'reason', e)}"
+        ) from None
     return dest
 
 

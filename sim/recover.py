@@ -49,8 +49,7 @@ from flax import nnx
 
 from hemorrhage.errors import UserError
 from hemorrhage.sim.compress.storage import ActQuantLinear, MaskedLinear, NMSparseLinear, PackedLinear
-from hemorrhage.sim.recover_layers import (  # noqa: F401  (public names of the recovery API)
-    GRID_UNITS, TRAINED, WEIGHT_UNITS, GridLatent, GridLora, Latent, Lora, RecoveringLinear, exported, trainable)
+from hemorrhage.sim.recover_layers import GRID_UNITS, TRAINED, WEIGHT_UNITS, exported, trainable
 
 LOSSES = ("kl", "text")
 
@@ -104,12 +103,22 @@ def _step_fn(loss: str):
 @nnx.jit
 def _window_metrics(model, tokens, z_base):
     """Token sums over one batch of windows (positions 0..T-2, as validate/measure.py)."""
-    from hemorrhage.validate.metrics import compare_logits
+    from hemorrhage.theory import cosine_pq, kl_exact, top1_agreement, var_p
 
     z = model(tokens)[0][:, :-1]
     zb = z_base[:, :-1]
     V = z.shape[-1]
-    m = compare_logits(zb.reshape(-1, V), z.reshape(-1, V))
+    # validate.metrics.compare_logits' numbers, from the same theory functions
+    zf, zbf = z.reshape(-1, V), zb.reshape(-1, V)
+    dz = zf - zbf
+    vp = var_p(zbf, dz)
+    m = {
+        "kl": kl_exact(zbf, dz),
+        "top1": top1_agreement(zbf, zf),
+        "var_p": vp,
+        "kl_pred": vp / 2.0,
+        "cos_p": cosine_pq(zbf, dz),
+    }
     logq = jax.nn.log_softmax(z)
     nll = -jnp.take_along_axis(logq, tokens[:, 1:, None], axis=-1)[..., 0]
     out = {k: jnp.sum(m[k]) for k in ("kl", "top1", "var_p", "kl_pred", "cos_p")}
@@ -128,15 +137,28 @@ class Probe:
     chunk: int = 2
 
 
-def make_probe(loaded, *, windows: int = 4, seqlen: int = 128, prompts: int = 8, prompt_len: int = 16,
-               new_tokens: int = 32, source: str = "wiki") -> Probe:
+def make_probe(
+    loaded,
+    *,
+    windows: int = 4,
+    seqlen: int = 128,
+    prompts: int = 8,
+    prompt_len: int = 16,
+    new_tokens: int = 32,
+    source: str = "wiki",
+) -> Probe:
     """Held-out windows of `source` and, after them, `prompts` prompts of `prompt_len` tokens."""
-    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.windows import eval_windows
 
     if windows < 1 or seqlen < 2 or prompts < 0 or prompt_len < 1 or new_tokens < 1:
         raise UserError("recover: need windows ≥ 1, seqlen ≥ 2, prompts ≥ 0, prompt_len ≥ 1, new_tokens ≥ 1")
-    allw = eval_windows(loaded.tokenizer, source, seqlen=max(seqlen, prompt_len), stride=max(seqlen, prompt_len),
-                        max_windows=windows + prompts)
+    allw = eval_windows(
+        loaded.tokenizer,
+        source,
+        seqlen=max(seqlen, prompt_len),
+        stride=max(seqlen, prompt_len),
+        max_windows=windows + prompts,
+    )
     rest = allw[windows:] if len(allw) >= windows + prompts else allw  # a short split: reuse windows
     p = np.asarray(rest[:prompts, :prompt_len]) if prompts else None
     return probe_from_tokens(loaded.model, allw[:windows, :seqlen], p, new_tokens)
@@ -149,7 +171,7 @@ def probe_from_tokens(base, tokens, prompts=None, new_tokens: int = 32) -> Probe
 
     tokens = np.asarray(tokens, np.int32)
     chunk = 2
-    z_base = [forward(base, jnp.asarray(tokens[i:i + chunk])) for i in range(0, len(tokens), chunk)]
+    z_base = [forward(base, jnp.asarray(tokens[i : i + chunk])) for i in range(0, len(tokens), chunk)]
     gen = None
     if prompts is not None:
         prompts = np.asarray(prompts, np.int32)
@@ -162,7 +184,7 @@ def measure(model, probe: Probe) -> dict:
 
     sums: dict[str, float] = {}
     for j, i in enumerate(range(0, len(probe.tokens), probe.chunk)):
-        part = _window_metrics(model, jnp.asarray(probe.tokens[i:i + probe.chunk]), probe.z_base[j])
+        part = _window_metrics(model, jnp.asarray(probe.tokens[i : i + probe.chunk]), probe.z_base[j])
         for k, v in part.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     n = probe.tokens.shape[0] * (probe.tokens.shape[1] - 1)
@@ -199,8 +221,10 @@ def constraint_report(comp, recovered) -> dict:
         elif isinstance(layer, NMSparseLinear):
             kept = np.zeros(w_old.shape, bool).reshape(layer.d_out, layer.d_in // layer.m, layer.m)
             np.put_along_axis(kept, np.asarray(layer.idx[...]).astype(np.int64), True, axis=-1)
-            masks_exact &= bool(np.array_equal(np.asarray(old.idx[...]), np.asarray(layer.idx[...]))
-                                and np.all(w_new[~kept.reshape(w_old.shape)] == 0))
+            masks_exact &= bool(
+                np.array_equal(np.asarray(old.idx[...]), np.asarray(layer.idx[...]))
+                and np.all(w_new[~kept.reshape(w_old.shape)] == 0)
+            )
         inner_o = old.inner if isinstance(old, ActQuantLinear) else old
         inner_n = layer.inner if isinstance(layer, ActQuantLinear) else layer
         if isinstance(inner_n, PackedLinear):
@@ -209,12 +233,16 @@ def constraint_report(comp, recovered) -> dict:
                 same &= np.array_equal(np.asarray(inner_o.zero[...]), np.asarray(inner_n.zero[...]))
             grids_fixed &= bool(same and inner_o.bits == inner_n.bits and inner_o.group_size == inner_n.group_size)
             c_o, c_n = np.asarray(inner_o.codes()), np.asarray(inner_n.codes())
-            on_grid &= bool(c_n.min() >= 0 and c_n.max() <= 2 ** inner_n.bits - 1)
+            on_grid &= bool(c_n.min() >= 0 and c_n.max() <= 2**inner_n.bits - 1)
             codes_changed += int((c_o != c_n).sum())
             n_codes += c_o.size
-    return {"masks_exact": bool(masks_exact), "grids_fixed": bool(grids_fixed), "codes_in_range": bool(on_grid),
-            "weights_changed": moved / total if total else 0.0,
-            "codes_changed": codes_changed / n_codes if n_codes else None}
+    return {
+        "masks_exact": bool(masks_exact),
+        "grids_fixed": bool(grids_fixed),
+        "codes_in_range": bool(on_grid),
+        "weights_changed": moved / total if total else 0.0,
+        "codes_changed": codes_changed / n_codes if n_codes else None,
+    }
 
 
 # ---------------------------------------------------------------- the whole job
@@ -229,26 +257,46 @@ class Recovery:
     settings: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        out = {"settings": self.settings, "constraints": self.constraints,
-               "before": self.before, "after": self.after, "history": self.history}
+        out = {
+            "settings": self.settings,
+            "constraints": self.constraints,
+            "before": self.before,
+            "after": self.after,
+            "history": self.history,
+        }
         for k in ("kl", "top1", "var_p", "kl_pred", "ppl", "gen_prefix_agreement", "gen_token_agreement"):
             if k in self.before:
                 out[f"{k}_before"], out[f"{k}_after"] = self.before[k], self.after[k]
         return out
 
 
-def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, ste_lr: float = 0.005, ste_opt: str = "adam",
-            batch: int = 4,
-            seqlen: int = 128,
-            pool: int = 64, loss: str = "kl", lora_rank: int = 0, lora_alpha: float | None = None,
-            seed: int = 0, source: str = "wiki", probe: Probe | None = None, eval_every: int | None = None,
-            tokens=None, log=None) -> Recovery:
+def recover(
+    loaded,
+    comp,
+    *,
+    steps: int = 50,
+    lr: float = 1e-4,
+    ste_lr: float = 0.005,
+    ste_opt: str = "adam",
+    batch: int = 4,
+    seqlen: int = 128,
+    pool: int = 64,
+    loss: str = "kl",
+    lora_rank: int = 0,
+    lora_alpha: float | None = None,
+    seed: int = 0,
+    source: str = "wiki",
+    probe: Probe | None = None,
+    eval_every: int | None = None,
+    tokens=None,
+    log=None,
+) -> Recovery:
     """Fine-tune `comp` towards `loaded.model` (or the text) with masks and grids fixed.
 
     Training windows: `pool` windows of seqlen+1 tokens of the train split
     (`calibration_tokens`, seed), or the given `tokens` [n, T+1]; each step takes `batch`
     of them, drawn without replacement by the seed."""
-    from hemorrhage.sim.data import calibration_tokens
+    from hemorrhage.sim.windows import calibration_tokens
 
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise UserError(f"--steps must be a non-negative integer, got {steps!r}")
@@ -277,8 +325,10 @@ def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, ste_lr: float = 
     before = measure(comp, probe)
     history = [{"step": 0, "loss": None, **before}]
     if log:
-        log(f"step 0: kl {before['kl']:.4g}  top1 {before['top1']:.3f}  var_p {before['var_p']:.4g}  "
-            f"({n_train / 1e6:.1f} M trainable, {'LoRA r=' + str(lora_rank) if lora_rank else 'full latent'})")
+        log(
+            f"step 0: kl {before['kl']:.4g}  top1 {before['top1']:.3f}  var_p {before['var_p']:.4g}  "
+            f"({n_train / 1e6:.1f} M trainable, {'LoRA r=' + str(lora_rank) if lora_rank else 'full latent'})"
+        )
     for i in range(int(steps)):
         rows = order.choice(pool, size=min(batch, pool), replace=False)
         value, gnorm = step_fn(loaded.model, model, opt_w, opt_g, jnp.asarray(data[np.sort(rows)]))
@@ -295,12 +345,29 @@ def recover(loaded, comp, *, steps: int = 50, lr: float = 1e-4, ste_lr: float = 
     history.append({"step": int(steps), "loss": value if steps else None, **after})
     if log:
         log(f"step {steps}: kl {after['kl']:.4g}  top1 {after['top1']:.3f}  var_p {after['var_p']:.4g}")
-    settings = {"steps": int(steps), "lr": float(lr), "ste_lr": float(ste_lr), "batch": int(batch),
-                "seqlen": int(seqlen), "pool": int(pool),
-                "loss": loss, "lora_rank": int(lora_rank), "seed": int(seed), "source": source,
-                "trainable_params": n_train, "probe_windows": int(probe.tokens.shape[0]),
-                "probe_seqlen": int(probe.tokens.shape[1]),
-                "prompts": 0 if probe.prompts is None else int(probe.prompts.shape[0]),
-                "new_tokens": 0 if probe.gen_base is None else int(probe.gen_base.shape[1])}
-    return Recovery(model=out, trained=model, before=before, after=after, history=history,
-                    constraints=constraint_report(comp, out), settings=settings)
+    settings = {
+        "steps": int(steps),
+        "lr": float(lr),
+        "ste_lr": float(ste_lr),
+        "batch": int(batch),
+        "seqlen": int(seqlen),
+        "pool": int(pool),
+        "loss": loss,
+        "lora_rank": int(lora_rank),
+        "seed": int(seed),
+        "source": source,
+        "trainable_params": n_train,
+        "probe_windows": int(probe.tokens.shape[0]),
+        "probe_seqlen": int(probe.tokens.shape[1]),
+        "prompts": 0 if probe.prompts is None else int(probe.prompts.shape[0]),
+        "new_tokens": 0 if probe.gen_base is None else int(probe.gen_base.shape[1]),
+    }
+    return Recovery(
+        model=out,
+        trained=model,
+        before=before,
+        after=after,
+        history=history,
+        constraints=constraint_report(comp, out),
+        settings=settings,
+    )

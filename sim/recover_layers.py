@@ -17,7 +17,7 @@ from flax import nnx
 
 from hemorrhage.errors import UserError
 from hemorrhage.sim.compress.quantizer import dequant, encode
-from hemorrhage.sim.compress.storage import ActQuantLinear, MaskedLinear, NMSparseLinear, PackedLinear, _shape
+from hemorrhage.sim.compress.storage import ActQuantLinear, MaskedLinear, NMSparseLinear, PackedLinear, linear_shape
 from hemorrhage.sim.models.layers import Linear
 
 BIN_MARGIN = 0.49  # a latent seeded from the base stays this many grid steps from its code
@@ -53,8 +53,7 @@ class RecoveringLinear(nnx.Module):
 
     Forward = the stored layer's forward (same effective weight at step 0)."""
 
-    def __init__(self, layer, *, lora_rank: int = 0, lora_alpha: float | None = None, ref=None,
-                 rngs: nnx.Rngs):
+    def __init__(self, layer, *, lora_rank: int = 0, lora_alpha: float | None = None, ref=None, rngs: nnx.Rngs):
         """ref: the base model's dense weight of this layer [out in], or None.  A quantized
         latent starts at the base weight moved into its code's bin (QAT from the original
         weights; the forward is unchanged), so codes flip first where the base weight lies
@@ -95,8 +94,9 @@ class RecoveringLinear(nnx.Module):
         if self.rank:
             kind = GridLora if self.grid else Lora
             self.w0 = Fixed(u0)
-            self.lora_a = kind(jax.random.normal(rngs.params(), (self.rank, self.d_in), jnp.float32)
-                               / np.sqrt(self.d_in))
+            self.lora_a = kind(
+                jax.random.normal(rngs.params(), (self.rank, self.d_in), jnp.float32) / np.sqrt(self.d_in)
+            )
             self.lora_b = kind(jnp.zeros((self.d_out, self.rank), jnp.float32))
             self.lora_scale = float(lora_alpha if lora_alpha is not None else self.rank) / self.rank
         else:
@@ -153,8 +153,15 @@ class RecoveringLinear(nnx.Module):
         if self.kind in ("packed", "act8"):
             zero = None if self.zero is None else self.zero[...]
             in_scale = None if self.in_scale is None else self.in_scale[...]
-            p = PackedLinear(self.codes(w), self.scale[...], zero, bits=self.bits, group_size=self.group_size,
-                             bias=b, in_scale=in_scale)
+            p = PackedLinear(
+                self.codes(w),
+                self.scale[...],
+                zero,
+                bits=self.bits,
+                group_size=self.group_size,
+                bias=b,
+                in_scale=in_scale,
+            )
             return ActQuantLinear(p) if self.kind == "act8" else p
         if self.kind == "masked":
             return MaskedLinear(w, self.keep[...], bias=b)
@@ -193,9 +200,10 @@ def trainable(comp, *, base=None, lora_rank: int = 0, lora_alpha: float | None =
     n = 0
     for path, parent, attr, layer in list(linears(model)):
         ref = refs.get(path)
-        ref = ref.weight() if ref is not None and tuple(ref.weight().shape) == _shape(layer) else None
-        setattr(parent, attr, RecoveringLinear(layer, lora_rank=int(lora_rank), lora_alpha=lora_alpha, ref=ref,
-                                               rngs=rngs))
+        ref = ref.weight() if ref is not None and tuple(ref.weight().shape) == linear_shape(layer) else None
+        setattr(
+            parent, attr, RecoveringLinear(layer, lora_rank=int(lora_rank), lora_alpha=lora_alpha, ref=ref, rngs=rngs)
+        )
         n += 1
     if not n:
         raise UserError("recover: the compressed model has no linear layer left to train")

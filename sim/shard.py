@@ -73,8 +73,9 @@ VOCAB = ("embed", "lm_head")  # [vocab d] split over vocab
 
 # ------------------------------------------------------------------ the mesh -----------
 
+
 def parse_mesh(text: str | None) -> dict[str, int] | None:
-    """"data=2,model=4" -> {"data": 2, "model": 4}; a bare "8" means data=8.  UserError on
+    """ "data=2,model=4" -> {"data": 2, "model": 4}; a bare "8" means data=8.  UserError on
     anything else (an unknown axis, a repeated one, a size that is not a positive integer)."""
     if text is None:
         return None
@@ -109,8 +110,10 @@ def make_mesh(shape: dict[str, int] | str | int | None = None, devices=None) -> 
     sizes = tuple(int(shape.get(a, 1)) for a in AXES)
     need = math.prod(sizes)
     if need > len(devs) or (devices is not None and need != len(devs)):
-        raise UserError(f"mesh {'×'.join(map(str, sizes))} ({', '.join(AXES)}) needs {need} devices; "
-                        f"{len(devs)} {'given' if devices is not None else 'available'} ({devs[0].platform})")
+        raise UserError(
+            f"mesh {'×'.join(map(str, sizes))} ({', '.join(AXES)}) needs {need} devices; "
+            f"{len(devs)} {'given' if devices is not None else 'available'} ({devs[0].platform})"
+        )
     return Mesh(np.asarray(devs[:need], dtype=object).reshape(sizes), AXES)
 
 
@@ -122,9 +125,11 @@ def device_groups(n_groups: int, shape: dict[str, int] | None = None) -> list[Me
         raise UserError(f"--devices must be a positive integer, got {n_groups!r}")
     per = math.prod(int((shape or {}).get(a, 1)) for a in AXES)
     if n_groups * per > len(devs):
-        raise UserError(f"--devices {n_groups} groups of {per} device(s) need {n_groups * per} devices; "
-                        f"{len(devs)} available ({devs[0].platform})")
-    return [make_mesh(shape or {"data": 1}, devs[g * per:(g + 1) * per]) for g in range(n_groups)]
+        raise UserError(
+            f"--devices {n_groups} groups of {per} device(s) need {n_groups * per} devices; "
+            f"{len(devs)} available ({devs[0].platform})"
+        )
+    return [make_mesh(shape or {"data": 1}, devs[g * per : (g + 1) * per]) for g in range(n_groups)]
 
 
 def axis_size(mesh: Mesh | None, axis: str) -> int:
@@ -137,6 +142,7 @@ def is_writer() -> bool:
 
 
 # ------------------------------------------------------------------ weights ------------
+
 
 def _names(path) -> list[str]:
     return [str(p) for p in path]
@@ -211,6 +217,7 @@ def devices_of(model) -> set:
 
 
 # ------------------------------------------------------------------ batches ------------
+
 
 def shard_batch(x, mesh: Mesh) -> jax.Array:
     """x [B, ...] with B split over "data" (B must divide by the data axis size)."""

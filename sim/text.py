@@ -19,24 +19,123 @@ import xml.etree.ElementTree as ET
 # ---------------------------------------------------------------- wiki -------------
 
 _DROP_SECTIONS = {
-    "references", "external links", "see also", "further reading", "notes", "bibliography",
-    "sources", "citations", "footnotes", "notes and references", "works cited", "references and notes",
-    "primary sources", "secondary sources", "external links and references", "notes and sources",
-    "literature", "gallery", "explanatory notes", "reference notes", "citations and notes",
+    "references",
+    "external links",
+    "see also",
+    "further reading",
+    "notes",
+    "bibliography",
+    "sources",
+    "citations",
+    "footnotes",
+    "notes and references",
+    "works cited",
+    "references and notes",
+    "primary sources",
+    "secondary sources",
+    "external links and references",
+    "notes and sources",
+    "literature",
+    "gallery",
+    "explanatory notes",
+    "reference notes",
+    "citations and notes",
 }
-_DROP_LINK_NS = {"file", "image", "category", "media", "wikipedia", "wp", "special", "template",
-                 "user", "user talk", "help", "portal", "project", "s", "commons", "meta", "bugzilla"}
-_DROP_TAGS = ("ref", "math", "gallery", "timeline", "imagemap", "score", "syntaxhighlight", "source",
-              "chem", "hiero", "graph", "mapframe", "ce", "templatedata", "references")
+_DROP_LINK_NS = {
+    "file",
+    "image",
+    "category",
+    "media",
+    "wikipedia",
+    "wp",
+    "special",
+    "template",
+    "user",
+    "user talk",
+    "help",
+    "portal",
+    "project",
+    "s",
+    "commons",
+    "meta",
+    "bugzilla",
+}
+_DROP_TAGS = (
+    "ref",
+    "math",
+    "gallery",
+    "timeline",
+    "imagemap",
+    "score",
+    "syntaxhighlight",
+    "source",
+    "chem",
+    "hiero",
+    "graph",
+    "mapframe",
+    "ce",
+    "templatedata",
+    "references",
+)
 # templates whose first (or last) positional argument is the prose they display
-_FIRST_ARG = {"nowrap", "nobr", "small", "smaller", "big", "larger", "sic", "nihongo", "flag",
-              "abbr", "quote", "quotation", "blockquote", "mvar", "math", "ill", "visible anchor",
-              "not a typo", "lang-en", "linktext", "em", "strong", "var", "sub", "sup", "w", "nowrap begin",
-              "keypress", "small caps", "sc", "smallcaps", "uc", "lc", "wikt-lang", "tooltip"}
+_FIRST_ARG = {
+    "nowrap",
+    "nobr",
+    "small",
+    "smaller",
+    "big",
+    "larger",
+    "sic",
+    "nihongo",
+    "flag",
+    "abbr",
+    "quote",
+    "quotation",
+    "blockquote",
+    "mvar",
+    "math",
+    "ill",
+    "visible anchor",
+    "not a typo",
+    "lang-en",
+    "linktext",
+    "em",
+    "strong",
+    "var",
+    "sub",
+    "sup",
+    "w",
+    "nowrap begin",
+    "keypress",
+    "small caps",
+    "sc",
+    "smallcaps",
+    "uc",
+    "lc",
+    "wikt-lang",
+    "tooltip",
+}
 _LAST_ARG = {"lang", "transl", "transliteration", "script"}
-_LITERAL = {"'": "'", '"': '"', "ndash": "–", "mdash": "—", "snd": " – ", "spaced ndash": " – ",
-            "nbsp": " ", "!": "|", "=": "=", "-": "", "·": "·", "dot": "·", "•": "•", "break": " ",
-            "shy": "", "zwsp": "", "en dash": "–", "em dash": "—"}
+_LITERAL = {
+    "'": "'",
+    '"': '"',
+    "ndash": "–",
+    "mdash": "—",
+    "snd": " – ",
+    "spaced ndash": " – ",
+    "nbsp": " ",
+    "!": "|",
+    "=": "=",
+    "-": "",
+    "·": "·",
+    "dot": "·",
+    "•": "•",
+    "break": " ",
+    "shy": "",
+    "zwsp": "",
+    "en dash": "–",
+    "em dash": "—",
+}
 _CONVERT_JOIN = {"-", "–", "to", "and", "or", "by", "x", "×", "and(-)", "to(-)", "+/-", "±"}
 
 
@@ -57,7 +156,7 @@ def _split_top(body: str) -> list[str]:
     parts, depth_b, depth_l, cur = [], 0, 0, []
     i = 0
     while i < len(body):
-        two = body[i:i + 2]
+        two = body[i : i + 2]
         if two in ("{{", "}}", "[[", "]]"):
             depth_b += (two == "{{") - (two == "}}")
             depth_l += (two == "[[") - (two == "]]")
@@ -110,7 +209,7 @@ def _strip_templates(s: str) -> str:
     while (j := s.find("{{", i)) >= 0:
         out.append(s[i:j])
         k = _match_close(s, j, "{{", "}}")
-        out.append(_render_template(s[j + 2:k - 2]))
+        out.append(_render_template(s[j + 2 : k - 2]))
         i = k
     out.append(s[i:])
     return "".join(out)
@@ -149,7 +248,7 @@ def _strip_links(s: str) -> str:
     while (j := s.find("[[", i)) >= 0:
         out.append(s[i:j])
         k = _match_close(s, j, "[[", "]]")
-        out.append(_render_link(s[j + 2:k - 2]))
+        out.append(_render_link(s[j + 2 : k - 2]))
         i = k
     out.append(s[i:])
     return "".join(out)
@@ -252,9 +351,9 @@ def clean_gutenberg(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
     start = re.search(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", text, re.M | re.I)
     if start:
-        text = text[start.end():]
+        text = text[start.end() :]
     end = re.search(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG", text, re.M | re.I)
     if end:
-        text = text[:end.start()]
+        text = text[: end.start()]
     text = "\n".join(line.rstrip() for line in text.split("\n"))
     return re.sub(r"\n{3,}", "\n\n", text).strip()

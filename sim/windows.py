@@ -32,7 +32,8 @@ _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
-    """Hash of the tokenizer's full definition (0.3 s for Gemma's 262k vocabulary; memoised)."""
+    """Hash of the tokenizer's full definition (memoised: it takes a noticeable time for a large
+    vocabulary such as Gemma's 262k)."""
     try:
         return _FINGERPRINTS[tokenizer]
     except (KeyError, TypeError):
@@ -48,10 +49,9 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _source(name: str) -> str:
-    # the registry (it re-exports this module)
-    from hemorrhage.sim.data import _text_source
+    from hemorrhage.sim.data import text_source
 
-    return _text_source(name)
+    return text_source(name)
 
 
 def _tokens(tokenizer, source: str, part: str) -> np.ndarray:
@@ -103,7 +103,7 @@ def _bos(tokenizer, add_bos: bool | None) -> bool:
 
 
 def _windows(ids: np.ndarray, starts, width: int, tokenizer, add_bos: bool) -> np.ndarray:
-    out = np.stack([ids[s:s + width] for s in starts]).astype(np.int32)
+    out = np.stack([ids[s : s + width] for s in starts]).astype(np.int32)
     if add_bos:
         bos = getattr(tokenizer, "bos_token_id", None)
         if bos is None:
@@ -112,8 +112,15 @@ def _windows(ids: np.ndarray, starts, width: int, tokenizer, add_bos: bool) -> n
     return out
 
 
-def calibration_tokens(tokenizer, source: str = "wiki", n_samples: int = 16, seqlen: int = 128,
-                       seed: int = 0, *, add_bos: bool | None = None) -> np.ndarray:
+def calibration_tokens(
+    tokenizer,
+    source: str = "wiki",
+    n_samples: int = 16,
+    seqlen: int = 128,
+    seed: int = 0,
+    *,
+    add_bos: bool | None = None,
+) -> np.ndarray:
     """[n_samples, seqlen] int32: windows at uniformly random offsets (np.random.default_rng(seed),
     with replacement) of the tokenized *train* split.  Same tokenizer + seed -> same array.
     add_bos None: the tokenizer's convention (`adds_bos`)."""
@@ -130,8 +137,15 @@ def calibration_tokens(tokenizer, source: str = "wiki", n_samples: int = 16, seq
     return _windows(ids, starts, width, tokenizer, add_bos)
 
 
-def eval_windows(tokenizer, source: str = "wiki", seqlen: int = 128, stride: int = 128,
-                 max_windows: int | None = 8, *, add_bos: bool | None = None) -> np.ndarray:
+def eval_windows(
+    tokenizer,
+    source: str = "wiki",
+    seqlen: int = 128,
+    stride: int = 128,
+    max_windows: int | None = 8,
+    *,
+    add_bos: bool | None = None,
+) -> np.ndarray:
     """[n, seqlen] int32 from the *held-out* split: the windows starting at token 0, stride,
     2·stride, … that fit entirely, the first `max_windows` of them (None: all).  Deterministic.
     add_bos None: the tokenizer's convention (`adds_bos`; then the text of a window is its

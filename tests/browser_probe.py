@@ -29,8 +29,15 @@ window.addEventListener('load', function () {
   document.body.appendChild(d);
 });
 </script>"""
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--proxy-server=127.0.0.1:9",
-         "--allow-file-access-from-files", "--virtual-time-budget=10000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--proxy-server=127.0.0.1:9",
+    "--allow-file-access-from-files",
+    "--virtual-time-budget=10000",
+]
 
 
 def browser() -> str | None:
@@ -43,11 +50,21 @@ def probe(page: Path, screenshot: Path, exe: str) -> dict:
     probed = page.with_name(".probe-" + page.name)
     probed.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
     try:
-        dom = subprocess.run([exe, *FLAGS, "--dump-dom", probed.as_uri()], capture_output=True, text=True,
-                             timeout=120).stdout
+        dom = subprocess.run(
+            [exe, *FLAGS, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120
+        ).stdout
     finally:
         probed.unlink()
-    subprocess.run([exe, *FLAGS, "--window-size=1200,2400", f"--screenshot={screenshot}", page.as_uri()],
-                   capture_output=True, text=True, timeout=120, cwd=screenshot.parent)
+    subprocess.run(
+        [exe, *FLAGS, "--window-size=1200,2400", f"--screenshot={screenshot}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=screenshot.parent,
+    )
     m = re.search(r'<pre id="hemorrhage-probe">(.*?)</pre>', dom, re.S)
-    return json.loads(html.unescape(m.group(1))) if m else {"images": -1, "broken": [], "errors": ["no probe: " + dom[-500:]]}
+    return (
+        json.loads(html.unescape(m.group(1)))
+        if m
+        else {"images": -1, "broken": [], "errors": ["no probe: " + dom[-500:]]}
+    )

@@ -52,7 +52,7 @@ def gemma3():
 
 @pytest.fixture(scope="session")
 def wiki_tokens(smollm2):
-    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.windows import eval_windows
 
     return eval_windows(smollm2.tokenizer, "wiki", seqlen=64, stride=64, max_windows=2)
 

@@ -44,11 +44,16 @@ def forwards(out: dict) -> None:
         col = (first.attn.qkv if fam == "gpt2" else first.attn.q).w.get_value()
         row = first.attn.o.w.get_value()
         out[f"forward_{fam}"] = {
-            "max_abs_diff": _maxdiff(z1, z2), "scale": float(np.abs(z1).max()), "shape": list(z2.shape),
-            "col_spec": str(col.sharding.spec), "row_spec": str(row.sharding.spec),
+            "max_abs_diff": _maxdiff(z1, z2),
+            "scale": float(np.abs(z1).max()),
+            "shape": list(z2.shape),
+            "col_spec": str(col.sharding.spec),
+            "row_spec": str(row.sharding.spec),
             "embed_spec": str(sharded.embed.w.get_value().sharding.spec),
             "col_shard_shape": list(col.addressable_shards[0].data.shape),
-            "n_devices": len(shard.devices_of(sharded)), "logits_devices": len(z2.devices())}
+            "n_devices": len(shard.devices_of(sharded)),
+            "logits_devices": len(z2.devices()),
+        }
 
 
 def calibrated(out: dict) -> None:
@@ -76,10 +81,14 @@ def calibrated(out: dict) -> None:
         za, zb = np.asarray(forward(a, jnp.asarray(tokens))), np.asarray(forward(b, jnp.asarray(tokens)))
         wa = dict(all_linears(a))
         wd = max(_maxdiff(wa[p].weight(), layer.weight()) for p, layer in all_linears(b))
-        out[f"calib_{name}"] = {"logit_diff": _maxdiff(za, zb), "scale": float(np.abs(za).max()),
-                                "weight_diff": wd, "devices": len(shard.devices_of(b)),
-                                "record_equal": {k: v for k, v in ra.items() if k != "timings"}
-                                == {k: v for k, v in rb.items() if k != "timings"}}
+        out[f"calib_{name}"] = {
+            "logit_diff": _maxdiff(za, zb),
+            "scale": float(np.abs(za).max()),
+            "weight_diff": wd,
+            "devices": len(shard.devices_of(b)),
+            "record_equal": {k: v for k, v in ra.items() if k != "timings"}
+            == {k: v for k, v in rb.items() if k != "timings"},
+        }
 
 
 def sweep(out: dict, ckpt: Path, folder: Path) -> None:
@@ -93,29 +102,70 @@ def sweep(out: dict, ckpt: Path, folder: Path) -> None:
 
     loaded = load(str(ckpt), quiet=True)
     grid = parse_grid("magnitude:sparsity=0.1,0.3,0.5,0.7")
-    small = dict(windows=2, seqlen=32, mc_items=2, prompts=1, prompt_len=8, new_tokens=6, per_layer=False,
-                 steps=False, strata_bins=0)  # the optional parts off, where this version has them
+    small = dict(
+        windows=2,
+        seqlen=32,
+        mc_items=2,
+        prompts=1,
+        prompt_len=8,
+        new_tokens=6,
+        per_layer=False,
+        steps=False,
+        strata_bins=0,
+    )  # the optional parts off, where this version has them
     fields = {f.name for f in dataclasses.fields(MeasureConfig)}
     config = MeasureConfig(**{k: v for k, v in small.items() if k in fields})
     calib = {"calib_samples": 4, "calib_seqlen": 32, "seed": 0}
     logs = []
     one = run_sweep(loaded, grid, config, folder / "one.jsonl", calib=calib, progress=False, log=logs.append)
-    many = run_sweep(loaded, grid, config, folder / "many.jsonl", calib=calib, progress=False, log=logs.append,
-                     devices=2)
+    many = run_sweep(
+        loaded, grid, config, folder / "many.jsonl", calib=calib, progress=False, log=logs.append, devices=2
+    )
     from hemorrhage.cli import main  # the same through the command line (its compiled programs are warm)
 
-    argv = ["sweep", "--model", str(ckpt), "--grid", "magnitude:sparsity=0.1,0.3,0.5,0.7", "--out",
-            str(folder / "cli.jsonl"), "--devices", "2", "--no-progress", "--calib-samples", "4", "--calib-seqlen",
-            "32", "--windows", "2", "--seqlen", "32", "--mc-items", "2", "--prompts", "1", "--prompt-len", "8",
-            "--new-tokens", "6"]
+    argv = [
+        "sweep",
+        "--model",
+        str(ckpt),
+        "--grid",
+        "magnitude:sparsity=0.1,0.3,0.5,0.7",
+        "--out",
+        str(folder / "cli.jsonl"),
+        "--devices",
+        "2",
+        "--no-progress",
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "32",
+        "--windows",
+        "2",
+        "--seqlen",
+        "32",
+        "--mc-items",
+        "2",
+        "--prompts",
+        "1",
+        "--prompt-len",
+        "8",
+        "--new-tokens",
+        "6",
+    ]
     argv += [f for f, k in (("--no-steps", "steps"), ("--strata-bins=0", "strata_bins")) if k in fields]
     code = main(argv)
-    out["sweep_cli"] = {"code": code, "bytes_equal": (folder / "cli.jsonl").read_bytes()
-                        == (folder / "one.jsonl").read_bytes()}
-    out["sweep"] = {"rows_one": one["rows"], "rows_many": many["rows"], "placement_many": many["placement"],
-                    "placement_one": one["placement"], "failed": [str(f) for f in one["failed"] + many["failed"]],
-                    "bytes_equal": (folder / "one.jsonl").read_bytes() == (folder / "many.jsonl").read_bytes(),
-                    "logs": logs}
+    out["sweep_cli"] = {
+        "code": code,
+        "bytes_equal": (folder / "cli.jsonl").read_bytes() == (folder / "one.jsonl").read_bytes(),
+    }
+    out["sweep"] = {
+        "rows_one": one["rows"],
+        "rows_many": many["rows"],
+        "placement_many": many["placement"],
+        "placement_one": one["placement"],
+        "failed": [str(f) for f in one["failed"] + many["failed"]],
+        "bytes_equal": (folder / "one.jsonl").read_bytes() == (folder / "many.jsonl").read_bytes(),
+        "logs": logs,
+    }
 
 
 def measured(out: dict, ckpt: Path) -> None:
@@ -123,7 +173,8 @@ def measured(out: dict, ckpt: Path) -> None:
     vs one device: every number of the row equal within fp32 tolerance."""
     from hemorrhage.sim import load, shard
     from hemorrhage.sim.compress import compress_from_args
-    from hemorrhage.validate.measure import MeasureConfig, compute_base, measure
+    from hemorrhage.validate.measure import MeasureConfig, measure
+    from hemorrhage.validate.base_phase import compute_base
 
     loaded = load(str(ckpt), quiet=True)
     config = MeasureConfig(windows=2, seqlen=32, mc_items=2, prompts=2, prompt_len=8, new_tokens=6, per_layer=True)
@@ -134,10 +185,12 @@ def measured(out: dict, ckpt: Path) -> None:
         base = compute_base(loaded, config)
         many = measure(loaded, comp, base, record)
     keys = ("kl", "top1_agreement", "ppl", "cos_h", "cos_p", "mc_agreement", "first_divergence_mean")
-    out["measured"] = {"diff": {k: abs(one[k] - many[k]) for k in keys},
-                       "per_layer_kl_diff": _maxdiff(one["per_layer"]["kl"], many["per_layer"]["kl"]),
-                       "steps_kl_diff": _maxdiff(one["steps"]["mean"]["kl"], many["steps"]["mean"]["kl"]),
-                       "same_generation": one["first_divergence"] == many["first_divergence"]}
+    out["measured"] = {
+        "diff": {k: abs(one[k] - many[k]) for k in keys},
+        "per_layer_kl_diff": _maxdiff(one["per_layer"]["kl"], many["per_layer"]["kl"]),
+        "steps_kl_diff": _maxdiff(one["steps"]["mean"]["kl"], many["steps"]["mean"]["kl"]),
+        "same_generation": one["first_divergence"] == many["first_divergence"],
+    }
 
 
 def smollm2(out: dict) -> None:
@@ -146,7 +199,7 @@ def smollm2(out: dict) -> None:
     import numpy as np
 
     from hemorrhage.sim import load, shard
-    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.windows import eval_windows
     from hemorrhage.sim.models import forward
 
     loaded = load("smollm2-135m", quiet=True)
@@ -154,9 +207,12 @@ def smollm2(out: dict) -> None:
     z1 = np.asarray(forward(loaded.model, jnp.asarray(tokens)))
     mesh = shard.make_mesh({"data": 2, "model": 4})
     z2 = shard.sharded_forward(shard.shard_model(loaded.model, mesh), tokens, mesh)
-    out["smollm2"] = {"max_abs_diff": _maxdiff(z1, z2), "scale": float(np.abs(z1).max()),
-                      "argmax_equal": bool((z1.argmax(-1) == np.asarray(z2).argmax(-1)).all()),
-                      "logits_devices": len(z2.devices())}
+    out["smollm2"] = {
+        "max_abs_diff": _maxdiff(z1, z2),
+        "scale": float(np.abs(z1).max()),
+        "argmax_equal": bool((z1.argmax(-1) == np.asarray(z2).argmax(-1)).all()),
+        "logits_devices": len(z2.devices()),
+    }
 
 
 def main() -> None:
@@ -164,8 +220,12 @@ def main() -> None:
 
     ckpt, folder = Path(sys.argv[1]), Path(sys.argv[2])
     out: dict = {"devices": len(jax.devices()), "seconds": {}}
-    parts = [("forwards", forwards), ("calibrated", calibrated), ("sweep", lambda o: sweep(o, ckpt, folder)),
-             ("measured", lambda o: measured(o, ckpt))]
+    parts = [
+        ("forwards", forwards),
+        ("calibrated", calibrated),
+        ("sweep", lambda o: sweep(o, ckpt, folder)),
+        ("measured", lambda o: measured(o, ckpt)),
+    ]
     if "--smollm2" in sys.argv:
         parts.append(("smollm2", smollm2))
     for name, fn in parts:

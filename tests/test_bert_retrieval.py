@@ -7,8 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-TINY = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12)
+TINY = dict(
+    vocab_size=97,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+    hidden_act="gelu",
+    layer_norm_eps=1e-12,
+)
 
 
 def _tiny_pair(seed=0):
@@ -51,10 +60,14 @@ def _st_folder(tmp_path, modules, pooling):
     return tmp_path
 
 
-MEAN_NORM = ([{"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
-              {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-              {"idx": 2, "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}],
-             {"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False})
+MEAN_NORM = (
+    [
+        {"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ],
+    {"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False},
+)
 CLS_RAW = (MEAN_NORM[0][:2], {"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True})
 
 
@@ -95,8 +108,9 @@ def test_minilm_equals_transformers_and_sentence_transformers_pooling():
     assert np.abs(got - want)[mask.astype(bool)].max() <= 1e-5
     pooled = (want * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
     pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
-    np.testing.assert_allclose(np.asarray(encode(loaded.model, jnp.asarray(tokens), jnp.asarray(mask))), pooled,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(encode(loaded.model, jnp.asarray(tokens), jnp.asarray(mask))), pooled, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("method,settings", [("rtn", dict(bits=3)), ("magnitude", dict(sparsity=0.5))])
@@ -141,8 +155,10 @@ def test_retrieval_metrics_on_known_ranks():
 def test_retrieval_set_pairs_a_sentence_with_the_rest_of_its_paragraph():
     from hemorrhage.validate.retrieval import build_set, sentences
 
-    held = [f"Topic {i} has a first sentence here. Topic {i} has a second sentence too. And a third one "
-            f"about {i} ends." for i in range(5)] + ["One sentence only, no pair made."]
+    held = [
+        f"Topic {i} has a first sentence here. Topic {i} has a second sentence too. And a third one about {i} ends."
+        for i in range(5)
+    ] + ["One sentence only, no pair made."]
     train = [f"Train paragraph {i} says a thing. It then says another thing." for i in range(10)]
     rs = build_set(held, train, n_documents=8, seed=3)
     assert len(rs.queries) == 5 and len(rs.documents) == 8 and rs.n_distractors == 3
@@ -166,7 +182,7 @@ def test_measure_on_an_encoder_reports_lm_metrics_null_with_a_reason(monkeypatch
 
     class Tok:  # ids from the characters: enough for a 97-token vocabulary
         def __call__(self, text, truncation=True, max_length=64):
-            return {"input_ids": [2] + [3 + ord(c) % 90 for c in text][:max_length - 2] + [1]}
+            return {"input_ids": [2] + [3 + ord(c) % 90 for c in text][: max_length - 2] + [1]}
 
     loaded = Loaded(ours, ours.cfg, Tok(), None, "tiny-bert", "random")
     res = measure_encoder(loaded, ours, MeasureConfig(retrieval=10))
@@ -181,30 +197,67 @@ def test_exp_retrieval_verdict_follows_its_rules(tmp_path):
     from hemorrhage.validate.exp_retrieval import retrieval
 
     def row(s, r1, cos, prefix):
-        return {"model": "m", "grid": {"method": "magnitude", "settings": {"sparsity": s}},
-                "retrieval_recall_at_1": r1, "retrieval_recall_at_1_base": 0.8, "embedding_cos": cos,
-                "gen_prefix_agreement": prefix}
+        return {
+            "model": "m",
+            "grid": {"method": "magnitude", "settings": {"sparsity": s}},
+            "retrieval_recall_at_1": r1,
+            "retrieval_recall_at_1_base": 0.8,
+            "embedding_cos": cos,
+            "gen_prefix_agreement": prefix,
+        }
 
     # collapsed (prefix < 0.5) at 0.5, 0.6, 0.7; retrieval within 5 % of 0.8 (>= 0.76) at 0.5 and 0.6 only
-    rows = [row(0.1, 0.8, 0.999, 1.0), row(0.3, 0.79, 0.99, 0.9), row(0.5, 0.77, 0.97, 0.3),
-            row(0.6, 0.76, 0.95, 0.2), row(0.7, 0.5, 0.8, 0.0)]
+    rows = [
+        row(0.1, 0.8, 0.999, 1.0),
+        row(0.3, 0.79, 0.99, 0.9),
+        row(0.5, 0.77, 0.97, 0.3),
+        row(0.6, 0.76, 0.95, 0.2),
+        row(0.7, 0.5, 0.8, 0.0),
+    ]
     v = retrieval(rows, results=tmp_path, figures=tmp_path, stem="t")
     assert v["holds"] is True and v["evidence"]["collapsed_settings"] == 3
     assert v["evidence"]["retrieval_survives_there"] == 2
     assert v["evidence"]["cos_predicts"] is True  # recall loss rises as the cosine falls
     rows[3]["retrieval_recall_at_1"] = 0.75  # now 1 of 3 collapsed settings keeps its recall
     assert retrieval(rows, results=tmp_path, figures=tmp_path, stem="t")["holds"] is False
-    none = retrieval([{k: v for k, v in r.items() if k != "gen_prefix_agreement"} for r in rows],
-                     results=tmp_path, figures=tmp_path, stem="t")
+    none = retrieval(
+        [{k: v for k, v in r.items() if k != "gen_prefix_agreement"} for r in rows],
+        results=tmp_path,
+        figures=tmp_path,
+        stem="t",
+    )
     assert none["holds"] is None  # an encoder's rows: no generation to collapse
 
 
 def test_measure_json_on_a_causal_model_reports_retrieval(tiny_ckpt, capsys):
     from hemorrhage.cli import main
 
-    argv = ["measure", "--model", str(tiny_ckpt), "--method", "magnitude", "--sparsity", "0.5", "--windows", "1",
-            "--seqlen", "16", "--mc-items", "0", "--prompts", "1", "--new-tokens", "4", "--no-steps",
-            "--strata-bins", "0", "--no-per-layer", "--retrieval", "6", "--json"]
+    argv = [
+        "measure",
+        "--model",
+        str(tiny_ckpt),
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "0.5",
+        "--windows",
+        "1",
+        "--seqlen",
+        "16",
+        "--mc-items",
+        "0",
+        "--prompts",
+        "1",
+        "--new-tokens",
+        "4",
+        "--no-steps",
+        "--strata-bins",
+        "0",
+        "--no-per-layer",
+        "--retrieval",
+        "6",
+        "--json",
+    ]
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["retrieval"]["n_documents"] == 6 and res["config"]["retrieval"] == 6

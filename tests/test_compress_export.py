@@ -16,8 +16,11 @@ from hemorrhage.sim.models import export_state, forward, load_checkpoint
 from hemorrhage.sim.outputs import MARKER
 
 FAMILIES = ["llama", "gemma3_text", "gpt2"]
-METHODS = [("magnitude", dict(pattern="2:4")), ("rtn", dict(bits=4, group_size=16)),
-           ("drop", dict(part="block", layers="0,2"))]  # attention-only drop: the generate test
+METHODS = [
+    ("magnitude", dict(pattern="2:4")),
+    ("rtn", dict(bits=4, group_size=16)),
+    ("drop", dict(part="block", layers="0,2")),
+]  # attention-only drop: the generate test
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -54,8 +57,9 @@ def test_dropped_layers_generate_like_transformers(tiny_ckpt, tmp_path):
     prompt = np.random.default_rng(2).integers(0, cfg.vocab_size, (1, 5))
     ref = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     with torch.no_grad():
-        want = ref.generate(torch.as_tensor(prompt), max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                            pad_token_id=0)[0, 5:].numpy()
+        want = ref.generate(
+            torch.as_tensor(prompt), max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0
+        )[0, 5:].numpy()
     np.testing.assert_array_equal(np.asarray(generate(small, jnp.asarray(prompt), 8))[0], want)
 
 

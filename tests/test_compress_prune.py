@@ -94,7 +94,7 @@ def test_sparsegpt_with_uncorrelated_inputs_is_score_pruning_without_updates():
     np.testing.assert_allclose(w_new[keep], w[keep], rtol=1e-6)
     score = w**2 * hd[None, :]
     for b in range(2):
-        s, kb = score[:, 32 * b:32 * (b + 1)], keep[:, 32 * b:32 * (b + 1)]
+        s, kb = score[:, 32 * b : 32 * (b + 1)], keep[:, 32 * b : 32 * (b + 1)]
         assert (~kb).sum() == 256 and s[kb].min() >= s[~kb].max()
 
 
@@ -106,8 +106,14 @@ def test_sparsegpt_survives_a_non_positive_definite_hessian():
     h = jnp.asarray(2 * x.T @ x / 3 - 1e-3 * np.eye(32, dtype=np.float32))  # indefinite
     u, dead, lam = obs.factor(h, 0.0)
     assert bool(dead[7]) and lam > 0 and np.all(np.isfinite(np.asarray(u)))
-    w_new, keep = obs.sparsegpt(jnp.where(dead[None], 0.0, jnp.asarray(w)), u,
-                                jnp.asarray(obs.cumulative_counts(8 * 32, 1, 0.5)), bs=32, n=None, m=None)
+    w_new, keep = obs.sparsegpt(
+        jnp.where(dead[None], 0.0, jnp.asarray(w)),
+        u,
+        jnp.asarray(obs.cumulative_counts(8 * 32, 1, 0.5)),
+        bs=32,
+        n=None,
+        m=None,
+    )
     assert np.all(np.isfinite(np.asarray(w_new))) and int((~keep).sum()) == 128
 
 
@@ -116,9 +122,12 @@ def test_sparsegpt_beats_magnitude_and_wanda_on_reconstruction():
 
     m = square_model()
     toks = tokens(8, 16)
-    errs = {name: np.mean(list(reconstruction_errors(m, compress(m, make_method(name, sparsity=0.5), toks)[0],
-                                                     toks).values()))
-            for name in ("magnitude", "wanda", "sparsegpt")}
+    errs = {
+        name: np.mean(
+            list(reconstruction_errors(m, compress(m, make_method(name, sparsity=0.5), toks)[0], toks).values())
+        )
+        for name in ("magnitude", "wanda", "sparsegpt")
+    }
     assert errs["sparsegpt"] < errs["wanda"] <= errs["magnitude"] * 1.05
 
 
@@ -164,13 +173,22 @@ def test_pruned_model_runs_and_is_the_same_class():
     assert type(small) is type(m)
     tr = small.trace(jnp.asarray(tokens()))
     assert tr.h.shape[0] == len(m.layers) + 1 and tr.attn_entropy.shape[0] == len(m.layers)
-    np.testing.assert_allclose(np.asarray(tr.logits), np.asarray(forward(small, jnp.asarray(tokens()))),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(tr.logits), np.asarray(forward(small, jnp.asarray(tokens()))), rtol=1e-5, atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("settings, needle", [
-    (dict(sparsity=1.0), "[0, 1)"), (dict(sparsity=-0.1), "[0, 1)"), (dict(pattern="4:4"), "0 < N < M"),
-    (dict(pattern="5:4"), "0 < N < M"), (dict(pattern="2-4"), "N:M"), (dict(pattern="2:4", sparsity=0.3), "fixes")])
+@pytest.mark.parametrize(
+    "settings, needle",
+    [
+        (dict(sparsity=1.0), "[0, 1)"),
+        (dict(sparsity=-0.1), "[0, 1)"),
+        (dict(pattern="4:4"), "0 < N < M"),
+        (dict(pattern="5:4"), "0 < N < M"),
+        (dict(pattern="2-4"), "N:M"),
+        (dict(pattern="2:4", sparsity=0.3), "fixes"),
+    ],
+)
 def test_bad_pruning_settings(settings, needle):
     with pytest.raises(UserError, match=needle.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         make_method("wanda", **settings)

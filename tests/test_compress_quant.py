@@ -131,8 +131,15 @@ def test_gptq_equals_rtn_when_inputs_are_uncorrelated():
         np.testing.assert_allclose(np.asarray(scale), np.asarray(ref[1]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("settings", [dict(bits=3), dict(bits=4, group_size=8), dict(bits=3, act_order=True),
-                                      dict(bits=4, group_size=8, act_order=True, symmetric=True)])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(bits=3),
+        dict(bits=4, group_size=8),
+        dict(bits=3, act_order=True),
+        dict(bits=4, group_size=8, act_order=True, symmetric=True),
+    ],
+)
 def test_gptq_beats_rtn_on_correlated_inputs(settings):
     from hemorrhage.sim.compress.storage import decode
 
@@ -180,8 +187,10 @@ def test_calibrated_quantizers_run_on_a_model():
     z0 = forward(m, jnp.asarray(toks))
     # bytes per weight as a share of fp32's 4; every linear is d × d
     d = 32
-    ratio = {"awq": (4 / 8 + 2 * 4 / 16 + 4 / d) / 4,  # 4-bit codes, fp32 scale + zero per 16, a scale per input
-             "w8a8": (1 + 4 / d) / 4}  # int8 codes, one fp32 scale per output channel, symmetric: no zero
+    ratio = {
+        "awq": (4 / 8 + 2 * 4 / 16 + 4 / d) / 4,  # 4-bit codes, fp32 scale + zero per 16, a scale per input
+        "w8a8": (1 + 4 / d) / 4,
+    }  # int8 codes, one fp32 scale per output channel, symmetric: no zero
     for name, s in [("awq", dict(bits=4, group_size=16)), ("w8a8", {})]:  # gptq: test_compress_real/cli
         small, rec = compress(m, make_method(name, **s), toks)
         z = forward(small, jnp.asarray(toks))
@@ -215,9 +224,16 @@ def test_grid_coincidence_is_detected():
     assert not grid_check(m, 4, 16, False)["coincides"]  # random weights lie on no grid
 
 
-@pytest.mark.parametrize("settings, needle", [
-    (dict(bits=0), "1..16"), (dict(bits=17), "1..16"), (dict(bits=1, symmetric=True), "bits >= 2"),
-    (dict(bits=4, group_size=0), "positive"), (dict(bits=4.5), "1..16")])
+@pytest.mark.parametrize(
+    "settings, needle",
+    [
+        (dict(bits=0), "1..16"),
+        (dict(bits=17), "1..16"),
+        (dict(bits=1, symmetric=True), "bits >= 2"),
+        (dict(bits=4, group_size=0), "positive"),
+        (dict(bits=4.5), "1..16"),
+    ],
+)
 def test_bad_quantization_settings(settings, needle):
     with pytest.raises(UserError, match=needle.replace(".", r"\.")):
         make_method("rtn", **settings)

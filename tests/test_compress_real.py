@@ -25,7 +25,7 @@ def head(smollm2):
 
 @pytest.fixture(scope="module")
 def calib(smollm2):
-    from hemorrhage.sim.data import calibration_tokens
+    from hemorrhage.sim.windows import calibration_tokens
 
     return calibration_tokens(smollm2.tokenizer, "wiki", n_samples=8, seqlen=128, seed=0)
 
@@ -75,6 +75,8 @@ def test_exported_smollm2_runs_identically_in_transformers(smollm2, tmp_path):
     model, record = compress_from_args(smollm2, "rtn", bits=4, group_size=64)
     assert record["memory"]["ratio"] == pytest.approx(0.15625)  # 4-bit codes + fp32 scale, zero per 64
     out = export_hf(model, smollm2.path, tmp_path / "smol-rtn", record)
-    toks = np.asarray(smollm2.tokenizer("The capital of France is Paris, and the capital of Italy is")["input_ids"])[None]
+    toks = np.asarray(smollm2.tokenizer("The capital of France is Paris, and the capital of Italy is")["input_ids"])[
+        None
+    ]
     ours = np.asarray(forward(model, jnp.asarray(toks)))
     assert np.abs(torch_logits(out, toks) - ours).max() <= 1e-3

@@ -19,9 +19,23 @@ from hemorrhage.sim.models import ModelConfig, tiny
 from hemorrhage.sim.models.config_keys import TABLES, allowed
 
 # model_type -> the transformers modeling module that runs it
-MODULES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
-           "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "granite": "granite", "smollm3": "smollm3",
-           "gpt2": "gpt2", "gpt_neox": "gpt_neox", "opt": "opt", "mixtral": "mixtral", "qwen3_moe": "qwen3_moe"}
+MODULES = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "phi3": "phi3",
+    "olmo2": "olmo2",
+    "granite": "granite",
+    "smollm3": "smollm3",
+    "gpt2": "gpt2",
+    "gpt_neox": "gpt_neox",
+    "opt": "opt",
+    "mixtral": "mixtral",
+    "qwen3_moe": "qwen3_moe",
+}
 # what the multimodal Gemma 3 wrapper in the same modeling file reads: not the text model's forward
 _GEMMA3_WRAPPER = {"text_config", "vision_config", "image_token_id", "mm_tokens_per_image", "get_text_config"}
 
@@ -32,9 +46,12 @@ def _keys_transformers_knows(model_type: str) -> set[str]:
 
     cfg = AutoConfig.for_model(model_type)
     keys = set(cfg.to_dict())
-    src = (Path(transformers.__file__).parent / "models" / MODULES[model_type] /
-           f"modeling_{MODULES[model_type]}.py").read_text()
-    read = set(re.findall(r"config\.([A-Za-z_]\w*)", src)) | set(re.findall(r"getattr\((?:self\.)?config,\s*\"(\w+)\"", src))
+    src = (
+        Path(transformers.__file__).parent / "models" / MODULES[model_type] / f"modeling_{MODULES[model_type]}.py"
+    ).read_text()
+    read = set(re.findall(r"config\.([A-Za-z_]\w*)", src)) | set(
+        re.findall(r"getattr\((?:self\.)?config,\s*\"(\w+)\"", src)
+    )
     amap = getattr(cfg, "attribute_map", {}) or {}
     read = {amap.get(k, k) for k in read if not callable(getattr(type(cfg), k, None))}
     if model_type == "gemma3_text":
@@ -84,8 +101,14 @@ def test_every_refused_value_is_refused_naming_its_key(model_type):
             ModelConfig.from_hf({**base, key: _other_value(allowed(ok))})
 
 
-LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-          "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+LLAMA3 = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 
 
 def test_llama3_rope_in_rope_parameters_is_read_not_ignored():
@@ -104,18 +127,34 @@ def test_rope_parameters_beside_a_contradicting_rope_scaling_is_refused(model_ty
         ModelConfig.from_hf(hf)
 
 
-@pytest.mark.parametrize("model_type,fields,key", [
-    ("llama", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}}, "dynamic"),
-    ("qwen2", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 2]}},
-     "mrope_section"),
-    ("mistral", {"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
-    ("gemma3_text", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
-    ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
-    ("gpt2", {"activation_function": "relu"}, "activation_function"),
-    ("llama", {"rope_parameters": {**LLAMA3, "beta_fast": 32}}, "beta_fast"),
-    ("phi3", {"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0],
-                                  "long_factor": [1.0]}}, "short_factor"),
-])
+@pytest.mark.parametrize(
+    "model_type,fields,key",
+    [
+        ("llama", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}}, "dynamic"),
+        (
+            "qwen2",
+            {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 2]}},
+            "mrope_section",
+        ),
+        ("mistral", {"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+        ("gemma3_text", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+        ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
+        ("gpt2", {"activation_function": "relu"}, "activation_function"),
+        ("llama", {"rope_parameters": {**LLAMA3, "beta_fast": 32}}, "beta_fast"),
+        (
+            "phi3",
+            {
+                "rope_parameters": {
+                    "rope_type": "longrope",
+                    "rope_theta": 1e4,
+                    "short_factor": [1.0],
+                    "long_factor": [1.0],
+                }
+            },
+            "short_factor",
+        ),
+    ],
+)
 def test_forward_changing_fields_of_existing_families_are_refused(model_type, fields, key):
     hf = {**tiny(model_type), **fields}
     if "rope_parameters" in fields:
@@ -143,11 +182,17 @@ def test_sliding_window_is_on_exactly_where_transformers_turns_it_on(model_type,
     """Qwen2/3 and SmolLM3 keep a window size that only use_sliding_window switches on."""
     from transformers import AutoConfig
 
-    hf = {**tiny(model_type), "sliding_window": 4, "use_sliding_window": use,
-          "layer_types": ["full_attention", "sliding_attention", "sliding_attention"]}
+    hf = {
+        **tiny(model_type),
+        "sliding_window": 4,
+        "use_sliding_window": use,
+        "layer_types": ["full_attention", "sliding_attention", "sliding_attention"],
+    }
     ours = ModelConfig.from_hf(hf)
     ref = AutoConfig.for_model(**hf)
-    want = [ref.sliding_window if t == "sliding_attention" and (model_type != "smollm3" or use) else None
-            for t in ref.layer_types]
+    want = [
+        ref.sliding_window if t == "sliding_attention" and (model_type != "smollm3" or use) else None
+        for t in ref.layer_types
+    ]
     got = [ours.sliding_window if t == "sliding" else None for t in ours.layer_types]
     assert got == want and any(w for w in want) == use

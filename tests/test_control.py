@@ -25,8 +25,9 @@ QUICK_STEPS = 800
 def quick_control(tmp_path_factory):
     """`hemorrhage train-control --quick --steps QUICK_STEPS` into a temporary folder."""
     out = tmp_path_factory.mktemp("control") / "quick"
-    code = main(["train-control", "--quick", "--steps", str(QUICK_STEPS), "--out", str(out), "--minutes", "0",
-                 "--json"])
+    code = main(
+        ["train-control", "--quick", "--steps", str(QUICK_STEPS), "--out", str(out), "--minutes", "0", "--json"]
+    )
     assert code == 0
     return out
 
@@ -56,8 +57,9 @@ def test_budget_cut_run_is_reproduced_by_its_step_count(tmp_path):
     spec = train.QUICK.replace(steps=12)
     cut = train.train_control(spec, seed=0, out_dir=tmp_path / "cut", minutes=0.01, quiet=True, evaluate=False)
     assert 5 < cut["steps"] < 12  # the budget was spent at once: the decay started as soon as it could
-    again = train.train_control(spec.replace(steps=cut["steps"]), seed=0, out_dir=tmp_path / "again",
-                                quiet=True, evaluate=False)
+    again = train.train_control(
+        spec.replace(steps=cut["steps"]), seed=0, out_dir=tmp_path / "again", quiet=True, evaluate=False
+    )
     assert again["steps"] == cut["steps"] and _sha(tmp_path / "cut") == _sha(tmp_path / "again")
     assert (tmp_path / "cut" / "tokenizer.json").read_text() == (tmp_path / "again" / "tokenizer.json").read_text()
     prov = json.loads((tmp_path / "cut" / "hemorrhage.json").read_text())
@@ -71,7 +73,7 @@ def test_transformers_loads_the_control_and_agrees(quick_control):
 
     from helpers import torch_logits
     from hemorrhage.sim import load
-    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.windows import eval_windows
     from hemorrhage.sim.models import forward
 
     loaded = load(str(quick_control))
@@ -105,8 +107,11 @@ def test_registry_resolves_control_from_the_cache(quick_control, tmp_path, monke
 
 def test_train_control_bad_input(capsys, tmp_path):
     (tmp_path / "junk.txt").write_text("x")
-    for argv, needle in [(["--steps", "0"], "--steps"), (["--seed", "-1"], "--seed"),
-                         (["--out", str(tmp_path)], "not a control model folder")]:
+    for argv, needle in [
+        (["--steps", "0"], "--steps"),
+        (["--seed", "-1"], "--seed"),
+        (["--out", str(tmp_path)], "not a control model folder"),
+    ]:
         assert main(["train-control", "--quick", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err

@@ -7,7 +7,7 @@ import pytest
 
 from hemorrhage.cli import main
 from hemorrhage.errors import UserError
-from hemorrhage.sim import data
+from hemorrhage.sim import data, windows
 
 pytestmark = pytest.mark.real
 
@@ -63,29 +63,29 @@ def test_shakespeare_split_keeps_editions_together():
 
 
 def test_calibration_tokens(tok):
-    a = data.calibration_tokens(tok, "wiki", n_samples=8, seqlen=64, seed=0)
+    a = windows.calibration_tokens(tok, "wiki", n_samples=8, seqlen=64, seed=0)
     assert a.shape == (8, 64) and a.dtype == np.int32
-    assert np.array_equal(a, data.calibration_tokens(tok, "wiki", n_samples=8, seqlen=64, seed=0))
-    assert not np.array_equal(a, data.calibration_tokens(tok, "wiki", n_samples=8, seqlen=64, seed=1))
+    assert np.array_equal(a, windows.calibration_tokens(tok, "wiki", n_samples=8, seqlen=64, seed=0))
+    assert not np.array_equal(a, windows.calibration_tokens(tok, "wiki", n_samples=8, seqlen=64, seed=1))
     assert a.min() >= 0 and a.max() < len(tok)
     train, held = data.split_text("wiki", "train"), data.split_text("wiki", "heldout")
     for row in a:
         s = tok.decode(row)
         if "\ufffd" not in s:  # a window may cut a multi-byte character
             assert s in train and s not in held
-    b = data.calibration_tokens(tok, n_samples=2, seqlen=16, add_bos=True)
+    b = windows.calibration_tokens(tok, n_samples=2, seqlen=16, add_bos=True)
     assert b.shape == (2, 16) and (b[:, 0] == tok.bos_token_id).all()
 
 
 def test_calibration_errors(tok):
     with pytest.raises(UserError, match="n_samples"):
-        data.calibration_tokens(tok, n_samples=0)
+        windows.calibration_tokens(tok, n_samples=0)
     with pytest.raises(UserError, match="seqlen"):
-        data.calibration_tokens(tok, seqlen=1)
+        windows.calibration_tokens(tok, seqlen=1)
     with pytest.raises(UserError, match="fewer"):
-        data.calibration_tokens(tok, seqlen=10**7)
+        windows.calibration_tokens(tok, seqlen=10**7)
     with pytest.raises(UserError, match="text sources"):
-        data.calibration_tokens(tok, source="mmlu")
+        windows.calibration_tokens(tok, source="mmlu")
 
 
 def test_windows_follow_the_tokenizers_bos_convention(tok):
@@ -95,14 +95,16 @@ def test_windows_follow_the_tokenizers_bos_convention(tok):
     from hemorrhage.sim.registry import fetch_model
 
     gem = load_tokenizer(fetch_model("gemma3-270m", quiet=True))
-    assert data.adds_bos(gem) and not data.adds_bos(tok) and not data.adds_bos(object())
-    g = data.eval_windows(gem, seqlen=32, max_windows=2)
+    assert windows.adds_bos(gem) and not windows.adds_bos(tok) and not windows.adds_bos(object())
+    g = windows.eval_windows(gem, seqlen=32, max_windows=2)
     assert g.shape == (2, 32) and (g[:, 0] == gem.bos_token_id).all()
-    plain = data.eval_windows(gem, seqlen=32, max_windows=2, add_bos=False)
+    plain = windows.eval_windows(gem, seqlen=32, max_windows=2, add_bos=False)
     assert (plain[:, 0] != gem.bos_token_id).all() and np.array_equal(g[0, 1:], plain[0, :31])
-    assert np.array_equal(data.eval_windows(tok, seqlen=32, max_windows=2),
-                          data.eval_windows(tok, seqlen=32, max_windows=2, add_bos=False))
-    c = data.calibration_tokens(gem, n_samples=2, seqlen=16)
+    assert np.array_equal(
+        windows.eval_windows(tok, seqlen=32, max_windows=2),
+        windows.eval_windows(tok, seqlen=32, max_windows=2, add_bos=False),
+    )
+    c = windows.calibration_tokens(gem, n_samples=2, seqlen=16)
     assert (c[:, 0] == gem.bos_token_id).all()
     # multiple-choice questions start the same way; the choices are continuations (no BOS)
     from types import SimpleNamespace
@@ -118,16 +120,16 @@ def test_windows_follow_the_tokenizers_bos_convention(tok):
 
 
 def test_eval_windows(tok):
-    w = data.eval_windows(tok)
+    w = windows.eval_windows(tok)
     assert w.shape == (8, 128) and w.dtype == np.int32
     held = data.split_text("wiki", "heldout")
     assert tok.decode(w[0]) == held[: len(tok.decode(w[0]))]
-    assert np.array_equal(w, data.eval_windows(tok))
-    half = data.eval_windows(tok, seqlen=128, stride=64, max_windows=3)
+    assert np.array_equal(w, windows.eval_windows(tok))
+    half = windows.eval_windows(tok, seqlen=128, stride=64, max_windows=3)
     assert np.array_equal(half[1, :64], half[0, 64:])
-    assert len(data.eval_windows(tok, max_windows=None)) > 100
+    assert len(windows.eval_windows(tok, max_windows=None)) > 100
     with pytest.raises(UserError):
-        data.eval_windows(tok, stride=0)
+        windows.eval_windows(tok, stride=0)
 
 
 def test_mmlu_items():
@@ -173,21 +175,41 @@ def _bigbench_cache(root, monkeypatch):
     rng = np.random.default_rng(0)
     steps = lambda i: " ".join(["Take 1 step."] * (i % 3 + 1))  # noqa: E731
     tasks = {
-        "navigate": {"task_prefix": "If you follow these instructions, do you return to the starting point?",
-                     "examples": [{"input": steps(i), "target_scores": {"True": int(i % 2), "False": int(1 - i % 2)}}
-                                  for i in range(30)]},
-        "sports_understanding": {"examples": [{"input": f"Player {i} scored.", "target_scores":
-                                               {"plausible": 1, "implausible": 0}} for i in range(12)]},
-        "date_understanding": {"examples": [{"input": f"Today is 0{1 + i % 9}/01/2020. What is tomorrow?",
-                                             "target_scores": {f"0{1 + i % 9}/0{k + 2}/2020": int(k == 0)
-                                                               for k in range(6)}} for i in range(12)]},
-        "qa_wikidata": {"example_input_prefix": "", "example_output_prefix": "",
-                        "examples": [{"input": 'The genre of "Weird Al" Yankovic is',
-                                      "target": ["comedy", "parody"]}]},
-        "arithmetic": {"examples": [{"input": f"What is {a} plus {b}?",
-                                     "target_scores": {str(a + b + d): int(d == 0) for d in range(-3, 4)},
-                                     "target": str(a + b)}
-                                    for a, b in rng.integers(10, 99, (10, 2)).tolist()]},
+        "navigate": {
+            "task_prefix": "If you follow these instructions, do you return to the starting point?",
+            "examples": [
+                {"input": steps(i), "target_scores": {"True": int(i % 2), "False": int(1 - i % 2)}} for i in range(30)
+            ],
+        },
+        "sports_understanding": {
+            "examples": [
+                {"input": f"Player {i} scored.", "target_scores": {"plausible": 1, "implausible": 0}} for i in range(12)
+            ]
+        },
+        "date_understanding": {
+            "examples": [
+                {
+                    "input": f"Today is 0{1 + i % 9}/01/2020. What is tomorrow?",
+                    "target_scores": {f"0{1 + i % 9}/0{k + 2}/2020": int(k == 0) for k in range(6)},
+                }
+                for i in range(12)
+            ]
+        },
+        "qa_wikidata": {
+            "example_input_prefix": "",
+            "example_output_prefix": "",
+            "examples": [{"input": 'The genre of "Weird Al" Yankovic is', "target": ["comedy", "parody"]}],
+        },
+        "arithmetic": {
+            "examples": [
+                {
+                    "input": f"What is {a} plus {b}?",
+                    "target_scores": {str(a + b + d): int(d == 0) for d in range(-3, 4)},
+                    "target": str(a + b),
+                }
+                for a, b in rng.integers(10, 99, (10, 2)).tolist()
+            ]
+        },
     }
     for name, task in tasks.items():
         d = data.data_dir(name)
@@ -225,7 +247,7 @@ def test_bigbench_is_refused_in_one_line_and_read_from_a_cache(tmp_path, monkeyp
     ar = data.gen_items("arithmetic", n=10)
     assert len(ar) == 10 and ar[0].prompt.startswith("Q: What is") and ar[0].prompt.endswith("\nA:")
     for it in ar:
-        a, b = it.prompt[len("Q: What is "):-len("?\nA:")].split(" plus ")
+        a, b = it.prompt[len("Q: What is ") : -len("?\nA:")].split(" plus ")
         assert it.targets == [str(int(a) + int(b))]
 
 
@@ -265,11 +287,17 @@ def test_cache_lock_makes_a_second_process_wait(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HEMORRHAGE_CACHE", str(tmp_path))
     done = tmp_path / "done"
-    holder = ("import sys, time\nfrom pathlib import Path\nfrom hemorrhage.sim.fetch import cache_lock\n"
-              "with cache_lock('m'):\n    print('held', flush=True)\n    time.sleep(1.0)\n"
-              f"    Path({str(done)!r}).write_text('x')\n")
-    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "HEMORRHAGE_CACHE": str(tmp_path)})
+    holder = (
+        "import sys, time\nfrom pathlib import Path\nfrom hemorrhage.sim.fetch import cache_lock\n"
+        "with cache_lock('m'):\n    print('held', flush=True)\n    time.sleep(1.0)\n"
+        f"    Path({str(done)!r}).write_text('x')\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HEMORRHAGE_CACHE": str(tmp_path)},
+    )
     assert proc.stdout.readline().strip() == "held"
     with fetch.cache_lock("m"):
         finished_first = done.exists()  # the holder's work, written before it let go

@@ -20,9 +20,27 @@ def test_diagnose_rtn(capsys, tmp_path, smollm2, bits, expected):
     top-1 agreement falls below ½."""
     from hemorrhage.validate.diagnose import KL_DAMAGE
 
-    code, res = run_json(capsys, "diagnose", "--model", "smollm2-135m", "--method", "rtn", "--bits", str(bits),
-                         "--group-size", "64", "--windows", "1", "--seqlen", "48",
-                         "--figures", str(tmp_path), "--results", str(tmp_path / "r"), "--json")
+    code, res = run_json(
+        capsys,
+        "diagnose",
+        "--model",
+        "smollm2-135m",
+        "--method",
+        "rtn",
+        "--bits",
+        str(bits),
+        "--group-size",
+        "64",
+        "--windows",
+        "1",
+        "--seqlen",
+        "48",
+        "--figures",
+        str(tmp_path),
+        "--results",
+        str(tmp_path / "r"),
+        "--json",
+    )
     assert code == 0
     assert res["verdict"] == expected, {k: res[k] for k in ("verdict", "final_kl", "top1_agreement")}
     assert res["final_kl"] > KL_DAMAGE

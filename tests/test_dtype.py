@@ -15,8 +15,25 @@ from hemorrhage.sim.models import forward, load_checkpoint
 from hemorrhage.cli import main
 from hemorrhage.errors import UserError
 
-TINY = ["--windows", "2", "--seqlen", "16", "--mc-items", "0", "--prompts", "0", "--strata-bins", "0",
-        "--no-per-layer", "--no-steps", "--method", "magnitude", "--sparsity", "0.5", "--json"]
+TINY = [
+    "--windows",
+    "2",
+    "--seqlen",
+    "16",
+    "--mc-items",
+    "0",
+    "--prompts",
+    "0",
+    "--strata-bins",
+    "0",
+    "--no-per-layer",
+    "--no-steps",
+    "--method",
+    "magnitude",
+    "--sparsity",
+    "0.5",
+    "--json",
+]
 
 
 def _save_bf16(family, root):
@@ -71,8 +88,15 @@ def test_float32_of_a_bf16_checkpoint_is_exact(bf16_llama):
     assert np.abs(ours - torch_logits(path, tokens)).max() <= 1e-5  # bf16 -> fp32 is exact
 
 
-@pytest.mark.parametrize("method", [{"name": "magnitude", "sparsity": 0.5}, {"name": "rtn", "bits": 4},
-                                    {"name": "magnitude", "pattern": "2:4"}, {"name": "gptq", "bits": 4}])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "magnitude", "sparsity": 0.5},
+        {"name": "rtn", "bits": 4},
+        {"name": "magnitude", "pattern": "2:4"},
+        {"name": "gptq", "bits": 4},
+    ],
+)
 def test_compression_keeps_the_model_dtype(bf16_llama, method):
     from hemorrhage.sim.compress import compress, make_method
 
@@ -83,8 +107,9 @@ def test_compression_keeps_the_model_dtype(bf16_llama, method):
     small, _ = compress(model, m, calib if getattr(m, "needs_calibration", False) else None)
     _, _, hs = small(jnp.asarray([[1, 2, 3, 4]]), collect_h=True)
     assert {str(h.dtype) for h in hs} == {"bfloat16"}
-    assert "float32" not in {str(v.get_value().dtype) for p, v in nnx.to_flat_state(nnx.state(small, nnx.Param))
-                             if p[-1] in ("w", "values")}  # pruned weights stored in the model's dtype
+    assert "float32" not in {
+        str(v.get_value().dtype) for p, v in nnx.to_flat_state(nnx.state(small, nnx.Param)) if p[-1] in ("w", "values")
+    }  # pruned weights stored in the model's dtype
 
 
 def test_bad_dtype_names_and_unholdable_checkpoints_are_one_line(tmp_path, capsys):

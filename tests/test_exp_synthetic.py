@@ -21,6 +21,7 @@ def _row(method, settings, model="synthetic", **fields):
 
 # ------------------------------------------------------------------ exp 1 ---------------
 
+
 def hierarchy_rows(amplified=True, thm3_err=0.02, L=6):
     rows = []
     for s in (0.1, 0.3, 0.5, 0.7):
@@ -28,12 +29,26 @@ def hierarchy_rows(amplified=True, thm3_err=0.02, L=6):
         d_p, d_h = kl / 2, kl / 10
         if not amplified:
             d_p, d_h = d_h, d_p
-        pl = {"kl": kl.tolist(), "kl_pred": (kl * (1 + thm3_err)).tolist(), "cos_h": (1 - d_h).tolist(),
-              "cos_z": (1 - kl / 5).tolist(), "cos_p": (1 - d_p).tolist(), "top1": (1 - kl).tolist(),
-              "one_minus_cos_h_pred": (d_h * 1.01).tolist(), "one_minus_cos_z_pred": (kl / 5).tolist(),
-              "one_minus_cos_p_pred": (d_p * 1.3).tolist()}
-        rows.append(_row("magnitude", {"sparsity": s}, kl=float(kl[-1]), per_layer=pl,
-                         steps={"mean": {"kl": [float(kl[-1])] * 4, "cos_h": [1 - float(d_h[-1])] * 4}}))
+        pl = {
+            "kl": kl.tolist(),
+            "kl_pred": (kl * (1 + thm3_err)).tolist(),
+            "cos_h": (1 - d_h).tolist(),
+            "cos_z": (1 - kl / 5).tolist(),
+            "cos_p": (1 - d_p).tolist(),
+            "top1": (1 - kl).tolist(),
+            "one_minus_cos_h_pred": (d_h * 1.01).tolist(),
+            "one_minus_cos_z_pred": (kl / 5).tolist(),
+            "one_minus_cos_p_pred": (d_p * 1.3).tolist(),
+        }
+        rows.append(
+            _row(
+                "magnitude",
+                {"sparsity": s},
+                kl=float(kl[-1]),
+                per_layer=pl,
+                steps={"mean": {"kl": [float(kl[-1])] * 4, "cos_h": [1 - float(d_h[-1])] * 4}},
+            )
+        )
     return rows
 
 
@@ -42,7 +57,9 @@ def test_hierarchy_verdict_and_regimes(tmp_path):
     v = hierarchy(hierarchy_rows(), *args, "ok")
     assert v["holds"] is True, v["summary"]
     assert (tmp_path / "f" / "hierarchy_ok.png").stat().st_size > 1000
-    assert (tmp_path / "r" / "hierarchy_layers_ok.csv").is_file() and (tmp_path / "r" / "hierarchy_steps_ok.csv").is_file()
+    assert (tmp_path / "r" / "hierarchy_layers_ok.csv").is_file() and (
+        tmp_path / "r" / "hierarchy_steps_ok.csv"
+    ).is_file()
     reg = v["evidence"]["regimes"]
     assert reg["theorem3_kl"]["median_abs_rel_err_kl_le_0.1"] == pytest.approx(0.02)
     assert reg["theorem3_kl"]["breaks_at"] is None and reg["theorem2_p"]["breaks_at"] is not None  # 30 % off
@@ -62,6 +79,7 @@ def test_regime_bins_are_decades():
 
 # ------------------------------------------------------------------ exp 3 ---------------
 
+
 def compounding_row(seed=0, sigma=1.0, theory_true=True, kl_jump=True, K=300, N=24, label=0.3):
     """Greedy decoding simulated as theory/compounding.py describes it: margin m_t on the
     base path, Gaussian noise d_t on it, a flip where m + d < 0."""
@@ -73,10 +91,20 @@ def compounding_row(seed=0, sigma=1.0, theory_true=True, kl_jump=True, K=300, N=
     kl = np.full((K, N), 0.2)
     after = np.arange(N)[None] > first[:, None]
     kl_free = np.where(after, 2.0 if kl_jump else 0.2, 0.2)
-    pp = {"margin": m.tolist(), "dpair": d.tolist(), "flip": flip.astype(float).tolist(), "kl": kl.tolist(),
-          "kl_free": kl_free.tolist()}
-    return _row("magnitude", {"sparsity": label}, kl=float(sigma), first_divergence=first.tolist(),
-                steps={"per_prompt": pp, "mean": {"kl": kl.mean(0).tolist()}})
+    pp = {
+        "margin": m.tolist(),
+        "dpair": d.tolist(),
+        "flip": flip.astype(float).tolist(),
+        "kl": kl.tolist(),
+        "kl_free": kl_free.tolist(),
+    }
+    return _row(
+        "magnitude",
+        {"sparsity": label},
+        kl=float(sigma),
+        first_divergence=first.tolist(),
+        steps={"per_prompt": pp, "mean": {"kl": kl.mean(0).tolist()}},
+    )
 
 
 def test_survival_prediction_matches_a_simulated_decoder():
@@ -106,17 +134,35 @@ def test_compounding_verdict_flips(tmp_path):
 
 # ------------------------------------------------------------------ exp 7 ---------------
 
+
 def strata_row(s, dnll_slope=+1.0, rho_hoyer=0.3, model="synthetic"):
     b = np.arange(5)
     dnll = s * (1 + dnll_slope * 0.5 * b)
     kl = s * (1 + 0.3 * b)
-    st = {"bins": 5, "n": [20] * 5, "nll_base": (0.5 * b).tolist(), "p_target": np.exp(-0.5 * b).tolist(),
-          "dnll": dnll.tolist(), "kl": kl.tolist(), "kl_pred": (0.9 * kl).tolist(), "top1": (1 - 0.1 * b).tolist(),
-          "hoyer_base": (0.4 + 0.01 * b).tolist(), "hoyer_comp": (0.41 + 0.01 * b).tolist(),
-          "gate_off_base": None, "gate_off_comp": None,
-          "spearman_vs_nll_base": {"hoyer_base": rho_hoyer, "hoyer_comp": rho_hoyer, "kl": 0.5, "dnll": 0.2,
-                                   "kl_pred": 0.5, "hoyer_shift": None, "gate_off_base": None,
-                                   "gate_off_comp": None}}
+    st = {
+        "bins": 5,
+        "n": [20] * 5,
+        "nll_base": (0.5 * b).tolist(),
+        "p_target": np.exp(-0.5 * b).tolist(),
+        "dnll": dnll.tolist(),
+        "kl": kl.tolist(),
+        "kl_pred": (0.9 * kl).tolist(),
+        "top1": (1 - 0.1 * b).tolist(),
+        "hoyer_base": (0.4 + 0.01 * b).tolist(),
+        "hoyer_comp": (0.41 + 0.01 * b).tolist(),
+        "gate_off_base": None,
+        "gate_off_comp": None,
+        "spearman_vs_nll_base": {
+            "hoyer_base": rho_hoyer,
+            "hoyer_comp": rho_hoyer,
+            "kl": 0.5,
+            "dnll": 0.2,
+            "kl_pred": 0.5,
+            "hoyer_shift": None,
+            "gate_off_base": None,
+            "gate_off_comp": None,
+        },
+    }
     return _row("magnitude", {"sparsity": s}, model=model, kl=float(kl.mean()), strata=st)
 
 
@@ -134,13 +180,19 @@ def test_seed000_verdict_flips(tmp_path):
 
 # ------------------------------------------------------------------ exp 8 ---------------
 
+
 def decoding_rows(aligned_spread, base_spread):
     rows = []
     for model, spread in (("smollm2-135m", aligned_spread), ("gemma3-270m", base_spread)):
         for s in (0.2, 0.4):
-            st = {name: {"gen_prefix_agreement": 0.5 + spread * i / 3, "gen_token_agreement": 0.5,
-                         "first_divergence_mean": 10.0} for i, name in enumerate(("greedy", "temp0.7", "topp0.9",
-                                                                                   "beam4"))}
+            st = {
+                name: {
+                    "gen_prefix_agreement": 0.5 + spread * i / 3,
+                    "gen_token_agreement": 0.5,
+                    "first_divergence_mean": 10.0,
+                }
+                for i, name in enumerate(("greedy", "temp0.7", "topp0.9", "beam4"))
+            }
             rows.append(_row("magnitude", {"sparsity": s}, model=model, kl=s, strategies=st))
     return rows
 

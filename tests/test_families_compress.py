@@ -22,10 +22,17 @@ from hemorrhage.sim.models import ModelConfig, build, export_state, forward, loa
 
 FAMILIES = ["qwen3", "olmo2", "gemma2", "phi3", "granite", "smollm3"]
 # group 8 divides every input width of the tiny presets (32, 48, 64)
-METHODS = [("magnitude", dict(sparsity=0.5)), ("wanda", dict(sparsity=0.5)), ("sparsegpt", dict(sparsity=0.5)),
-           ("owl", dict(sparsity=0.5)), ("drop", dict(part="attn", layers="1")),
-           ("rtn", dict(bits=4, group_size=8)), ("gptq", dict(bits=4, group_size=8)),
-           ("awq", dict(bits=4, group_size=8, n_grid=2)), ("w8a8", {})]
+METHODS = [
+    ("magnitude", dict(sparsity=0.5)),
+    ("wanda", dict(sparsity=0.5)),
+    ("sparsegpt", dict(sparsity=0.5)),
+    ("owl", dict(sparsity=0.5)),
+    ("drop", dict(part="attn", layers="1")),
+    ("rtn", dict(bits=4, group_size=8)),
+    ("gptq", dict(bits=4, group_size=8)),
+    ("awq", dict(bits=4, group_size=8, n_grid=2)),
+    ("w8a8", {}),
+]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -68,9 +75,9 @@ def test_every_method_compresses_and_exports_faithfully(tiny_family, tmp_path):
 
 
 def test_the_predictors_head_is_the_models_head():
-    """sim.logit_space takes z = W·norm(h) + b apart: Granite's logits_scaling is folded into W
+    """sim.predict.logit_space takes z = W·norm(h) + b apart: Granite's logits_scaling is folded into W
     (same logits as the model's), Gemma 2's final soft-cap is refused, not linearised wrongly."""
-    from hemorrhage.sim.logit_space import base_logits
+    from hemorrhage.sim.predict import base_logits
 
     granite = build(ModelConfig.from_hf(tiny("granite")))
     h = jnp.asarray(np.random.default_rng(4).normal(size=(5, 32)), jnp.float32) * 10

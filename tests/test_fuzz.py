@@ -28,17 +28,45 @@ from helpers import assert_one_line_error as one_line_error
 from hemorrhage.cli import main
 from hemorrhage.errors import UserError
 
-FEW = settings(max_examples=25, deadline=None, derandomize=True, database=None,
-               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FEW = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 # values a setting might wrongly be given: wrong types, out of range, NaN/inf, huge
-ANY = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.sampled_from([10**30, -10**30]),
-                st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
-                st.sampled_from(["2:4", "4:8", "0:4", "4:2", "a:b", "1:300", "3,5", "1-", "-1", "9-3", "x"]),
-                st.lists(st.integers(-3, 3), max_size=3),
-                st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
-FIELDS = ["sparsity", "pattern", "bits", "group_size", "symmetric", "act_order", "damp", "true_sequential",
-          "n_grid", "part", "n_drop", "rank", "layers", "base", "lam", "m", "n"]
+ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.sampled_from([10**30, -(10**30)]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.sampled_from(["2:4", "4:8", "0:4", "4:2", "a:b", "1:300", "3,5", "1-", "-1", "9-3", "x"]),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+FIELDS = [
+    "sparsity",
+    "pattern",
+    "bits",
+    "group_size",
+    "symmetric",
+    "act_order",
+    "damp",
+    "true_sequential",
+    "n_grid",
+    "part",
+    "n_drop",
+    "rank",
+    "layers",
+    "base",
+    "lam",
+    "m",
+    "n",
+]
 
 
 def run_cli(capsys, argv) -> tuple[int, str]:
@@ -57,8 +85,13 @@ METHODS = ["magnitude", "wanda", "sparsegpt", "owl", "drop", "rtn", "gptq", "awq
 
 
 def _number(lo: float, hi: float, hi_open: bool = True):
-    return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v
-                      and (v < hi if hi_open else v <= hi))
+    return lambda v: (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and lo <= v
+        and (v < hi if hi_open else v <= hi)
+    )
 
 
 def _integer(lo: int, hi: float = math.inf, optional: bool = False):
@@ -67,14 +100,24 @@ def _integer(lo: int, hi: float = math.inf, optional: bool = False):
 
 # What an accepted method may hold, field by field (the documented domains, written out here
 # independently of the validators): a value outside these built without an error is a bug.
-VALID = {"sparsity": _number(0.0, 1.0), "damp": _number(0.0, 10.0), "lam": _number(0.0, 0.5, hi_open=False),
-         "m": lambda v: _number(0.0, math.inf)(v) and v > 0, "bits": _integer(1, 16),
-         "group_size": _integer(1, optional=True), "n_grid": _integer(1, 100), "n_drop": _integer(1, optional=True),
-         "symmetric": lambda v: isinstance(v, bool), "act_order": lambda v: isinstance(v, bool),
-         "true_sequential": lambda v: isinstance(v, bool), "base": lambda v: v in ("wanda", "magnitude"),
-         "pattern": lambda v: v is None or (isinstance(v, str) and 0 < int(v.split(":")[0]) < int(v.split(":")[1])),
-         "part": lambda v: v in ("block", "attn", "mlp"), "rank": lambda v: v in ("cos", "shortgpt", "angular", "list"),
-         "layers": lambda v: v is None or (isinstance(v, tuple) and all(isinstance(i, int) for i in v))}
+VALID = {
+    "sparsity": _number(0.0, 1.0),
+    "damp": _number(0.0, 10.0),
+    "lam": _number(0.0, 0.5, hi_open=False),
+    "m": lambda v: _number(0.0, math.inf)(v) and v > 0,
+    "bits": _integer(1, 16),
+    "group_size": _integer(1, optional=True),
+    "n_grid": _integer(1, 100),
+    "n_drop": _integer(1, optional=True),
+    "symmetric": lambda v: isinstance(v, bool),
+    "act_order": lambda v: isinstance(v, bool),
+    "true_sequential": lambda v: isinstance(v, bool),
+    "base": lambda v: v in ("wanda", "magnitude"),
+    "pattern": lambda v: v is None or (isinstance(v, str) and 0 < int(v.split(":")[0]) < int(v.split(":")[1])),
+    "part": lambda v: v in ("block", "attn", "mlp"),
+    "rank": lambda v: v in ("cos", "shortgpt", "angular", "list"),
+    "layers": lambda v: v is None or (isinstance(v, tuple) and all(isinstance(i, int) for i in v)),
+}
 
 
 def own_fields(name: str) -> list[str]:
@@ -114,8 +157,31 @@ def test_make_method_rejects_or_accepts_cleanly(data, name):
     assert method is None or not out_of_domain(method), (name, method)
 
 
-SPECIAL = [math.nan, math.inf, -math.inf, True, False, None, 0, -1, 1, 0.5, 1.0, 99, 10**30, "", "x", "nan", "2:4",
-           "list", "mlp", "magnitude", "3,5", [1], {}]
+SPECIAL = [
+    math.nan,
+    math.inf,
+    -math.inf,
+    True,
+    False,
+    None,
+    0,
+    -1,
+    1,
+    0.5,
+    1.0,
+    99,
+    10**30,
+    "",
+    "x",
+    "nan",
+    "2:4",
+    "list",
+    "mlp",
+    "magnitude",
+    "3,5",
+    [1],
+    {},
+]
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -129,9 +195,44 @@ def test_make_method_every_field_against_special_values(name):
                 assert method is None or not out_of_domain(method), (name, field, v, method)
 
 
-GRID_TOKENS = ["magnitude", "rtn", "gptq", "drop", "owl", "w8a8", "nope", ":", ";", "=", ",", "sparsity", "bits",
-               "group_size", "pattern", "seed", "calib_samples", "calib_seqlen", "calib_source", "part", "layers",
-               "0", "0.5", "1.5", "-1", "4", "2:4", "1e400", "nan", "inf", "true", "none", "mlp", "wiki", " ", "x"]
+GRID_TOKENS = [
+    "magnitude",
+    "rtn",
+    "gptq",
+    "drop",
+    "owl",
+    "w8a8",
+    "nope",
+    ":",
+    ";",
+    "=",
+    ",",
+    "sparsity",
+    "bits",
+    "group_size",
+    "pattern",
+    "seed",
+    "calib_samples",
+    "calib_seqlen",
+    "calib_source",
+    "part",
+    "layers",
+    "0",
+    "0.5",
+    "1.5",
+    "-1",
+    "4",
+    "2:4",
+    "1e400",
+    "nan",
+    "inf",
+    "true",
+    "none",
+    "mlp",
+    "wiki",
+    " ",
+    "x",
+]
 
 
 @FEW
@@ -150,22 +251,25 @@ def test_parse_grid_never_crashes(spec):
 PRUNE, QUANT, CALIBRATED = ("magnitude", "wanda", "sparsegpt"), ("rtn", "gptq", "awq"), ("wanda", "gptq")
 # (flag, bad value, methods that take the flag, what the one error line names); each value is wrong
 # whatever else is given, and is the only thing wrong on its command line
-BAD = [*[("--sparsity", v, PRUNE + ("owl",), "sparsity") for v in ("-1", "1.5", "1", "nan", "inf", "1e400", "abc")],
-       *[("--bits", v, QUANT, "bits") for v in ("0", "-1", "99", "1.5")],
-       *[("--group-size", v, QUANT, "group") for v in ("0", "-1", "x")],
-       *[("--pattern", v, PRUNE, "pattern") for v in ("4:2", "0:4", "a:b", "1:300", "2-4", "")],
-       *[("--damp", v, ("gptq", "sparsegpt"), "damp") for v in ("-1", "nan", "inf", "10")],
-       *[("--n-drop", v, ("drop",), "n drop") for v in ("0", "-1", "1.5")],
-       ("--part", "x", ("drop",), "part"), ("--rank", "x", ("drop",), "rank"),
-       *[("--layers", v, ("drop",), "layers") for v in ("a", "1,1", "x-2")],
-       *[("--owl-lambda", v, ("owl",), "lambda") for v in ("-1", "0.9", "nan")],
-       *[("--owl-m", v, ("owl",), "owl m") for v in ("0", "-1", "nan", "inf")],
-       ("--owl-base", "x", ("owl",), "owl base"),
-       *[("--calib-samples", v, CALIBRATED, "calib samples") for v in ("0", "-1")],
-       *[("--calib-seqlen", v, CALIBRATED, "calib seqlen") for v in ("0", "1")],
-       ("--seed", "-1", CALIBRATED, "seed"),
-       *[("--mesh", v, ("magnitude",), "mesh") for v in ("data=0", "abc", "data=2,data=2", "")],
-       *[("--method", v, ("",), "method") for v in ("nope", "magnitude:x", "")]]
+BAD = [
+    *[("--sparsity", v, PRUNE + ("owl",), "sparsity") for v in ("-1", "1.5", "1", "nan", "inf", "1e400", "abc")],
+    *[("--bits", v, QUANT, "bits") for v in ("0", "-1", "99", "1.5")],
+    *[("--group-size", v, QUANT, "group") for v in ("0", "-1", "x")],
+    *[("--pattern", v, PRUNE, "pattern") for v in ("4:2", "0:4", "a:b", "1:300", "2-4", "")],
+    *[("--damp", v, ("gptq", "sparsegpt"), "damp") for v in ("-1", "nan", "inf", "10")],
+    *[("--n-drop", v, ("drop",), "n drop") for v in ("0", "-1", "1.5")],
+    ("--part", "x", ("drop",), "part"),
+    ("--rank", "x", ("drop",), "rank"),
+    *[("--layers", v, ("drop",), "layers") for v in ("a", "1,1", "x-2")],
+    *[("--owl-lambda", v, ("owl",), "lambda") for v in ("-1", "0.9", "nan")],
+    *[("--owl-m", v, ("owl",), "owl m") for v in ("0", "-1", "nan", "inf")],
+    ("--owl-base", "x", ("owl",), "owl base"),
+    *[("--calib-samples", v, CALIBRATED, "calib samples") for v in ("0", "-1")],
+    *[("--calib-seqlen", v, CALIBRATED, "calib seqlen") for v in ("0", "1")],
+    ("--seed", "-1", CALIBRATED, "seed"),
+    *[("--mesh", v, ("magnitude",), "mesh") for v in ("data=0", "abc", "data=2,data=2", "")],
+    *[("--method", v, ("",), "method") for v in ("nope", "magnitude:x", "")],
+]
 # found only once the model is known: more blocks than it has, a group that does not divide d=32
 NEEDS_MODEL = [("--n-drop", "99", ("drop",), "n drop"), ("--group-size", "5", QUANT, "group")]
 
@@ -199,6 +303,7 @@ def test_cli_rejects_each_bad_setting_before_loading(capsys, monkeypatch, tmp_pa
 
 
 # ------------------------------------------------------------------ checkpoints ---------
+
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[str, Path]:
@@ -240,10 +345,15 @@ def _generate(capsys, path: Path, *, must_fail: bool = True) -> None:
     assert_one_line_error(code, err)
 
 
-GARBAGE = st.one_of(st.none(), st.booleans(), st.sampled_from([0, -1, -7, 1, 3, 5, 10**9, 2**63, 1e400, -1e400, 0.5]),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4),
-                    st.lists(st.integers(-2, 2), max_size=2),
-                    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
+GARBAGE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.sampled_from([0, -1, -7, 1, 3, 5, 10**9, 2**63, 1e400, -1e400, 0.5]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
+    st.lists(st.integers(-2, 2), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
 
 
 @FEW
@@ -251,8 +361,9 @@ GARBAGE = st.one_of(st.none(), st.booleans(), st.sampled_from([0, -1, -7, 1, 3, 
 def test_garbage_config_fields(capsys, ckpts, family, data):
     cfg = json.loads((ckpts[family] / "config.json").read_text())
     keys = sorted(cfg) + ["rope_parameters", "text_config", "layer_types", "eos_token_id", "n_inner"]
-    edits = data.draw(st.dictionaries(st.sampled_from(keys), st.one_of(GARBAGE, st.just("<delete>")),
-                                      min_size=1, max_size=2))
+    edits = data.draw(
+        st.dictionaries(st.sampled_from(keys), st.one_of(GARBAGE, st.just("<delete>")), min_size=1, max_size=2)
+    )
     for k, v in edits.items():
         if v == "<delete>":
             cfg.pop(k, None)
@@ -264,9 +375,25 @@ def test_garbage_config_fields(capsys, ckpts, family, data):
 
 
 @FEW
-@given(blob=st.one_of(st.binary(max_size=40), st.sampled_from([b"", b"{", b"[1,2]", b'"x"', b"null", b"{}",
-                                                              b'{"model_type": "llama"}', b"\xff\xfe\x00",
-                                                              b"[" * 50000, b"NaN"])))
+@given(
+    blob=st.one_of(
+        st.binary(max_size=40),
+        st.sampled_from(
+            [
+                b"",
+                b"{",
+                b"[1,2]",
+                b'"x"',
+                b"null",
+                b"{}",
+                b'{"model_type": "llama"}',
+                b"\xff\xfe\x00",
+                b"[" * 50000,
+                b"NaN",
+            ]
+        ),
+    )
+)
 def test_config_that_is_not_a_json_object(capsys, ckpts, blob):
     path = _copy(ckpts["llama"])
     (path / "config.json").write_bytes(blob)
@@ -320,6 +447,7 @@ def test_tensors_that_disagree_with_the_config(capsys, ckpts, family, data):
 
 # ------------------------------------------------------------------ calibration ---------
 
+
 @pytest.fixture(scope="module")
 def tiny_model():
     from hemorrhage.sim.models import ModelConfig, build, tiny
@@ -328,10 +456,20 @@ def tiny_model():
 
 
 @settings(max_examples=12, deadline=None, derandomize=True, database=None)
-@given(method=st.sampled_from([("gptq", {"bits": 4}), ("sparsegpt", {"sparsity": 0.5}), ("wanda", {"sparsity": 0.5}),
-                               ("awq", {"bits": 3}), ("owl", {"sparsity": 0.5}), ("drop", {"n_drop": 1})]),
-       shape=st.sampled_from([(0, 4), (2, 0), (1, 1), (1, 2), (3,), (1, 2, 2), (2, 3)]),
-       values=st.sampled_from(["ok", "negative", "too_big", "float"]))
+@given(
+    method=st.sampled_from(
+        [
+            ("gptq", {"bits": 4}),
+            ("sparsegpt", {"sparsity": 0.5}),
+            ("wanda", {"sparsity": 0.5}),
+            ("awq", {"bits": 3}),
+            ("owl", {"sparsity": 0.5}),
+            ("drop", {"n_drop": 1}),
+        ]
+    ),
+    shape=st.sampled_from([(0, 4), (2, 0), (1, 1), (1, 2), (3,), (1, 2, 2), (2, 3)]),
+    values=st.sampled_from(["ok", "negative", "too_big", "float"]),
+)
 def test_calibration_tokens_short_empty_or_wrong(tiny_model, method, shape, values):
     """Empty, one-token, 1-D or 3-D calibration batches, ids outside the vocabulary, floats:
     a UserError, or (a usable batch, however short) a compressed model with finite weights."""
@@ -352,16 +490,16 @@ def test_calibration_tokens_short_empty_or_wrong(tiny_model, method, shape, valu
 @pytest.mark.parametrize("ids", [np.zeros(0, np.int32), np.arange(5, dtype=np.int32)])
 def test_calibration_text_empty_or_shorter_than_a_window(monkeypatch, ids):
     """The train split tokenizes to nothing, or to fewer tokens than one window."""
-    from hemorrhage.sim import data, windows
+    from hemorrhage.sim import windows
 
     monkeypatch.setattr(windows, "_tokens", lambda tokenizer, source, part: ids)  # no cache file is written
     with pytest.raises(UserError, match="fewer than seqlen"):
-        data.calibration_tokens(object(), "wiki", n_samples=2, seqlen=8)
+        windows.calibration_tokens(object(), "wiki", n_samples=2, seqlen=8)
     for bad in ({"n_samples": 0}, {"seqlen": 1}):
         with pytest.raises(UserError):
-            data.calibration_tokens(object(), "wiki", **{"n_samples": 2, "seqlen": 8, **bad})
+            windows.calibration_tokens(object(), "wiki", **{"n_samples": 2, "seqlen": 8, **bad})
     with pytest.raises(UserError):
-        data.calibration_tokens(object(), "klingon", n_samples=2, seqlen=8)
+        windows.calibration_tokens(object(), "klingon", n_samples=2, seqlen=8)
 
 
 def test_calibration_window_longer_than_the_text_through_the_cli(capsys, tmp_path):
@@ -374,8 +512,20 @@ def test_calibration_window_longer_than_the_text_through_the_cli(capsys, tmp_pat
     src = fetch_model("smollm2-135m", quiet=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(src / name, ckpt / name)
-    code, err = run_cli(capsys, ["compress", "--model", str(ckpt), "--method", "wanda", "--calib-seqlen", "100000000",
-                                 "--out", str(tmp_path / "out")])
+    code, err = run_cli(
+        capsys,
+        [
+            "compress",
+            "--model",
+            str(ckpt),
+            "--method",
+            "wanda",
+            "--calib-seqlen",
+            "100000000",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert_one_line_error(code, err)
     assert "fewer than seqlen" in err and not (tmp_path / "out").exists()
 

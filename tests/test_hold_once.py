@@ -24,10 +24,13 @@ def _leaves(m) -> dict:
     return {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(m, nnx.Param))}
 
 
-@pytest.mark.parametrize("method,settings,untouched_block", [
-    ("rtn", {"bits": 4}, None),  # every projection changes: embedding, norms and head stay shared
-    ("drop", {"part": "mlp", "rank": "list", "layers": "1"}, (0, 2)),  # blocks 0 and 2 untouched
-])
+@pytest.mark.parametrize(
+    "method,settings,untouched_block",
+    [
+        ("rtn", {"bits": 4}, None),  # every projection changes: embedding, norms and head stay shared
+        ("drop", {"part": "mlp", "rank": "list", "layers": "1"}, (0, 2)),  # blocks 0 and 2 untouched
+    ],
+)
 def test_compressed_model_shares_what_it_does_not_change(model, method, settings, untouched_block):
     before = _leaves(model)
     copies = {k: np.array(v) for k, v in before.items()}
@@ -72,8 +75,8 @@ def test_chunked_final_metrics_equal_unchunked(chunk):
         _same(parts[k], whole[k])
     kl, top1, fin = compare_positions(z, zc)  # the dtype floor's per-position comparison, row by row
     for i in range(z.shape[0]):
-        row = compare_positions(z[i:i + 1], zc[i:i + 1])
-        _same(row[0], kl[i:i + 1])
+        row = compare_positions(z[i : i + 1], zc[i : i + 1])
+        _same(row[0], kl[i : i + 1])
         assert bool(row[1][0]) == bool(top1[i]) and bool(row[2][0]) == bool(fin[i])
 
 

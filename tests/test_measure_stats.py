@@ -18,6 +18,7 @@ ORDER = ["min", "p001", "p01", "p05", "p10", "median", "p90", "p95", "p99", "p99
 
 # ------------------------------------------------------------------ an independent reference --
 
+
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64)
     m = z.max(-1, keepdims=True)
@@ -29,9 +30,13 @@ def _per_token(z, z_c, targets):
     lp, lq = _log_softmax(z), _log_softmax(z_c)
     p, q = np.exp(lp), np.exp(lq)
     rows = np.arange(len(targets))
-    return {"kl": (p * (lp - lq)).sum(-1), "kl_reverse": (q * (lq - lp)).sum(-1),
-            "top1": (z.argmax(-1) == z_c.argmax(-1)).astype(np.float64),
-            "nll_base": -lp[rows, targets], "nll": -lq[rows, targets]}
+    return {
+        "kl": (p * (lp - lq)).sum(-1),
+        "kl_reverse": (q * (lq - lp)).sum(-1),
+        "top1": (z.argmax(-1) == z_c.argmax(-1)).astype(np.float64),
+        "nll_base": -lp[rows, targets],
+        "nll": -lq[rows, targets],
+    }
 
 
 def _implementation(z, z_c, targets):
@@ -43,8 +48,13 @@ def _implementation(z, z_c, targets):
 
     got = {k: np.asarray(v, np.float64) for k, v in compare_final(jnp.asarray(z), jnp.asarray(z_c)).items()}
     ref = _per_token(z, z_c, targets)
-    return {"kl": got["kl"], "kl_reverse": got["kl_reverse"], "top1": got["top1"], "nll_base": ref["nll_base"],
-            "nll": ref["nll"]}, got
+    return {
+        "kl": got["kl"],
+        "kl_reverse": got["kl_reverse"],
+        "top1": got["top1"],
+        "nll_base": ref["nll_base"],
+        "nll": ref["nll"],
+    }, got
 
 
 def _stats(t):
@@ -55,14 +65,27 @@ def _stats(t):
 
 # ------------------------------------------------------------------ synthetic p, q ------------
 
+
 def test_identical_q_gives_zero_with_zero_error():
     rng = np.random.default_rng(0)
     z = rng.normal(size=(64, 40)).astype(np.float32) * 3
     t, _ = _implementation(z, z.copy(), rng.integers(0, 40, 64))
     s = _stats(t)
-    for k in ("kl_stderr", "kl_max", "kl_min", "kl_median", "kl_reverse", "kl_reverse_max", "top1_stderr",
-              "delta_p_mean", "delta_p_stderr", "delta_p_rms", "delta_p_rms_stderr", "ln_ppl_ratio",
-              "ln_ppl_ratio_stderr"):
+    for k in (
+        "kl_stderr",
+        "kl_max",
+        "kl_min",
+        "kl_median",
+        "kl_reverse",
+        "kl_reverse_max",
+        "top1_stderr",
+        "delta_p_mean",
+        "delta_p_stderr",
+        "delta_p_rms",
+        "delta_p_rms_stderr",
+        "ln_ppl_ratio",
+        "ln_ppl_ratio_stderr",
+    ):
         assert s[k] == 0.0, k
     assert t["top1"].min() == 1.0
 
@@ -74,7 +97,7 @@ def test_two_point_distribution_has_known_answers():
     n = 50
     z = np.zeros((n, 2), np.float32)
     z_c = z.copy()
-    z_c[n // 2:, 0] = np.log(3.0)
+    z_c[n // 2 :, 0] = np.log(3.0)
     t, _ = _implementation(z, z_c, np.zeros(n, int))
     s = _stats(t)
     c = 0.5 * math.log(4 / 3)
@@ -115,7 +138,7 @@ def test_random_logits_match_a_numpy_reference():
     assert s["delta_p_mean"] == pytest.approx(dp.mean(), rel=1e-12)
     assert s["delta_p_median"] == pytest.approx(np.median(dp), rel=1e-12)
     assert s["delta_p_p25"] == pytest.approx(np.percentile(dp, 25), rel=1e-12)
-    assert s["delta_p_rms"] == pytest.approx(np.sqrt((dp ** 2).mean()), rel=1e-12)
+    assert s["delta_p_rms"] == pytest.approx(np.sqrt((dp**2).mean()), rel=1e-12)
     # llama.cpp's form of the ln(PPL ratio) error: sqrt(se_q² + se_p² − 2 cov), cov of the means
     a, b = t["nll"], t["nll_base"]
     cov = ((a * b).mean() - a.mean() * b.mean()) / (n - 1)
@@ -186,8 +209,7 @@ def _check_row(r: dict) -> None:
 
 
 def test_measure_json_and_table_carry_the_statistics(tiny_ckpt, capsys):
-    argv = ["measure", "--model", str(tiny_ckpt), "--method", "magnitude", "--sparsity", "0.5", *TINY,
-            "--no-per-layer"]
+    argv = ["measure", "--model", str(tiny_ckpt), "--method", "magnitude", "--sparsity", "0.5", *TINY, "--no-per-layer"]
     assert main([*argv, "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["config"]["scored_tokens"] == 62
@@ -215,8 +237,7 @@ def test_nan_logits_give_null_with_a_reason(tiny_ckpt, monkeypatch, capsys):
         return model, record
 
     monkeypatch.setattr(C, "compress_from_args", nan_model)
-    argv = ["measure", "--model", str(tiny_ckpt), "--method", "magnitude", "--sparsity", "0.5", *TINY,
-            "--no-per-layer"]
+    argv = ["measure", "--model", str(tiny_ckpt), "--method", "magnitude", "--sparsity", "0.5", *TINY, "--no-per-layer"]
     assert main([*argv, "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["collapsed"] is True
@@ -236,8 +257,26 @@ def test_nan_logits_give_null_with_a_reason(tiny_ckpt, monkeypatch, capsys):
 
 def test_sweep_rows_carry_the_statistics(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "s.jsonl"
-    assert main(["sweep", "--model", str(tiny_ckpt), "--grid", "magnitude:sparsity=0.5", "--out", str(out),
-                 *TINY, "--no-progress", "--calib-samples", "2", "--calib-seqlen", "32"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--model",
+                str(tiny_ckpt),
+                "--grid",
+                "magnitude:sparsity=0.5",
+                "--out",
+                str(out),
+                *TINY,
+                "--no-progress",
+                "--calib-samples",
+                "2",
+                "--calib-seqlen",
+                "32",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 1
     _check_row(rows[0])

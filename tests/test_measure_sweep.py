@@ -20,13 +20,26 @@ import pytest
 
 from hemorrhage.cli import main
 
-TINY_MEASURE = ["--windows", "2", "--seqlen", "32", "--mc-items", "4", "--prompts", "2", "--prompt-len", "8",
-                "--new-tokens", "8"]
+TINY_MEASURE = [
+    "--windows",
+    "2",
+    "--seqlen",
+    "32",
+    "--mc-items",
+    "4",
+    "--prompts",
+    "2",
+    "--prompt-len",
+    "8",
+    "--new-tokens",
+    "8",
+]
 # 8 settings of one method: one compiled graph, rows slow enough to kill between
 SWEEP_GRID = "magnitude:sparsity=0,0.1,0.2,0.3,0.5,0.7,0.8,0.9"
 
 
 # ------------------------------------------------------------------ SmolLM2 -------------
+
 
 @pytest.fixture(scope="module")
 def small_config():
@@ -37,7 +50,7 @@ def small_config():
 
 @pytest.fixture(scope="module")
 def smol_base(smollm2, small_config):
-    from hemorrhage.validate.measure import base_cache
+    from hemorrhage.validate.base_phase import base_cache
 
     return base_cache(smollm2, small_config)
 
@@ -46,7 +59,8 @@ def smol_base(smollm2, small_config):
 def test_sparsity_zero_is_the_base(smollm2, smol_base):
     """Magnitude at sparsity 0 must measure as the base itself: every property here can fail."""
     from hemorrhage.sim.compress import compress_from_args
-    from hemorrhage.validate.measure import base_cache, measure
+    from hemorrhage.validate.measure import measure
+    from hemorrhage.validate.base_phase import base_cache
 
     comp, record = compress_from_args(smollm2, "magnitude", sparsity=0.0)
     r = measure(smollm2, comp, smol_base, record)
@@ -89,12 +103,14 @@ def test_nan_weights_are_a_collapsed_result(smollm2, smol_base):
 
 
 def test_bad_flags_are_one_line_errors(capsys):
-    for argv, needle in [(["measure", "--windows", "0"], "--windows"),
-                         (["measure", "--mc-tasks", "cloze,nope"], "nope"),
-                         (["measure", "--new-tokens", "0"], "--new-tokens"),
-                         (["measure", "--source", "klingon"], "--source"),
-                         (["sweep", "--grid", "magnitude:sparsity=0.5,2"], "sparsity"),
-                         (["sweep", "--grid", "gptq:bitz=4"], "bitz")]:
+    for argv, needle in [
+        (["measure", "--windows", "0"], "--windows"),
+        (["measure", "--mc-tasks", "cloze,nope"], "nope"),
+        (["measure", "--new-tokens", "0"], "--new-tokens"),
+        (["measure", "--source", "klingon"], "--source"),
+        (["sweep", "--grid", "magnitude:sparsity=0.5,2"], "sparsity"),
+        (["sweep", "--grid", "gptq:bitz=4"], "bitz"),
+    ]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
@@ -102,19 +118,30 @@ def test_bad_flags_are_one_line_errors(capsys):
 
 # ------------------------------------------------------------------ grid + file ---------
 
+
 def test_grid_parsing():
     from hemorrhage.errors import UserError
     from hemorrhage.validate.sweep import parse_grid, row_key
 
     g = parse_grid("magnitude:sparsity=0,0.5;magnitude:pattern=2:4,4:8; magnitude")
-    assert g == [("magnitude", {"sparsity": 0.0}), ("magnitude", {"sparsity": 0.5}),
-                 ("magnitude", {"pattern": "2:4"}), ("magnitude", {"pattern": "4:8"}), ("magnitude", {})]
+    assert g == [
+        ("magnitude", {"sparsity": 0.0}),
+        ("magnitude", {"sparsity": 0.5}),
+        ("magnitude", {"pattern": "2:4"}),
+        ("magnitude", {"pattern": "4:8"}),
+        ("magnitude", {}),
+    ]
     assert isinstance(g[0][1]["sparsity"], float)
     assert len(parse_grid("rtn:bits=4,3,group_size=32,64")) == 4
     assert row_key("m", "magnitude", {"b": 1, "a": 2}) == row_key("m", "magnitude", {"a": 2, "b": 1})
-    for bad, needle in [("", "empty"), ("nope:bits=4", "unknown method"), ("magnitude:sparsity=1.5", "sparsity"),
-                        ("magnitude:0.5", "KEY=VALUE"), ("magnitude:bits=4", "bits"),
-                        ("magnitude:sparsity=0.1,sparsity=0.2", "repeated")]:
+    for bad, needle in [
+        ("", "empty"),
+        ("nope:bits=4", "unknown method"),
+        ("magnitude:sparsity=1.5", "sparsity"),
+        ("magnitude:0.5", "KEY=VALUE"),
+        ("magnitude:bits=4", "bits"),
+        ("magnitude:sparsity=0.1,sparsity=0.2", "repeated"),
+    ]:
         with pytest.raises(UserError, match=needle):
             parse_grid(bad)
 
@@ -135,6 +162,7 @@ def test_partial_last_line_is_dropped(tmp_path):
 
 # ------------------------------------------------------------------ the sweep -----------
 
+
 def test_choice_scores_match_a_plain_forward(tiny_ckpt):
     """The KV-cache trick (question once, choices from its cache) equals scoring each
     question + choice sequence from scratch."""
@@ -152,7 +180,7 @@ def test_choice_scores_match_a_plain_forward(tiny_ckpt):
     assert scores.shape == mc["valid"].shape and np.isneginf(scores[~mc["valid"]]).all()
     cases, seqs = [], []
     for i in range(len(mc["answer"])):
-        q = mc["q_tok"][i, :mc["q_len"][i]]
+        q = mc["q_tok"][i, : mc["q_len"][i]]
         for j in np.flatnonzero(mc["valid"][i]):
             c = mc["c_tok"][i, j][mc["c_mask"][i, j]]
             cases.append((i, j, len(q), c))
@@ -167,8 +195,19 @@ def test_choice_scores_match_a_plain_forward(tiny_ckpt):
 
 
 def _sweep_argv(model: Path, out: Path, grid: str = SWEEP_GRID) -> list[str]:
-    return ["sweep", "--model", str(model), "--grid", grid, "--out", str(out), *TINY_MEASURE,
-            "--per-layer", "--no-progress", "--json"]
+    return [
+        "sweep",
+        "--model",
+        str(model),
+        "--grid",
+        grid,
+        "--out",
+        str(out),
+        *TINY_MEASURE,
+        "--per-layer",
+        "--no-progress",
+        "--json",
+    ]
 
 
 def _complete_lines(path: Path) -> int:
@@ -212,15 +251,23 @@ def test_sweep_resumes_after_sigkill_and_is_deterministic(tiny_ckpt, tmp_path, c
 
     # the same sweep in subprocesses, SIGKILLed at a random point three times, then finished
     out = tmp_path / "killed.jsonl"
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or str(tmp_path / "jax"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or str(tmp_path / "jax"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
     rng = random.Random(7)
     logs = []
     for attempt in range(3):
         before = _complete_lines(out)
         log = open(tmp_path / f"run{attempt}.err", "w+")
-        proc = subprocess.Popen([sys.executable, "-m", "hemorrhage", *_sweep_argv(tiny_ckpt, out)],
-                                stdout=subprocess.DEVNULL, stderr=log, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hemorrhage", *_sweep_argv(tiny_ckpt, out)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=env,
+        )
         deadline = time.monotonic() + 240
         while _complete_lines(out) <= before and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -242,12 +289,10 @@ def test_sweep_resumes_after_sigkill_and_is_deterministic(tiny_ckpt, tmp_path, c
     # rows computed in four different processes are byte-identical to the clean run's
     assert out.read_bytes() == clean.read_bytes()
 
-    # determinism: a second clean run gives the same bytes; a finished sweep reruns to no change
-    clean2 = tmp_path / "clean2.jsonl"
-    assert main(_sweep_argv(tiny_ckpt, clean2)) == 0
-    assert clean2.read_bytes() == clean.read_bytes()
-    assert main(_sweep_argv(tiny_ckpt, clean2)) == 0
-    assert clean2.read_bytes() == clean.read_bytes()
+    # determinism is shown above (four processes, the clean run's bytes); a finished sweep
+    # reruns to no change
+    assert main(_sweep_argv(tiny_ckpt, clean)) == 0
+    assert out.read_bytes() == clean.read_bytes()
     # past the memory limit the compiled programs are dropped between settings: same bytes
     os.environ["HEMORRHAGE_SWEEP_MEMORY_GB"] = "0.001"
     try:
@@ -260,7 +305,7 @@ def test_sweep_resumes_after_sigkill_and_is_deterministic(tiny_ckpt, tmp_path, c
         del os.environ["HEMORRHAGE_SWEEP_MEMORY_GB"]
     # other measurement flags on the same file are refused, not mixed in
     capsys.readouterr()
-    assert main([*_sweep_argv(tiny_ckpt, clean2), "--windows", "3"]) == 2
+    assert main([*_sweep_argv(tiny_ckpt, clean), "--windows", "3"]) == 2
     assert "other settings" in capsys.readouterr().err
 
 

@@ -89,8 +89,20 @@ def test_8b_is_planned_in_seconds_without_allocating_it():
 
 
 def test_fits_flips_at_the_peak(capsys, tiny_config):
-    argv = ("memory", "--model", str(tiny_config), "--dtype", "float32", "--programs", "forward",
-            "--windows", "2", "--seqlen", "8", "--json")
+    argv = (
+        "memory",
+        "--model",
+        str(tiny_config),
+        "--dtype",
+        "float32",
+        "--programs",
+        "forward",
+        "--windows",
+        "2",
+        "--seqlen",
+        "8",
+        "--json",
+    )
     code, out, _ = run_cli(capsys, *argv)
     peak = json.loads(out)["peak_bytes_per_device"]
     code, out, _ = run_cli(capsys, *argv, "--device-memory", str(peak))
@@ -101,18 +113,21 @@ def test_fits_flips_at_the_peak(capsys, tiny_config):
     assert_one_line_error(code, err, "does not fit")
 
 
-@pytest.mark.parametrize("extra, words", [
-    (("--dtype", "float64"), ("--dtype", "float64")),
-    (("--dtype", "auto"), ("--dtype",)),
-    (("--mesh", "model=two"), ("--mesh",)),
-    (("--mesh", "pipe=2"), ("--mesh",)),
-    (("--device-memory", "80 parsecs"), ("--device-memory",)),
-    (("--device-memory", "-3GB"), ("--device-memory",)),
-    (("--mesh", "model=3"), ("model=3", "n_heads")),  # 4 heads, 2 KV heads
-    (("--command", "train"), ("--command", "train")),
-    (("--fail-if-not-fits",), ("--device-memory",)),
-    (("--programs", "backward"), ("backward",)),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (("--dtype", "float64"), ("--dtype", "float64")),
+        (("--dtype", "auto"), ("--dtype",)),
+        (("--mesh", "model=two"), ("--mesh",)),
+        (("--mesh", "pipe=2"), ("--mesh",)),
+        (("--device-memory", "80 parsecs"), ("--device-memory",)),
+        (("--device-memory", "-3GB"), ("--device-memory",)),
+        (("--mesh", "model=3"), ("model=3", "n_heads")),  # 4 heads, 2 KV heads
+        (("--command", "train"), ("--command", "train")),
+        (("--fail-if-not-fits",), ("--device-memory",)),
+        (("--programs", "backward"), ("backward",)),
+    ],
+)
 def test_bad_input_is_one_line_before_any_compile(capsys, tiny_config, monkeypatch, extra, words):
     from hemorrhage.sim import memory_plan
 
@@ -128,11 +143,19 @@ def test_config_only_folder_points_other_commands_to_memory(capsys, tiny_config,
 
 
 def test_public_llama_configs_are_the_model_cards():
-    for name, (d, layers, heads, ff, params) in {"llama-3.1-8b.json": (4096, 32, 32, 14336, 8.03e9),
-                                                 "llama-3.1-70b.json": (8192, 80, 64, 28672, 70.55e9)}.items():
+    for name, (d, layers, heads, ff, params) in {
+        "llama-3.1-8b.json": (4096, 32, 32, 14336, 8.03e9),
+        "llama-3.1-70b.json": (8192, 80, 64, 28672, 70.55e9),
+    }.items():
         cfg = ModelConfig.from_json_file(DATA / name)
-        assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff, cfg.vocab_size) == \
-            (d, layers, heads, 8, ff, 128256)
+        assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff, cfg.vocab_size) == (
+            d,
+            layers,
+            heads,
+            8,
+            ff,
+            128256,
+        )
         assert not cfg.tie_embeddings and cfg.rope.kind == "llama3"  # rope_theta 500000, low-frequency scaled
         assert math.isclose(cfg.rope.inv_freq[1], 500000.0 ** (-2 / cfg.head_dim), rel_tol=1e-6)
         kv = cfg.n_kv_heads * cfg.head_dim  # GQA: q, o [d d]; k, v [kv d]; gate, up, down [ff d]; 2 norms

@@ -13,9 +13,23 @@ from helpers import save_tiny_hf, torch_logits
 from hemorrhage.sim.generate import generate
 from hemorrhage.sim.models import forward, load_checkpoint
 
-VARIANTS = ["llama", "mistral", "qwen2", "gemma3_text", "gpt2",
-            # issue 28: RoPE schedules and the dense families built from the same layers
-            "llama3_rope", "yarn", "phi3_longrope", "phi3", "qwen3", "olmo2", "gemma2", "granite", "smollm3"]
+VARIANTS = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "gemma3_text",
+    "gpt2",
+    # issue 28: RoPE schedules and the dense families built from the same layers
+    "llama3_rope",
+    "yarn",
+    "phi3_longrope",
+    "phi3",
+    "qwen3",
+    "olmo2",
+    "gemma2",
+    "granite",
+    "smollm3",
+]
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -42,8 +56,9 @@ def test_greedy_tokens_equal_transformers(tiny_pair):
     prompt = np.random.default_rng(2).integers(0, cfg.vocab_size, (1, 5))
     ref_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     with torch.no_grad():
-        out = ref_model.generate(torch.as_tensor(prompt), max_new_tokens=12, min_new_tokens=12,
-                                 do_sample=False, pad_token_id=0)
+        out = ref_model.generate(
+            torch.as_tensor(prompt), max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0
+        )
     ours = np.asarray(generate(model, jnp.asarray(prompt), 12))
     np.testing.assert_array_equal(ours[0], out[0, 5:].numpy())
 

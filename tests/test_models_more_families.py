@@ -20,29 +20,71 @@ from hemorrhage.sim.models import ModelConfig, forward, load_checkpoint
 
 from hemorrhage.errors import UserError
 
-_BASE = {"vocab_size": 61, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "max_position_embeddings": 48}
+_BASE = {
+    "vocab_size": 61,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 48,
+}
 VARIANTS = {
     # Pythia: parallel residual, rotary on a quarter of each head (2 of 8 dims), untied head
     "gpt_neox": {**_BASE, "model_type": "gpt_neox", "intermediate_size": 48},
-    "gpt_neox_sequential": {**_BASE, "model_type": "gpt_neox", "intermediate_size": 48,
-                            "use_parallel_residual": False, "rotary_pct": 0.5, "tie_word_embeddings": True},
+    "gpt_neox_sequential": {
+        **_BASE,
+        "model_type": "gpt_neox",
+        "intermediate_size": 48,
+        "use_parallel_residual": False,
+        "rotary_pct": 0.5,
+        "tie_word_embeddings": True,
+    },
     "opt": {**_BASE, "model_type": "opt", "ffn_dim": 48},
     # opt-350m's shape: post-LN, no final norm, embeddings projected 16 <-> 32
-    "opt_post_ln": {**_BASE, "model_type": "opt", "ffn_dim": 48, "do_layer_norm_before": False,
-                    "word_embed_proj_dim": 16, "_scale": 12.0},
+    "opt_post_ln": {
+        **_BASE,
+        "model_type": "opt",
+        "ffn_dim": 48,
+        "do_layer_norm_before": False,
+        "word_embed_proj_dim": 16,
+        "_scale": 12.0,
+    },
     # sliding-window attention over 6 positions (the sequences below are longer)
-    "mixtral": {**_BASE, "model_type": "mixtral", "num_key_value_heads": 2, "intermediate_size": 24,
-                "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 6},
+    "mixtral": {
+        **_BASE,
+        "model_type": "mixtral",
+        "num_key_value_heads": 2,
+        "intermediate_size": 24,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "sliding_window": 6,
+    },
     # layer 1 dense (mlp_only_layers), top-k weights not renormalised, q/k norms, attention biases
-    "qwen3_moe": {**_BASE, "model_type": "qwen3_moe", "num_key_value_heads": 2, "head_dim": 8,
-                  "intermediate_size": 24, "moe_intermediate_size": 16, "num_experts": 4, "num_experts_per_tok": 2,
-                  "mlp_only_layers": [1], "norm_topk_prob": False, "attention_bias": True},
+    "qwen3_moe": {
+        **_BASE,
+        "model_type": "qwen3_moe",
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "intermediate_size": 24,
+        "moe_intermediate_size": 16,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "mlp_only_layers": [1],
+        "norm_topk_prob": False,
+        "attention_bias": True,
+    },
 }
 FAMILIES = ["gpt_neox", "opt", "mixtral", "qwen3_moe"]
-METHODS = [("magnitude", {"sparsity": 0.5}), ("wanda", {"sparsity": 0.5}), ("sparsegpt", {"sparsity": 0.5}),
-           ("owl", {"sparsity": 0.5}), ("drop", {"part": "mlp", "n_drop": 1}), ("rtn", {"bits": 4}),
-           ("gptq", {"bits": 4}), ("awq", {"bits": 4, "n_grid": 4}), ("w8a8", {})]
+METHODS = [
+    ("magnitude", {"sparsity": 0.5}),
+    ("wanda", {"sparsity": 0.5}),
+    ("sparsegpt", {"sparsity": 0.5}),
+    ("owl", {"sparsity": 0.5}),
+    ("drop", {"part": "mlp", "n_drop": 1}),
+    ("rtn", {"bits": 4}),
+    ("gptq", {"bits": 4}),
+    ("awq", {"bits": 4, "n_grid": 4}),
+    ("w8a8", {}),
+]
 
 
 def _save(hf: dict, out, seed: int = 0):
@@ -99,8 +141,9 @@ def test_logits_and_greedy_tokens_equal_transformers(saved, name):
     assert np.abs(z - z_ref).max() <= 1e-5
     prompt = tokens[:1, :5]
     with torch.no_grad():
-        out = ref.generate(torch.as_tensor(prompt), max_new_tokens=10, min_new_tokens=10, do_sample=False,
-                           pad_token_id=0)
+        out = ref.generate(
+            torch.as_tensor(prompt), max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0
+        )
     np.testing.assert_array_equal(np.asarray(generate(model, jnp.asarray(prompt), 10))[0], out[0, 5:].numpy())
 
 
@@ -199,11 +242,14 @@ def test_expert_without_tokens_falls_back_and_is_recorded(saved):
     rtn, _ = compress(model, make_method("rtn", bits=3))
     assert rec["moe"]["uncalibrated_experts"] == ["layers.0.mlp.experts.3", "layers.1.mlp.experts.3"]
     for a in w:
-        np.testing.assert_array_equal(np.asarray(getattr(gptq.layers[0].mlp.experts[3], a).weight()),
-                                      np.asarray(getattr(rtn.layers[0].mlp.experts[3], a).weight()))
+        np.testing.assert_array_equal(
+            np.asarray(getattr(gptq.layers[0].mlp.experts[3], a).weight()),
+            np.asarray(getattr(rtn.layers[0].mlp.experts[3], a).weight()),
+        )
     # a routed expert is calibrated: GPTQ differs from RTN there
-    assert not np.array_equal(np.asarray(gptq.layers[0].mlp.experts[0].gate.weight()),
-                              np.asarray(rtn.layers[0].mlp.experts[0].gate.weight()))
+    assert not np.array_equal(
+        np.asarray(gptq.layers[0].mlp.experts[0].gate.weight()), np.asarray(rtn.layers[0].mlp.experts[0].gate.weight())
+    )
 
 
 def test_router_is_dense_unless_asked(saved):
@@ -232,7 +278,7 @@ def test_hierarchy_diagnosis_and_predictor_paths_work_on_experts(saved):
     from types import SimpleNamespace
 
     from hemorrhage.sim.compress import compress, make_method
-    from hemorrhage.sim.linear_response import block_linear_paths
+    from hemorrhage.sim.predict import block_linear_paths
     from hemorrhage.validate.diagnose import diagnose
     from hemorrhage.validate.hierarchy import measure_hierarchy
 
@@ -269,13 +315,16 @@ def test_predict_runs_on_a_mixture_of_experts(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ refusals
-@pytest.mark.parametrize("family,key,value", [
-    ("opt", "layer_norm_elementwise_affine", False),
-    ("qwen3_moe", "use_sliding_window", True),
-    ("mixtral", "partial_rotary_factor", 0.5),
-    ("gpt_neox", "head_dim", 4),
-    ("gpt_neox", "rope_parameters", {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}),
-])
+@pytest.mark.parametrize(
+    "family,key,value",
+    [
+        ("opt", "layer_norm_elementwise_affine", False),
+        ("qwen3_moe", "use_sliding_window", True),
+        ("mixtral", "partial_rotary_factor", 0.5),
+        ("gpt_neox", "head_dim", 4),
+        ("gpt_neox", "rope_parameters", {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}),
+    ],
+)
 def test_unimplemented_config_key_is_refused_naming_it(family, key, value):
     hf = {**VARIANTS[family], key: value}
     with pytest.raises(UserError) as err:

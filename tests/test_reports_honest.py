@@ -15,8 +15,26 @@ import pytest
 
 from hemorrhage.cli import main
 
-MEASURE = ["--method", "magnitude", "--sparsity", "0", "--windows", "1", "--seqlen", "16", "--mc-items", "2",
-           "--prompts", "2", "--prompt-len", "4", "--new-tokens", "4", "--strata-bins", "2"]
+MEASURE = [
+    "--method",
+    "magnitude",
+    "--sparsity",
+    "0",
+    "--windows",
+    "1",
+    "--seqlen",
+    "16",
+    "--mc-items",
+    "2",
+    "--prompts",
+    "2",
+    "--prompt-len",
+    "4",
+    "--new-tokens",
+    "4",
+    "--strata-bins",
+    "2",
+]
 AGREEMENTS = ("top1_agreement", "mc_agreement", "gen_identical", "gen_prefix_agreement", "gen_token_agreement")
 
 
@@ -81,12 +99,17 @@ def test_nan_compressed_model_disagrees(ckpts):
     from flax import nnx
 
     from hemorrhage.sim import load
-    from hemorrhage.validate.measure import MeasureConfig, base_cache, measure
+    from hemorrhage.validate.measure import MeasureConfig, measure
+    from hemorrhage.validate.base_phase import base_cache
 
     clean, _ = ckpts
     loaded = load(str(clean), quiet=True)
-    base = base_cache(loaded, MeasureConfig(windows=1, seqlen=16, mc_items=2, prompts=2, prompt_len=4,
-                                            new_tokens=4, per_layer=False, strata_bins=0))
+    base = base_cache(
+        loaded,
+        MeasureConfig(
+            windows=1, seqlen=16, mc_items=2, prompts=2, prompt_len=4, new_tokens=4, per_layer=False, strata_bins=0
+        ),
+    )
     bad = nnx.clone(loaded.model)
     w = bad.layers[1].mlp.down.w
     w.set_value(jnp.full_like(w.get_value(), jnp.nan))
@@ -137,7 +160,7 @@ def test_argmax_of_nan_is_no_agreement():
     import jax.numpy as jnp
 
     from hemorrhage.validate.arrays import kl_rows
-    from hemorrhage.validate.metrics import top1_agreement
+    from hemorrhage.theory import top1_agreement
     from hemorrhage.validate.steps import gen_metrics
 
     z = jnp.asarray([[3.0, 1.0, 0.0], [3.0, 1.0, 0.0], [jnp.nan, 0.0, 0.0]])

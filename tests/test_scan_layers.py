@@ -20,15 +20,42 @@ from hemorrhage.sim.generate import generate
 from hemorrhage.sim.models import ModelConfig, build, forward, scan, tiny
 from hemorrhage.sim.models.base import traced_layers
 
-_MORE = {"vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4,
-         "max_position_embeddings": 64}
+_MORE = {
+    "vocab_size": 97,
+    "hidden_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 64,
+}
 CONFIGS = {
-    **{mt: tiny(mt) for mt in ("llama", "qwen2", "qwen3", "mistral", "olmo2", "phi3", "granite", "gemma2",
-                               "gemma3_text", "smollm3", "gpt2", "phi3_longrope")},
+    **{
+        mt: tiny(mt)
+        for mt in (
+            "llama",
+            "qwen2",
+            "qwen3",
+            "mistral",
+            "olmo2",
+            "phi3",
+            "granite",
+            "gemma2",
+            "gemma3_text",
+            "smollm3",
+            "gpt2",
+            "phi3_longrope",
+        )
+    },
     "gpt_neox": {**_MORE, "model_type": "gpt_neox", "intermediate_size": 48},
     "opt": {**_MORE, "model_type": "opt", "ffn_dim": 48},
-    "mixtral": {**_MORE, "model_type": "mixtral", "num_key_value_heads": 2, "intermediate_size": 24,
-                "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 6},
+    "mixtral": {
+        **_MORE,
+        "model_type": "mixtral",
+        "num_key_value_heads": 2,
+        "intermediate_size": 24,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "sliding_window": 6,
+    },
 }
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 97, (2, 20)), jnp.int32)
 FIELDS = ("h", "logits", "attn_entropy", "gate_pos", "attn_out", "mlp_out", "mlp_hoyer")

@@ -28,8 +28,13 @@ def _run_shard_check(root: Path) -> dict:
     ckpt = save_tiny_hf_with_smollm2_tokenizer(root / "tiny")  # real data applies
     (root / "sweep").mkdir()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    proc = subprocess.run([sys.executable, str(HERE / "shard_check.py"), str(ckpt), str(root / "sweep"), "--smollm2"],
-                          capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "shard_check.py"), str(ckpt), str(root / "sweep"), "--smollm2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -89,6 +94,7 @@ def test_sweep_on_two_devices_writes_the_one_device_file(report):
 
 # ------------------------------------------------------------------ no devices needed ---
 
+
 def test_data_parallel_measurement_equals_one_device(report):
     m = report["measured"]
     assert m["same_generation"], m
@@ -118,15 +124,18 @@ def test_partition_rules():
     assert spec("layers.0.attn.q.w", (32, 16), m=1) == P()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["sweep", "--grid", "magnitude", "--mesh", "data=x"], "--mesh"),
-    (["sweep", "--grid", "magnitude", "--mesh", "pipeline=2"], "AXIS=SIZE"),
-    (["sweep", "--grid", "magnitude", "--mesh", "data=2,data=2"], "each once"),
-    (["sweep", "--grid", "magnitude", "--devices", "0"], "--devices"),
-    (["sweep", "--grid", "magnitude", "--devices", "64"], "devices"),
-    (["measure", "--mesh", "data=0"], "positive"),
-    (["compress", "--out", "x", "--mesh", "model=4096"], "needs 4096 devices"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["sweep", "--grid", "magnitude", "--mesh", "data=x"], "--mesh"),
+        (["sweep", "--grid", "magnitude", "--mesh", "pipeline=2"], "AXIS=SIZE"),
+        (["sweep", "--grid", "magnitude", "--mesh", "data=2,data=2"], "each once"),
+        (["sweep", "--grid", "magnitude", "--devices", "0"], "--devices"),
+        (["sweep", "--grid", "magnitude", "--devices", "64"], "devices"),
+        (["measure", "--mesh", "data=0"], "positive"),
+        (["compress", "--out", "x", "--mesh", "model=4096"], "needs 4096 devices"),
+    ],
+)
 def test_bad_mesh_and_devices_are_one_line_errors(capsys, argv, needle):
     capsys.readouterr()
     assert main(argv) == 2

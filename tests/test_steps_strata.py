@@ -23,9 +23,13 @@ def pair():
     nnx.update(base, jax.tree_util.tree_map(lambda x: x * 12 if x.ndim >= 2 else x, nnx.state(base)))
     comp = nnx.clone(base)
     keys = iter(jax.random.split(jax.random.key(3), 64))
-    nnx.update(comp, jax.tree_util.tree_map(
-        lambda x: x + 0.15 * jnp.std(x) * jax.random.normal(next(keys), x.shape) if x.ndim >= 2 else x,
-        nnx.state(comp)))
+    nnx.update(
+        comp,
+        jax.tree_util.tree_map(
+            lambda x: x + 0.15 * jnp.std(x) * jax.random.normal(next(keys), x.shape) if x.ndim >= 2 else x,
+            nnx.state(comp),
+        ),
+    )
     prompts = np.asarray(np.random.default_rng(0).integers(0, 13, (6, 4)), np.int32)
     return base, comp, prompts
 
@@ -35,8 +39,9 @@ def test_beam_search_finds_the_exhaustive_best_and_beam1_is_greedy(pair):
 
     base, _, prompts = pair
     N = 3
-    toks, score = beam_search(base, prompts[:2], N, beams=13 ** 2)  # wide enough to be exhaustive for 3 steps
+    toks, score = beam_search(base, prompts[:2], N, beams=13**2)  # wide enough to be exhaustive for 3 steps
     for b in range(2):
+
         def logp(seq):
             full = jnp.concatenate([prompts[b], jnp.asarray(seq, jnp.int32)])[None]
             lp = jax.nn.log_softmax(forward(base, full)[0], -1)
@@ -81,7 +86,7 @@ def test_teacher_forced_first_flip_is_the_free_running_divergence(pair):
     first = np.asarray(g["first_divergence"])
     for k in range(len(prompts)):  # same context until the first divergence: teacher-forced = free-running
         t = first[k]
-        np.testing.assert_allclose(per["kl"][k, :t + 1], per["kl_free"][k, :t + 1], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(per["kl"][k, : t + 1], per["kl_free"][k, : t + 1], rtol=1e-4, atol=1e-6)
     assert (per["margin"] >= -1e-4).all()  # the base's own greedy token leads its distribution
     same = step_metrics(base, base, path_hidden(base, prompts, gb), prompts, gb, gb)
     assert np.abs(same["kl"]).max() < 1e-6 and (same["flip"] == 0).all() and np.abs(same["dpair"]).max() < 1e-5
@@ -103,9 +108,17 @@ def test_strata_bins_and_undefined_correlations():
 
     rng = np.random.default_rng(0)
     nll = rng.exponential(2.0, 500)
-    per = {"nll_base": nll, "nll_comp": nll + 0.1 * nll, "kl": 0.05 * nll, "kl_pred": 0.04 * nll,
-           "top1": np.ones(500), "hoyer_base": 0.4 + 0.01 * nll, "hoyer_comp": np.full(500, 0.5),
-           "gate_off_base": np.full(500, np.nan), "gate_off_comp": np.full(500, np.nan)}
+    per = {
+        "nll_base": nll,
+        "nll_comp": nll + 0.1 * nll,
+        "kl": 0.05 * nll,
+        "kl_pred": 0.04 * nll,
+        "top1": np.ones(500),
+        "hoyer_base": 0.4 + 0.01 * nll,
+        "hoyer_comp": np.full(500, 0.5),
+        "gate_off_base": np.full(500, np.nan),
+        "gate_off_comp": np.full(500, np.nan),
+    }
     s = strata(per, bins=5)
     assert sum(s["n"]) == 500 and max(s["n"]) - min(s["n"]) <= 1
     assert np.all(np.diff(s["nll_base"]) > 0) and np.all(np.diff(s["dnll"]) > 0)

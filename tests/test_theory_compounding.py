@@ -42,9 +42,10 @@ def _simulate():
 
     def one_model(m):
         def step(kc, t):
-            xc = jnp.argmax(_logits(kc) + _noise(kc, m))          # free running
-            xtf = jnp.argmax(Z[t] + _noise(K[t], m))              # teacher forced
+            xc = jnp.argmax(_logits(kc) + _noise(kc, m))  # free running
+            xtf = jnp.argmax(Z[t] + _noise(K[t], m))  # teacher forced
             return jax.random.fold_in(kc, xc), (xc, xtf)
+
         _, (xc, xtf) = jax.lax.scan(step, k0, jnp.arange(H))
         return xc, xtf
 
@@ -59,7 +60,7 @@ def test_survival_first_divergence_teacher_forced_vs_free_running():
     assert 0.02 < float(S_pred[-1]) < 0.6, "horizon/noise give an informative test"
 
     differ = XC != X[None]
-    tau = jnp.where(differ.any(1), jnp.argmax(differ, 1) + 1, H + 1)   # first divergence
+    tau = jnp.where(differ.any(1), jnp.argmax(differ, 1) + 1, H + 1)  # first divergence
     S_emp = jnp.mean(tau[:, None] > jnp.arange(1, H + 1)[None], 0)
     se = jnp.sqrt(S_pred * (1 - S_pred) / M)
     assert bool(jnp.all(jnp.abs(S_emp - S_pred) < 4 * se + 2e-3))
@@ -92,9 +93,9 @@ def test_flip_probability_full_vocab_vs_top2():
         exact = float(CP.greedy_flip_probability_exact_iid(z, s))
         top2 = float(CP.greedy_flip_probability(z, s))
         assert abs(emp - exact) < 4 * math.sqrt(exact * (1 - exact) / N) + 1e-3
-        if gap3 > 2:   # a far third logit: Φ(−m/(s√2)) is accurate
+        if gap3 > 2:  # a far third logit: Φ(−m/(s√2)) is accurate
             assert abs(top2 / exact - 1) < 0.01
-        else:          # a close third competitor: top-2 underestimates
+        else:  # a close third competitor: top-2 underestimates
             assert top2 < 0.95 * exact
 
 
@@ -112,8 +113,9 @@ def test_pair_sigma_linear_and_flip_formula():
 def test_stationary_closed_form_and_batching():
     p = jnp.array([0.001, 0.02, 0.1])
     flips = jnp.broadcast_to(p[:, None], (3, 200))
-    np.testing.assert_allclose(CP.expected_first_divergence(flips),
-                               CP.stationary_expected_first_divergence(p, 200), rtol=1e-5)
+    np.testing.assert_allclose(
+        CP.expected_first_divergence(flips), CP.stationary_expected_first_divergence(p, 200), rtol=1e-5
+    )
     np.testing.assert_allclose(CP.prob_no_divergence(flips), (1 - p) ** 200, rtol=1e-4)
     out = jax.jit(jax.vmap(CP.expected_first_divergence))(flips)
     np.testing.assert_allclose(out, CP.expected_first_divergence(flips), rtol=1e-6)

@@ -48,7 +48,7 @@ def test_taylor_radial_part_is_third_order():
         np.testing.assert_allclose(jnp.sum(perp * h, -1), 0.0, atol=1e-12)
         for a in (-0.2, 0.3):
             exact = C.one_minus_cos(h, h + perp + a * h)
-            np.testing.assert_allclose(exact, 1 - 1 / jnp.sqrt(1 + rho ** 2 / (1 + a) ** 2), rtol=1e-9)
+            np.testing.assert_allclose(exact, 1 - 1 / jnp.sqrt(1 + rho**2 / (1 + a) ** 2), rtol=1e-9)
 
 
 @pytest.mark.parametrize("eps", [0.0, 1e-2])
@@ -69,8 +69,9 @@ def test_norm_jacobians_match_autodiff(eps):
             J1 = C.rmsnorm_jacobian(h)
             np.testing.assert_allclose(J1 @ h, 0.0, atol=1e-12)
             u = dh - (dh @ h) / (h @ h) * h
-            np.testing.assert_allclose(jnp.linalg.norm(J1 @ u),
-                                       jnp.sqrt(d) / jnp.linalg.norm(h) * jnp.linalg.norm(u), rtol=1e-12)
+            np.testing.assert_allclose(
+                jnp.linalg.norm(J1 @ u), jnp.sqrt(d) / jnp.linalg.norm(h) * jnp.linalg.norm(u), rtol=1e-12
+            )
 
 
 def _head(key, V, d, decay):

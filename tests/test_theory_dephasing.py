@@ -18,7 +18,7 @@ def test_series_and_closed_form_match_the_code():
         assert abs(float(dephasing_factor(xv)) - float(closed.subs(x, xv))) < 2e-6
     # the series branch: R(x) − Σ c_k x^k = O(x⁵)
     for xv in (1e-4, 1e-2, 0.049):
-        ser = sum(float(c) * xv ** k for k, c in enumerate(coeffs))
+        ser = sum(float(c) * xv**k for k, c in enumerate(coeffs))
         assert abs(float(dephasing_factor(xv)) - ser) < 1e-7
     assert coeffs[:2] == [1, sp.Rational(-1, 12)]
 

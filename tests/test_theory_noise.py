@@ -20,12 +20,15 @@ def _weights(key, shape=(256, 512)):
     return _rng(key, shape)
 
 
-@pytest.mark.parametrize("cfg", [
-    dict(symmetric=False, granularity="channel"),
-    dict(symmetric=True, granularity="channel"),
-    dict(symmetric=False, granularity="group", group_size=64),
-    dict(symmetric=True, granularity="tensor"),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(symmetric=False, granularity="channel"),
+        dict(symmetric=True, granularity="channel"),
+        dict(symmetric=False, granularity="group", group_size=64),
+        dict(symmetric=True, granularity="tensor"),
+    ],
+)
 def test_rtn_noise_variance_delta2_over_12(cfg):
     W = _weights(1)
     mses = []
@@ -33,8 +36,8 @@ def test_rtn_noise_variance_delta2_over_12(cfg):
         Q = N.quantize_rtn(W, b, **cfg)
         err = Q - W
         step = N.quant_step(W, b, **cfg)
-        assert bool(jnp.all(jnp.abs(err) <= step / 2 * (1 + 1e-4)))     # no clipping at c = 1
-        mse, pred = jnp.mean(err ** 2), jnp.mean(N.quant_noise_var(W, b, **cfg))
+        assert bool(jnp.all(jnp.abs(err) <= step / 2 * (1 + 1e-4)))  # no clipping at c = 1
+        mse, pred = jnp.mean(err**2), jnp.mean(N.quant_noise_var(W, b, **cfg))
         assert abs(float(mse / pred) - 1) < 0.05, (b, float(mse / pred))
         pred_c = jnp.mean(N.quant_noise_var(W, b, endpoint_correction=True, **cfg))
         assert abs(float(mse / pred_c) - 1) < 0.025, (b, float(mse / pred_c))
@@ -50,8 +53,7 @@ def test_granularity_ordering_and_sqnr_slope():
     assert var(granularity="group", group_size=32) < var(granularity="channel") < var(granularity="tensor")
     # full-scale uniform signal: SQNR ≈ 6.02 dB per bit
     u = jnp.asarray(np.random.default_rng(3).uniform(-1.0, 1.0, (1, 200000)))
-    db = [float(N.sqnr_db(jnp.var(u), jnp.mean((N.quantize_rtn(u, b, symmetric=True) - u) ** 2)))
-          for b in (6, 7, 8)]
+    db = [float(N.sqnr_db(jnp.var(u), jnp.mean((N.quantize_rtn(u, b, symmetric=True) - u) ** 2))) for b in (6, 7, 8)]
     np.testing.assert_allclose(np.diff(db), 20 * math.log10(2), atol=0.15)
     # rule 6.02b + 4.77 − 20log₁₀(C/σ), up to the 2^b vs 2^b − 1 step convention
     assert abs(db[-1] - float(N.sqnr_db_rule(8)) + 20 * math.log10(256 / 255)) < 0.1
@@ -63,7 +65,7 @@ def test_clipped_quantizer_mse(dist):
     w = jnp.asarray(g.standard_normal(400000) if dist == "gaussian" else g.laplace(size=400000))
     for b in (3, 4):
         for c in (1.5, 2.5, 4.0):
-            q = jnp.clip(jnp.round((w + c) / (2 * c / (2 ** b - 1))), 0, 2 ** b - 1) * (2 * c / (2 ** b - 1)) - c
+            q = jnp.clip(jnp.round((w + c) / (2 * c / (2**b - 1))), 0, 2**b - 1) * (2 * c / (2**b - 1)) - c
             sim = float(jnp.mean((q - w) ** 2))
             pred = float(N.clipped_quant_mse(b, c, dist))
             assert abs(sim / pred - 1) < (0.08 if b == 3 else 0.05), (b, c, sim, pred)
@@ -80,10 +82,9 @@ def test_pruning_noise_variance():
         mask = N.magnitude_mask(W, S)
         np.testing.assert_allclose(1 - jnp.mean(mask), S, atol=1e-3)
         dW = N.pruning_delta(W, mask)
-        np.testing.assert_allclose(jnp.mean(dW ** 2), N.magnitude_pruning_noise_var(S), rtol=0.03)
+        np.testing.assert_allclose(jnp.mean(dW**2), N.magnitude_pruning_noise_var(S), rtol=0.03)
         rmask = jnp.asarray(np.random.default_rng(6).random(W.shape) > S, W.dtype)
-        np.testing.assert_allclose(jnp.mean(N.pruning_delta(W, rmask) ** 2),
-                                   N.random_pruning_noise_var(S), rtol=0.03)
+        np.testing.assert_allclose(jnp.mean(N.pruning_delta(W, rmask) ** 2), N.random_pruning_noise_var(S), rtol=0.03)
     # noise-wise, 50% magnitude pruning of Gaussian rows ≈ 3-bit, worse than 4-bit RTN
     W4 = _weights(7, (64, 4096))
     v4 = jnp.mean(N.quant_noise_var(W4, 4))
@@ -112,15 +113,16 @@ def test_linear_propagation_of_quantization_noise():
     for r in range(R):
         W = _weights(100 + r, (d_out, d_in))
         dy = (N.quantize_rtn(W, 4, granularity="group", group_size=64) - W) @ x
-        meas.append(jnp.mean(dy ** 2))
+        meas.append(jnp.mean(dy**2))
         pred.append(jnp.mean(N.linear_output_noise_var(x, N.quant_noise_var(W, 4, granularity="group", group_size=64))))
     ratio = float(jnp.mean(jnp.array(meas)) / jnp.mean(jnp.array(pred)))
     assert abs(ratio - 1) < 0.06
     # calibration-set version equals the mean of the per-input formula
     X = _rng(11, (100, d_in))
     vw = N.quant_noise_var(W, 4)
-    np.testing.assert_allclose(N.linear_output_noise_energy(X, vw),
-                               jnp.mean(jnp.sum(N.linear_output_noise_var(X, vw), -1)), rtol=1e-4)
+    np.testing.assert_allclose(
+        N.linear_output_noise_energy(X, vw), jnp.mean(jnp.sum(N.linear_output_noise_var(X, vw), -1)), rtol=1e-4
+    )
 
 
 def test_residual_stream_errors_add_in_quadrature():
@@ -136,11 +138,11 @@ def test_residual_stream_errors_add_in_quadrature():
             E2 = eps * jax.random.normal(jax.random.fold_in(key, 2), W2.shape) / math.sqrt(f)
 
             def block(carry, w):
-                h, hn = carry                                   # clean and noisy streams
+                h, hn = carry  # clean and noisy streams
                 a1, a2, e1, e2 = w
                 u = C.rmsnorm(h)
                 clean = a2 @ jnp.tanh(a1 @ u)
-                local = (a2 + e2) @ jnp.tanh((a1 + e1) @ u) - clean   # e_l on the clean path
+                local = (a2 + e2) @ jnp.tanh((a1 + e1) @ u) - clean  # e_l on the clean path
                 hn = hn + (a2 + e2) @ jnp.tanh((a1 + e1) @ C.rmsnorm(hn))
                 return (h + clean, hn), local
 
@@ -149,9 +151,9 @@ def test_residual_stream_errors_add_in_quadrature():
 
         hL, dh, local = jax.jit(jax.vmap(run))(jax.random.split(jax.random.PRNGKey(13), R))
         hL = hL[0]
-        energy = jnp.mean(jnp.sum(local ** 2, -1), 0)                  # E‖e_l‖²
+        energy = jnp.mean(jnp.sum(local**2, -1), 0)  # E‖e_l‖²
         pred = N.residual_error_energy(energy)[-1]
-        meas = jnp.mean(jnp.sum(dh ** 2, -1))
+        meas = jnp.mean(jnp.sum(dh**2, -1))
         assert abs(float(meas / pred) - 1) < 0.1
         # independent → cross terms vanish on average (quadrature)
         summed = jnp.mean(jnp.sum(jnp.sum(local, 1) ** 2, -1))

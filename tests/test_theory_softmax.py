@@ -52,7 +52,7 @@ def test_theorem3_noise_averaged_within_1pct():
     with jax.enable_x64(True):
         for i, s in enumerate([0.05, 0.1, 0.2]):
             z, dz = _setting(20 + i, 48, s)
-            kl, half = S.kl_exact(z, dz), S.kl_second_order(z, dz)
+            kl, half = S.kl_exact(z, dz), S.half_var_p(z, dz)
             assert abs(float(jnp.mean(half) / jnp.mean(kl)) - 1) < 0.01
             bound = S.kl_series_remainder_bound(z[:8], dz[:8], order=2)
             err = jnp.abs(kl[:8] - half[:8])
@@ -68,9 +68,9 @@ def test_theorem3_per_draw_regime_matches_kappa3_prediction():
             for c in range(3):
                 dz = _rng(31 + c, (N, V), s)
                 kl = S.kl_exact(z[c], dz)
-                half = S.kl_second_order(z[c], dz)
+                half = S.half_var_p(z[c], dz)
                 meas = jnp.sqrt(jnp.mean((kl - half) ** 2)) / jnp.mean(half)
-                pred = S.kl_second_order_relerr_rms(z[c], s)
+                pred = S.half_var_p_relerr_rms(z[c], s)
                 assert 0.75 < float(meas / pred) < 1.33, (s, c, meas, pred)
 
 
@@ -121,7 +121,7 @@ def test_theorem2_var_r_within_bound_and_regime():
             meas = jnp.sqrt(jnp.mean((oc - half) ** 2)) / jnp.mean(half)
             pred = S.cos_second_order_relerr_rms(z[c], s)
             assert 0.7 < float(meas / pred) < 1.4, (c, meas, pred)
-            assert float(pred) > float(S.kl_second_order_relerr_rms(z[c], s))
+            assert float(pred) > float(S.half_var_p_relerr_rms(z[c], s))
 
 
 def test_cumulants_known_distributions():
@@ -160,7 +160,7 @@ def test_fisher_and_hessian():
         np.testing.assert_allclose(H, F, atol=1e-12)
         quad = 0.5 * dz @ F @ dz
         np.testing.assert_allclose(S.fisher_quadratic(z, dz, T), quad, rtol=1e-12)
-        np.testing.assert_allclose(S.kl_second_order(z, dz, T), quad, rtol=1e-12)
+        np.testing.assert_allclose(S.half_var_p(z, dz, T), quad, rtol=1e-12)
 
 
 def test_expected_var_linear_monte_carlo():
@@ -180,14 +180,19 @@ def test_expected_var_linear_monte_carlo():
 def test_jit_vmap_and_strict_promotion():
     z, dz = _setting(110, 6, 0.3, V=1024)
     with jax.numpy_dtype_promotion("strict"):
-        for f in (S.kl_exact, S.kl_second_order, S.cos_second_order, S.one_minus_cos_exact,
-                  lambda a, b: S.kl_series(a, b, order=4),
-                  lambda a, b: S.log_cosine_series(a, b, order=4)):
+        for f in (
+            S.kl_exact,
+            S.half_var_p,
+            S.cos_second_order,
+            S.one_minus_cos_exact,
+            lambda a, b: S.kl_series(a, b, order=4),
+            lambda a, b: S.log_cosine_series(a, b, order=4),
+        ):
             batched = f(z, dz)
             assert batched.dtype == jnp.float32 and batched.shape == (6,)
             np.testing.assert_allclose(jax.jit(jax.vmap(f))(z, dz), batched, rtol=2e-4, atol=1e-6)
         # per-row temperature broadcasts over the batch
         T = jnp.linspace(0.5, 1.5, 6)
-        np.testing.assert_allclose(S.kl_exact(z, dz, T),
-                                   jnp.stack([S.kl_exact(z[i], dz[i], T[i]) for i in range(6)]),
-                                   rtol=2e-4)
+        np.testing.assert_allclose(
+            S.kl_exact(z, dz, T), jnp.stack([S.kl_exact(z[i], dz[i], T[i]) for i in range(6)]), rtol=2e-4
+        )

@@ -23,8 +23,14 @@ def _run_quick(tutorial: Path, tmp_path: Path) -> Path:
     log = tmp_path / f"{tutorial.stem}.log"
     with open(log, "w") as f:
         try:
-            rc = subprocess.run([sys.executable, str(tutorial), "--quick", "--out", str(out)], cwd=tmp_path,
-                                env=ENV, stdout=f, stderr=subprocess.STDOUT, timeout=900).returncode
+            rc = subprocess.run(
+                [sys.executable, str(tutorial), "--quick", "--out", str(out)],
+                cwd=tmp_path,
+                env=ENV,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                timeout=900,
+            ).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
     pngs = list(out.rglob("*.png"))
@@ -51,13 +57,37 @@ def test_first_tutorial_then_every_experiment_on_its_sweep(tmp_path):
     out = _run_quick(ROOT / "tutorials" / f"{FIRST}.py", tmp_path)
     # end to end on a real sweep: every experiment reads what tutorial 1's run_sweep wrote
     sweep = out / "sweep_mc.jsonl"
-    res = subprocess.run([sys.executable, "-m", "hemorrhage", "experiment", "all", "--sweep", str(sweep),
-                          "--results", str(tmp_path / "r"), "--figures", str(tmp_path / "f"), "--json"],
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hemorrhage",
+            "experiment",
+            "all",
+            "--sweep",
+            str(sweep),
+            "--results",
+            str(tmp_path / "r"),
+            "--figures",
+            str(tmp_path / "f"),
+            "--json",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     verdicts = json.loads(res.stdout)
-    assert set(verdicts) >= {"hierarchy", "mc_vs_generation", "compounding", "thresholds", "ppl_not_enough",
-                             "seed000", "decoding"}
+    assert set(verdicts) >= {
+        "hierarchy",
+        "mc_vs_generation",
+        "compounding",
+        "thresholds",
+        "ppl_not_enough",
+        "seed000",
+        "decoding",
+    }
     assert verdicts["mc_vs_generation"]["settings"] == 2
     for name in ("mc_vs_generation", "compounding", "seed000"):  # real rows carry what these read
         v = verdicts[name]

@@ -47,12 +47,23 @@ from jaxtyping import Array, Float
 from .softmax import log_softmax_T
 
 __all__ = [
-    "top2_margin", "flip_probability", "greedy_flip_probability",
-    "greedy_flip_probability_exact_iid", "pair_sigma_linear", "survival",
-    "first_divergence_pmf", "expected_first_divergence", "prob_no_divergence",
-    "stationary_expected_first_divergence", "teacher_forced_agreement",
-    "teacher_forced_expected_flips", "tv_distance", "tv_first_order",
-    "gumbel_coupling_divergence_bounds", "sampled_survival_upper_bound",
+    "top2_margin",
+    "top1_agreement",
+    "flip_probability",
+    "greedy_flip_probability",
+    "greedy_flip_probability_exact_iid",
+    "pair_sigma_linear",
+    "survival",
+    "first_divergence_pmf",
+    "expected_first_divergence",
+    "prob_no_divergence",
+    "stationary_expected_first_divergence",
+    "teacher_forced_agreement",
+    "teacher_forced_expected_flips",
+    "tv_distance",
+    "tv_first_order",
+    "gumbel_coupling_divergence_bounds",
+    "sampled_survival_upper_bound",
 ]
 
 Steps = Float[Array, "*batch H"]
@@ -63,6 +74,16 @@ def top2_margin(z: Float[Array, "*batch V"]):
     """(m, top-2 indices): m = z₁ − z₂ ≥ 0."""
     vals, idx = jax.lax.top_k(z, 2)
     return vals[..., 0] - vals[..., 1], idx
+
+
+def top1_agreement(z: Float[Array, "*batch V"], z_c: Float[Array, "*batch V"]) -> Float[Array, "*batch"]:
+    """1 where argmax z = argmax z_c (the greedy step survives); 0 where the compressed logits are
+    not all finite (it gives no valid prediction there: an argmax of NaN is index 0 and would
+    match a base whose argmax is 0); NaN where the base's logits are not all finite (no
+    reference: not computable)."""
+    fin_b, fin_c = jnp.all(jnp.isfinite(z), -1), jnp.all(jnp.isfinite(z_c), -1)
+    same = (jnp.argmax(z, -1) == jnp.argmax(z_c, -1)) & fin_c
+    return jnp.where(fin_b, same.astype(jnp.float32), jnp.nan)
 
 
 @jax.jit
@@ -93,7 +114,7 @@ def greedy_flip_probability_exact_iid(z: Float[Array, "*batch V"], s) -> Float[A
     is_top = jnp.arange(z.shape[-1]) == jnp.argmax(z, axis=-1)[..., None]
     x = jnp.asarray(_GH_X, z.dtype)
     w = jnp.asarray(_GH_W, z.dtype)
-    arg = m[..., None, :] + x[:, None]                      # [..., nodes, V]
+    arg = m[..., None, :] + x[:, None]  # [..., nodes, V]
     lp = jnp.where(is_top[..., None, :], 0.0, log_ndtr(arg))
     stay = jnp.sum(w * jnp.exp(jnp.sum(lp, axis=-1)), axis=-1)
     return jnp.clip(1.0 - stay, 0.0, 1.0)

@@ -39,10 +39,21 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 __all__ = [
-    "cos_sim", "one_minus_cos", "decompose", "cos_exact_form", "one_minus_cos_taylor",
-    "theorem1_relerr_bound", "rmsnorm", "layernorm", "rmsnorm_jacobian",
-    "layernorm_jacobian", "norm_jvp", "predicted_one_minus_cos_h",
-    "predicted_one_minus_cos_z", "logit_cos_gain", "cos_z_predicted_vs_exact",
+    "cos_sim",
+    "one_minus_cos",
+    "decompose",
+    "cos_exact_form",
+    "one_minus_cos_taylor",
+    "theorem1_relerr_bound",
+    "rmsnorm",
+    "layernorm",
+    "rmsnorm_jacobian",
+    "layernorm_jacobian",
+    "norm_jvp",
+    "predicted_one_minus_cos_h",
+    "predicted_one_minus_cos_z",
+    "logit_cos_gain",
+    "cos_z_predicted_vs_exact",
 ]
 
 Vec = Float[Array, "*batch d"]
@@ -80,14 +91,14 @@ def decompose(h: Vec, dh: Vec):
 def cos_exact_form(h: Vec, dh: Vec) -> Batch:
     """cos(h, h+Δh) = (1+α)/√((1+α)² + ρ²)  (exact)."""
     alpha, _, rho = decompose(h, dh)
-    return (1 + alpha) / jnp.sqrt((1 + alpha) ** 2 + rho ** 2)
+    return (1 + alpha) / jnp.sqrt((1 + alpha) ** 2 + rho**2)
 
 
 @jax.jit
 def one_minus_cos_taylor(h: Vec, dh: Vec) -> Batch:
     """Theorem 1: 1 − cos(h, h+Δh) ≈ ‖Δh_⊥‖²/(2‖h‖²) = ρ²/2."""
     _, _, rho = decompose(h, dh)
-    return 0.5 * rho ** 2
+    return 0.5 * rho**2
 
 
 @jax.jit
@@ -95,7 +106,7 @@ def theorem1_relerr_bound(h: Vec, dh: Vec) -> Batch:
     """|(1−cos)/(ρ²/2) − 1| ≤ |(1+α)^{-2} − 1| + 3ρ²/(4(1+α)⁴)  (needs α > −1)."""
     alpha, _, rho = decompose(h, dh)
     a2 = (1 + alpha) ** -2
-    return jnp.abs(a2 - 1) + 0.75 * rho ** 2 * a2 ** 2
+    return jnp.abs(a2 - 1) + 0.75 * rho**2 * a2**2
 
 
 # ------------------------------------------------------------------------ norms
@@ -116,24 +127,24 @@ def layernorm(h: Vec, g: Vec | None = None, b: Vec | None = None, eps: float = 0
 
 
 @jax.jit
-def rmsnorm_jacobian(h: Float[Array, "d"], g: Float[Array, "d"] | None = None,
-                     eps: float = 0.0) -> Float[Array, "d d"]:
+def rmsnorm_jacobian(h: Float[Array, "d"], g: Float[Array, "d"] | None = None, eps: float = 0.0) -> Float[Array, "d d"]:
     """J = diag(g)(I/s − hhᵀ/(d s³)), s = √(‖h‖²/d + ε); = diag(g)(√d/‖h‖)(I − ĥĥᵀ) at ε=0."""
     d = h.shape[-1]
     s = jnp.sqrt(_dot(h, h) / d + eps)
-    J = jnp.eye(d, dtype=h.dtype) / s - jnp.outer(h, h) / (d * s ** 3)
+    J = jnp.eye(d, dtype=h.dtype) / s - jnp.outer(h, h) / (d * s**3)
     return J if g is None else g[:, None] * J
 
 
 @jax.jit
-def layernorm_jacobian(h: Float[Array, "d"], g: Float[Array, "d"] | None = None,
-                       eps: float = 0.0) -> Float[Array, "d d"]:
+def layernorm_jacobian(
+    h: Float[Array, "d"], g: Float[Array, "d"] | None = None, eps: float = 0.0
+) -> Float[Array, "d d"]:
     """J = diag(g)(P₁/s − ccᵀ/(d s³)), c = h − mean h, P₁ = I − 11ᵀ/d, s = √(‖c‖²/d + ε)."""
     d = h.shape[-1]
     c = h - jnp.mean(h)
     s = jnp.sqrt(_dot(c, c) / d + eps)
     P1 = jnp.eye(d, dtype=h.dtype) - jnp.ones((d, d), h.dtype) / d
-    J = P1 / s - jnp.outer(c, c) / (d * s ** 3)
+    J = P1 / s - jnp.outer(c, c) / (d * s**3)
     return J if g is None else g[:, None] * J
 
 
@@ -166,9 +177,9 @@ def _norm(h, g, kind):
 
 
 @partial(jax.jit, static_argnames=("kind",))
-def predicted_one_minus_cos_z(h: Float[Array, "d"], W: Float[Array, "V d"], sigma,
-                              g: Float[Array, "d"] | None = None,
-                              kind: str = "rms") -> Float[Array, ""]:
+def predicted_one_minus_cos_z(
+    h: Float[Array, "d"], W: Float[Array, "V d"], sigma, g: Float[Array, "d"] | None = None, kind: str = "rms"
+) -> Float[Array, ""]:
     """E[1 − cos(z, z+Δz)] ≈ σ²(‖WJ‖_F² − ‖JᵀWᵀẑ‖²)/(2‖z‖²), z = W n(h), Δh ~ N(0,σ²I).
 
     First order in σ: Δz = WJΔh, then Theorem 1 in logit space with
@@ -182,8 +193,9 @@ def predicted_one_minus_cos_z(h: Float[Array, "d"], W: Float[Array, "V d"], sigm
 
 
 @jax.jit
-def logit_cos_gain(h: Float[Array, "d"], W: Float[Array, "V d"],
-                   g: Float[Array, "d"] | None = None) -> Float[Array, ""]:
+def logit_cos_gain(
+    h: Float[Array, "d"], W: Float[Array, "V d"], g: Float[Array, "d"] | None = None
+) -> Float[Array, ""]:
     """(1 − cos z)/(1 − cos h) predicted for isotropic Δh and RMSNorm (ε = 0).
 
     = [tr(AᵀA) − ĥᵀAᵀAĥ − ‖P_h Aᵀẑ‖²] / ((d − 1)·ĥᵀAᵀAĥ),  A = W diag(g):
@@ -203,8 +215,7 @@ def logit_cos_gain(h: Float[Array, "d"], W: Float[Array, "V d"],
 
 
 @partial(jax.jit, static_argnames=("kind",))
-def cos_z_predicted_vs_exact(h: Vec, dh: Vec, W: Float[Array, "V d"],
-                             g: Vec | None = None, kind: str = "rms"):
+def cos_z_predicted_vs_exact(h: Vec, dh: Vec, W: Float[Array, "V d"], g: Vec | None = None, kind: str = "rms"):
     """(predicted, exact) 1 − cos(z, z') for z = W n(h), z' = W n(h + Δh).
 
     predicted = ‖(WJΔh)_⊥z‖²/(2‖z‖²) (linearised norm + Theorem 1 in logit space);

@@ -53,7 +53,7 @@ def dephasing_factor(x: Float[Array, "..."]) -> Float[Array, "..."]:
     small = x < _SERIES_BELOW
     xs = jnp.where(small, x, 0.0)
     # 2 Σ_k (−x/2)^k / (k! (2k+1)(2k+2))
-    series = 1 - xs / 12 + xs ** 2 / 120 - xs ** 3 / 1344
+    series = 1 - xs / 12 + xs**2 / 120 - xs**3 / 1344
     xl = jnp.where(small, 1.0, x)
     ell = 1 / jnp.sqrt(xl)
     closed = 2 * (ell * jnp.sqrt(jnp.pi / 2) * erf(1 / (jnp.sqrt(2.0) * ell)) - ell * ell * (1 - jnp.exp(-xl / 2)))

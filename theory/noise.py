@@ -41,13 +41,27 @@ from jax.scipy.special import erf, erfc, ndtri
 from jaxtyping import Array, Float
 
 __all__ = [
-    "quant_range", "quant_step", "quantize_rtn", "quant_noise_var",
-    "uniform_noise_var", "sqnr_db", "sqnr_db_rule", "noise_var_per_bit_ratio",
-    "clipped_quant_mse", "optimal_clip_ratio", "pruning_delta", "magnitude_mask",
-    "magnitude_pruning_noise_var", "random_pruning_noise_var",
-    "pruning_output_error_exact", "pruning_output_error_diag",
-    "linear_output_noise_var", "linear_output_noise_energy",
-    "residual_error_energy", "norm_relative_error", "equivalent_bits",
+    "quant_range",
+    "quant_step",
+    "quantize_rtn",
+    "quant_noise_var",
+    "uniform_noise_var",
+    "sqnr_db",
+    "sqnr_db_rule",
+    "noise_var_per_bit_ratio",
+    "clipped_quant_mse",
+    "optimal_clip_ratio",
+    "pruning_delta",
+    "magnitude_mask",
+    "magnitude_pruning_noise_var",
+    "random_pruning_noise_var",
+    "pruning_output_error_exact",
+    "pruning_output_error_diag",
+    "linear_output_noise_var",
+    "linear_output_noise_energy",
+    "residual_error_energy",
+    "norm_relative_error",
+    "equivalent_bits",
 ]
 
 Mat = Float[Array, "*batch d_out d_in"]
@@ -68,8 +82,13 @@ def _grouped(W, group_size):
 
 
 @partial(jax.jit, static_argnames=("symmetric", "granularity", "group_size", "clip_ratio"))
-def quant_range(W: Mat, symmetric: bool = False, granularity: str = "channel",
-                group_size: int | None = None, clip_ratio: float = 1.0):
+def quant_range(
+    W: Mat,
+    symmetric: bool = False,
+    granularity: str = "channel",
+    group_size: int | None = None,
+    clip_ratio: float = 1.0,
+):
     """(lo, hi) of the quantiser grid, broadcast to W's shape.
 
     granularity: 'tensor' (one range), 'channel' (per output row) or 'group'
@@ -94,16 +113,28 @@ def quant_range(W: Mat, symmetric: bool = False, granularity: str = "channel",
 
 
 @partial(jax.jit, static_argnames=("symmetric", "granularity", "group_size", "clip_ratio"))
-def quant_step(W: Mat, bits: int, symmetric: bool = False, granularity: str = "channel",
-               group_size: int | None = None, clip_ratio: float = 1.0) -> Mat:
+def quant_step(
+    W: Mat,
+    bits: int,
+    symmetric: bool = False,
+    granularity: str = "channel",
+    group_size: int | None = None,
+    clip_ratio: float = 1.0,
+) -> Mat:
     """Δ = (hi − lo)/(2^b − 1) for each weight (asymmetric: max − min; symmetric: 2max|w|)."""
     lo, hi = quant_range(W, symmetric, granularity, group_size, clip_ratio)
     return (hi - lo) / _levels_minus_one(bits, W.dtype)
 
 
 @partial(jax.jit, static_argnames=("symmetric", "granularity", "group_size", "clip_ratio"))
-def quantize_rtn(W: Mat, bits: int, symmetric: bool = False, granularity: str = "channel",
-                 group_size: int | None = None, clip_ratio: float = 1.0) -> Mat:
+def quantize_rtn(
+    W: Mat,
+    bits: int,
+    symmetric: bool = False,
+    granularity: str = "channel",
+    group_size: int | None = None,
+    clip_ratio: float = 1.0,
+) -> Mat:
     """Round-to-nearest onto the 2^b-level grid lo + kΔ, k = 0..2^b−1 (clips outside)."""
     lo, hi = quant_range(W, symmetric, granularity, group_size, clip_ratio)
     top = _levels_minus_one(bits, W.dtype)
@@ -119,9 +150,15 @@ def uniform_noise_var(step):
 
 
 @partial(jax.jit, static_argnames=("symmetric", "granularity", "group_size", "clip_ratio", "endpoint_correction"))
-def quant_noise_var(W: Mat, bits: int, symmetric: bool = False, granularity: str = "channel",
-                    group_size: int | None = None, clip_ratio: float = 1.0,
-                    endpoint_correction: bool = False) -> Mat:
+def quant_noise_var(
+    W: Mat,
+    bits: int,
+    symmetric: bool = False,
+    granularity: str = "channel",
+    group_size: int | None = None,
+    clip_ratio: float = 1.0,
+    endpoint_correction: bool = False,
+) -> Mat:
     """Per-weight granular noise variance Δ²/12 (Δ from the weight's own group).
 
     With ``endpoint_correction`` the weights that define the range are exact (min and
@@ -178,7 +215,7 @@ def clipped_quant_mse(bits, clip, dist: str = "gaussian", scale=1.0):
         over = 2 * s * s * jnp.exp(-C / s)
     else:
         raise ValueError(dist)
-    return step ** 2 / 12 * inside + over
+    return step**2 / 12 * inside + over
 
 
 @partial(jax.jit, static_argnames=("dist",))
@@ -203,7 +240,7 @@ def magnitude_mask(W: Mat, sparsity: float, per_row: bool = True) -> Mat:
     A = jnp.abs(W)
     if per_row:
         k = int(round(sparsity * W.shape[-1]))
-        thr = jnp.sort(A, axis=-1)[..., k - 1:k] if k > 0 else -jnp.inf
+        thr = jnp.sort(A, axis=-1)[..., k - 1 : k] if k > 0 else -jnp.inf
     else:
         k = int(round(sparsity * W.size))
         thr = jnp.sort(A.ravel())[k - 1] if k > 0 else -jnp.inf
@@ -224,31 +261,29 @@ def magnitude_pruning_noise_var(sparsity, sigma=1.0):
 
 
 @jax.jit
-def pruning_output_error_exact(dW: Float[Array, "d_out d_in"],
-                               X: Float[Array, "n d_in"]) -> Float[Array, "d_out"]:
+def pruning_output_error_exact(dW: Float[Array, "d_out d_in"], X: Float[Array, "n d_in"]) -> Float[Array, "d_out"]:
     """E_n (ΔW xₙ)ᵢ² = ΔWᵢ C ΔWᵢᵀ with C = XᵀX/n (exact over the calibration set)."""
     C = X.T @ X / X.shape[0]
     return jnp.einsum("ij,jk,ik->i", dW, C, dW)
 
 
 @jax.jit
-def pruning_output_error_diag(dW: Float[Array, "d_out d_in"],
-                              X: Float[Array, "n d_in"]) -> Float[Array, "d_out"]:
+def pruning_output_error_diag(dW: Float[Array, "d_out d_in"], X: Float[Array, "n d_in"]) -> Float[Array, "d_out"]:
     """Σⱼ ΔWᵢⱼ² ‖Xⱼ‖²/n — exact iff features are uncorrelated (Wanda's criterion)."""
     return (dW * dW) @ jnp.mean(X * X, axis=0)
 
 
 # ----------------------------------------------------------------- propagation
 @jax.jit
-def linear_output_noise_var(x: Float[Array, "*batch d_in"],
-                            var_W: Float[Array, "d_out d_in"]) -> Float[Array, "*batch d_out"]:
+def linear_output_noise_var(
+    x: Float[Array, "*batch d_in"], var_W: Float[Array, "d_out d_in"]
+) -> Float[Array, "*batch d_out"]:
     """Var(Δyᵢ) = Σⱼ xⱼ² Var(ΔWᵢⱼ) for y = Wx with independent zero-mean weight errors."""
     return (x * x) @ var_W.T
 
 
 @jax.jit
-def linear_output_noise_energy(X: Float[Array, "n d_in"],
-                               var_W: Float[Array, "d_out d_in"]) -> Float[Array, ""]:
+def linear_output_noise_energy(X: Float[Array, "n d_in"], var_W: Float[Array, "d_out d_in"]) -> Float[Array, ""]:
     """E_x E‖ΔW x‖² over calibration rows X = Σᵢⱼ Var(ΔWᵢⱼ) mean(xⱼ²)."""
     return jnp.sum(var_W @ jnp.mean(X * X, axis=0))
 
@@ -270,4 +305,3 @@ def norm_relative_error(err_energy, h_norm_sq, d: int):
 def equivalent_bits(noise_var, ref_noise_var, ref_bits):
     """Bits b with the same Δ²/12 at fixed range: b = b_ref − ½log₂(var/var_ref)."""
     return jnp.asarray(ref_bits) - 0.5 * jnp.log2(jnp.asarray(noise_var) / jnp.asarray(ref_noise_var))
-

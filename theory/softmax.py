@@ -34,7 +34,7 @@ cosine.  Shapes: the vocabulary axis is last; everything broadcasts over leading
 axes and is jit/vmap compatible.
 
 Regime (SEEDS §1: V = 32768, z ~ N(0,9), Δz ~ N(0,s²); README.md has the table).
-Per draw, Theorem 3 is off by ≈ (s/T)√(6Σp²)/3 (``kl_second_order_relerr_rms``;
+Per draw, Theorem 3 is off by ≈ (s/T)√(6Σp²)/3 (``half_var_p_relerr_rms``;
 ≈ 2% rms at s = 0.2); averaged over noise draws it is within 1% up to s = 0.5.  The
 4th-order KL series is within 1% for 95% of draws at s = 0.5.  Theorem 2 is off by
 ≈ 17% rms at s = 0.2, and its cumulant series diverges from s ≈ 0.5.
@@ -51,17 +51,39 @@ from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float
 
 __all__ = [
-    "log_softmax_T", "escort", "weighted_mean", "weighted_var", "var_p", "var_r",
-    "cumulants", "delta_cumulants", "tilted_cumulants",
-    "kl_exact", "kl_cgf", "reverse_kl_exact", "cosine_pq", "cosine_cgf",
-    "one_minus_cos_exact", "kl_second_order", "cos_second_order",
-    "kl_series_coefficients", "reverse_kl_series_coefficients",
-    "log_cosine_series_coefficients", "kl_series", "reverse_kl_series",
-    "log_cosine_series", "one_minus_cos_series", "kl_series_remainder_bound",
+    "log_softmax_T",
+    "escort",
+    "weighted_mean",
+    "weighted_var",
+    "var_p",
+    "var_r",
+    "cumulants",
+    "delta_cumulants",
+    "tilted_cumulants",
+    "kl_exact",
+    "kl_cgf",
+    "reverse_kl_exact",
+    "cosine_pq",
+    "cosine_cgf",
+    "one_minus_cos_exact",
+    "half_var_p",
+    "cos_second_order",
+    "kl_series_coefficients",
+    "reverse_kl_series_coefficients",
+    "log_cosine_series_coefficients",
+    "kl_series",
+    "reverse_kl_series",
+    "log_cosine_series",
+    "one_minus_cos_series",
+    "kl_series_remainder_bound",
     "cos_second_order_error_bound",
-    "reverse_kl_series_remainder_bound", "log_cosine_series_remainder_bound",
-    "fisher_matrix", "fisher_quadratic", "expected_var_linear",
-    "kl_second_order_relerr_rms", "cos_second_order_relerr_rms",
+    "reverse_kl_series_remainder_bound",
+    "log_cosine_series_remainder_bound",
+    "fisher_matrix",
+    "fisher_quadratic",
+    "expected_var_linear",
+    "half_var_p_relerr_rms",
+    "cos_second_order_relerr_rms",
 ]
 
 Vocab = Float[Array, "*batch V"]
@@ -196,7 +218,7 @@ def one_minus_cos_exact(z: Vocab, dz: Vocab, T=1.0) -> Batch:
 
 # ------------------------------------------------------------ theorems 2 and 3
 @jax.jit
-def kl_second_order(z: Vocab, dz: Vocab, T=1.0) -> Batch:
+def half_var_p(z: Vocab, dz: Vocab, T=1.0) -> Batch:
     """Theorem 3: KL(p‖q) ≈ Var_p(Δz)/(2T²)."""
     return 0.5 * var_p(z, dz, T) / jnp.asarray(T) ** 2
 
@@ -261,8 +283,7 @@ def _sup_abs_tilted(logw, x, order, t_max, n_grid):
 
 
 @partial(jax.jit, static_argnames=("order", "n_grid"))
-def kl_series_remainder_bound(z: Vocab, dz: Vocab, T=1.0, order: int = 2,
-                              n_grid: int = 33) -> Batch:
+def kl_series_remainder_bound(z: Vocab, dz: Vocab, T=1.0, order: int = 2, n_grid: int = 33) -> Batch:
     """|KL − Σ_{n≤order} κₙ/n!| ≤ max_{t∈[0,1]} |κ_{order+1}(p_t)| / (order+1)!.
 
     Lagrange remainder of K(1) − K'(0) = Σ κₙ/n!; p_t ∝ p e^{tδ}.  The maximum is
@@ -283,8 +304,7 @@ def cos_second_order_error_bound(z: Vocab, dz: Vocab, T=1.0, n_grid: int = 33) -
 
 
 @partial(jax.jit, static_argnames=("order", "n_grid"))
-def reverse_kl_series_remainder_bound(z: Vocab, dz: Vocab, T=1.0, order: int = 2,
-                                      n_grid: int = 33) -> Batch:
+def reverse_kl_series_remainder_bound(z: Vocab, dz: Vocab, T=1.0, order: int = 2, n_grid: int = 33) -> Batch:
     """f(t) = tK'(t) − K(t), f⁽ⁿ⁾ = (n−1)K⁽ⁿ⁾ + tK⁽ⁿ⁺¹⁾, so the order-N remainder is
     bounded by [N·max|κ_{N+1}(p_t)| + max|κ_{N+2}(p_t)|]/(N+1)!, t ∈ [0,1]."""
     lp, d = log_softmax_T(z, T), dz / _T(T)
@@ -294,14 +314,13 @@ def reverse_kl_series_remainder_bound(z: Vocab, dz: Vocab, T=1.0, order: int = 2
 
 
 @partial(jax.jit, static_argnames=("order", "n_grid"))
-def log_cosine_series_remainder_bound(z: Vocab, dz: Vocab, T=1.0, order: int = 2,
-                                      n_grid: int = 33) -> Batch:
+def log_cosine_series_remainder_bound(z: Vocab, dz: Vocab, T=1.0, order: int = 2, n_grid: int = 33) -> Batch:
     """g(t) = K_r(t) − ½K_r(2t), g⁽ⁿ⁾(t) = κₙ(r_t) − 2^{n−1}κₙ(r_{2t}); the order-N
     remainder of log cos is ≤ [max_{[0,1]}|κ_{N+1}| + 2^N max_{[0,2]}|κ_{N+1}|]/(N+1)!."""
     lr, d = log_softmax_T(z, jnp.asarray(T) / 2), dz / _T(T)
     a = _sup_abs_tilted(lr, d, order + 1, 1.0, n_grid)
     b = _sup_abs_tilted(lr, d, order + 1, 2.0, 2 * n_grid - 1)
-    return (a + 2 ** order * b) / math.factorial(order + 1)
+    return (a + 2**order * b) / math.factorial(order + 1)
 
 
 # ------------------------------------------------------- Fisher and linear heads
@@ -344,13 +363,12 @@ def _var_kappa3_iid(w):
     dd = 1 + 2 * u
     s = lambda a: jnp.sum(a, axis=-1)
     t1 = s(w * w * dd * dd) + 2 * s(w * dd * u) * s(w * dd)
-    t2 = (s(w * w * ((1 + 2 * u) ** 3 - 8 * u ** 3)) + 2 * s(w * u ** 3)
-          + 6 * s(w * u ** 2) * s(w * u))
+    t2 = s(w * w * ((1 + 2 * u) ** 3 - 8 * u**3)) + 2 * s(w * u**3) + 6 * s(w * u**2) * s(w * u)
     return 9 * t1 + 6 * t2
 
 
 @jax.jit
-def kl_second_order_relerr_rms(z: Vocab, s, T=1.0) -> Batch:
+def half_var_p_relerr_rms(z: Vocab, s, T=1.0) -> Batch:
     """Typical relative error of Theorem 3 for iid noise Δzᵢ ~ N(0, s²), fixed z.
 
     Defined as rms_Δz(KL − ½κ₂) / E_Δz[½κ₂].  To leading order in s,

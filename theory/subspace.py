@@ -40,9 +40,16 @@ from jaxtyping import Array, Bool, Float
 from . import compounding, softmax
 
 __all__ = [
-    "mask_from_indices", "subset_logits", "subset_mass", "subset_kl",
-    "subset_cosine", "subset_kl_second_order", "kl_chain_rule",
-    "expected_kl_iid", "expected_kl_linear", "subset_vs_full_expected_kl",
+    "mask_from_indices",
+    "subset_logits",
+    "subset_mass",
+    "subset_kl",
+    "subset_cosine",
+    "subset_half_var_p",
+    "kl_chain_rule",
+    "expected_kl_iid",
+    "expected_kl_linear",
+    "subset_vs_full_expected_kl",
     "subset_flip_probability",
 ]
 
@@ -91,7 +98,7 @@ def subset_cosine(z: Vocab, dz: Vocab, mask: Mask, T=1.0):
 
 
 @jax.jit
-def subset_kl_second_order(z: Vocab, dz: Vocab, mask: Mask, T=1.0):
+def subset_half_var_p(z: Vocab, dz: Vocab, mask: Mask, T=1.0):
     """Theorem 3 on S: KL_S ≈ Var_{p|S}(Δz)/(2T²)."""
     w = jnp.exp(softmax.log_softmax_T(subset_logits(z, mask), T))
     return 0.5 * softmax.weighted_var(jnp.where(mask, dz, 0.0), w) / jnp.asarray(T) ** 2

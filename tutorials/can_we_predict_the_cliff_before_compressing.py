@@ -9,7 +9,7 @@ A marimo notebook (a plain Python file); three ways to read it:
 As a script (offline, a few minutes on a CPU; --quick: three bit widths, two measured) it
 predicts KL(p‖q) of round-to-nearest quantization at every bit width and of magnitude pruning
 at every sparsity from the BASE model alone (linear response: JVPs of the base, and its
-dephased closure; sim/predict.py), then compresses a few of the settings for real and measures
+dephased closure; sim/predict/), then compresses a few of the settings for real and measures
 them with the project's own measurement.  Figure: figures/predict_the_cliff.png under --out.
 In `marimo edit` the study waits for its button, and sliders redo one small measurement at once.
 
@@ -59,7 +59,7 @@ def _(mo):
 
     **Why.** Compression changes the weights by $\Delta W$.  To first order the logits move by
     $\Delta z \approx J\,\Delta W$ ($J=\partial z/\partial W$: one `jax.jvp` per $\Delta W$), and the softmax
-    turns that into $KL \approx \tfrac12\mathrm{Var}_p(\Delta z)$ (Theorem 3; sim/predict.py uses the exact KL
+    turns that into $KL \approx \tfrac12\mathrm{Var}_p(\Delta z)$ (Theorem 3; sim/predict/ uses the exact KL
     of $\mathrm{softmax}(z+\Delta z)$ against $p$).  Quantization: $\Delta W$ is rounding noise of variance
     $\Delta^2/12$ and $\Delta$ halves with every extra bit, so ONE probe prices every bit width,
     $\Delta z(b) = c(b)\,\Delta z(b_0)$.  Pruning: $\Delta W = -W\odot$ mask, masks nested in the sparsity,
@@ -88,7 +88,7 @@ def _(Path, args, interactive, mo, run_study):
 
     from hemorrhage.sim import load
     from hemorrhage.sim.predict import PredictConfig, predict
-    from hemorrhage.sim.predict_measured import measure_grid
+    from hemorrhage.validate.predict_check import measure_grid
     from hemorrhage.validate.plots import save
     from hemorrhage.validate.sweep import parse_grid
 
@@ -97,8 +97,9 @@ def _(Path, args, interactive, mo, run_study):
     if args.quick:
         _grid = parse_grid("rtn:bits=3,4,8")
         _measured_too = parse_grid("rtn:bits=4,8")
-        _cfg = PredictConfig(windows=1, seqlen=48, prompts=0, regime_tokens=0, probes=1, bootstrap=50,
-                             calib_samples=2, calib_seqlen=32)
+        _cfg = PredictConfig(
+            windows=1, seqlen=48, prompts=0, regime_tokens=0, probes=1, bootstrap=50, calib_samples=2, calib_seqlen=32
+        )
     else:
         _grid = parse_grid("rtn:bits=2,3,4,5,6,7,8;magnitude:sparsity=0.1,0.2,0.3,0.4,0.5,0.6,0.7")
         _measured_too = parse_grid("rtn:bits=3,4,6;magnitude:sparsity=0.2,0.4")
@@ -118,21 +119,33 @@ def _(Path, args, interactive, mo, run_study):
     _rows = []
     for (_method, _settings), _p in zip(_grid, _pred["points"]):
         _m = _measured.get((_method, str(_settings)))
-        _rows.append({"method": _method, "axis": "bits" if "bits" in _settings else "sparsity", "level": _p["level"],
-                      "kl_predicted": _p["kl"], "kl_lo": _p["kl_interval"][0], "kl_hi": _p["kl_interval"][1],
-                      "kl_linear": _p.get("kl_linear", np.nan), "kl_dephased": _p.get("kl_dephased", np.nan),
-                      "kl_measured": np.nan if _m is None else _m["kl"]})
+        _rows.append(
+            {
+                "method": _method,
+                "axis": "bits" if "bits" in _settings else "sparsity",
+                "level": _p["level"],
+                "kl_predicted": _p["kl"],
+                "kl_lo": _p["kl_interval"][0],
+                "kl_hi": _p["kl_interval"][1],
+                "kl_linear": _p.get("kl_linear", np.nan),
+                "kl_dephased": _p.get("kl_dephased", np.nan),
+                "kl_measured": np.nan if _m is None else _m["kl"],
+            }
+        )
     table = pd.DataFrame(_rows)
     (out / "results").mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "results" / "predict_the_cliff.csv", index=False)
     for _r in table.dropna(subset=["kl_measured"]).itertuples():
-        print(f"  {_r.method} {_r.axis}={_r.level}: predicted KL {_r.kl_predicted:.4g}, measured {_r.kl_measured:.4g} "
-              f"(ratio {_r.kl_predicted / _r.kl_measured:.2f})")
+        print(
+            f"  {_r.method} {_r.axis}={_r.level}: predicted KL {_r.kl_predicted:.4g}, measured {_r.kl_measured:.4g} "
+            f"(ratio {_r.kl_predicted / _r.kl_measured:.2f})"
+        )
 
     sns.set_theme(style="whitegrid", context="notebook")
     _axes_used = list(dict.fromkeys(table.axis))
-    _fig, _axs = plt.subplots(1, len(_axes_used), figsize=(6.5 * len(_axes_used), 4.8), layout="constrained",
-                              squeeze=False)
+    _fig, _axs = plt.subplots(
+        1, len(_axes_used), figsize=(6.5 * len(_axes_used), 4.8), layout="constrained", squeeze=False
+    )
     for _ax, _axis in zip(_axs[0], _axes_used):
         _d = table[table.axis == _axis].sort_values("level")
         _ax.plot(_d.level, _d.kl_predicted, "o-", label="predicted from the base (centre of the closures)")

@@ -85,8 +85,10 @@ def _():
     _z = _z.at[:4].set(jnp.asarray([9.0, 5.0, 4.5, 4.0]))  # tokens 0..3 are the letters, 0 is right
     for _s in (0.3, 1.0):
         _kl_s, _kl_full = subset_vs_full_expected_kl(_z, mask_from_indices(1000, jnp.arange(4)), _s)
-        print(f"[theory] logit noise s={_s}: expected KL on the answer letters {float(_kl_s):.4f} "
-              f"vs on the full vocabulary {float(_kl_full):.4f}")
+        print(
+            f"[theory] logit noise s={_s}: expected KL on the answer letters {float(_kl_s):.4f} "
+            f"vs on the full vocabulary {float(_kl_full):.4f}"
+        )
     return
 
 
@@ -117,7 +119,7 @@ def _(interactive, mo):
 def _(Path, args, interactive, mo, run_study):
     mo.stop(interactive and not run_study.value, mo.md("*The sweep waits for its button; the knob below does not.*"))
     from hemorrhage.sim import load
-    from hemorrhage.validate.experiments import mc_vs_generation
+    from hemorrhage.validate.exp_mc import mc_vs_generation
     from hemorrhage.validate.measure import MeasureConfig
     from hemorrhage.validate.sweep import parse_grid, read_rows, run_sweep
 
@@ -125,8 +127,9 @@ def _(Path, args, interactive, mo, run_study):
     loaded = load(args.model, quiet=True)
     if args.quick:
         _grid = "magnitude:sparsity=0.1,0.6"
-        _config = MeasureConfig(windows=2, seqlen=32, mc_items=4, prompts=2, prompt_len=8, new_tokens=8,
-                                per_layer=False)
+        _config = MeasureConfig(
+            windows=2, seqlen=32, mc_items=4, prompts=2, prompt_len=8, new_tokens=8, per_layer=False
+        )
         _calib = {"calib_samples": 2, "calib_seqlen": 32}
     else:
         _grid = "magnitude:sparsity=0.1,0.2,0.3,0.4,0.5,0.6"
@@ -139,9 +142,11 @@ def _(Path, args, interactive, mo, run_study):
     rows = read_rows(_sweep)
     verdict = mc_vs_generation(rows, results=out / "results", figures=out / "figures", stem=_sweep.stem)
     for _r in rows:
-        print(f"  sparsity {_r['grid']['settings'].get('sparsity')}: MC agreement {_r.get('mc_agreement'):.2f}, "
-              f"KL_S {_r.get('mc_kl_choices'):.3g} vs KL {_r.get('mc_kl_full'):.3g} at the answer; "
-              f"generation first differs at step {_r.get('first_divergence_mean'):.1f} of {_r.get('new_tokens')}")
+        print(
+            f"  sparsity {_r['grid']['settings'].get('sparsity')}: MC agreement {_r.get('mc_agreement'):.2f}, "
+            f"KL_S {_r.get('mc_kl_choices'):.3g} vs KL {_r.get('mc_kl_full'):.3g} at the answer; "
+            f"generation first differs at step {_r.get('first_divergence_mean'):.1f} of {_r.get('new_tokens')}"
+        )
     print(verdict["summary"])
     print(f"figure: {verdict['figure']}")
     # What to look for in the figure: on the left, the MC curve stays near 1 while the

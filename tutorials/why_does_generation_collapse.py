@@ -121,8 +121,9 @@ def _(Path, args, expected_first_divergence, interactive, jnp, mo, np, run_study
     loaded = load(args.model, quiet=True)
     if args.quick:
         _grid = "magnitude:sparsity=0.1,0.6"
-        _config = MeasureConfig(windows=2, seqlen=32, mc_items=4, prompts=2, prompt_len=8, new_tokens=8,
-                                per_layer=False)
+        _config = MeasureConfig(
+            windows=2, seqlen=32, mc_items=4, prompts=2, prompt_len=8, new_tokens=8, per_layer=False
+        )
         _calib = {"calib_samples": 2, "calib_seqlen": 32}
     else:
         _grid = "magnitude:sparsity=0.1,0.2,0.3,0.4,0.5;rtn:bits=8,4,3"
@@ -141,13 +142,22 @@ def _(Path, args, expected_first_divergence, interactive, jnp, mo, np, run_study
         _label = _r["grid"]["method"] + " " + ",".join(f"{k}={v}" for k, v in _r["grid"]["settings"].items())
         # expected_first_divergence counts τ from 1 and censors at N+1; minus 1 = measure's convention
         _pred = float(expected_first_divergence(_pflip)) - 1
-        _recs.append({"setting": _label, "p_flip": _pi, "predicted_first_divergence": _pred,
-                      "measured_first_divergence": _r["first_divergence_mean"], "new_tokens": _n,
-                      "top1_agreement": _r["top1_agreement"]})
+        _recs.append(
+            {
+                "setting": _label,
+                "p_flip": _pi,
+                "predicted_first_divergence": _pred,
+                "measured_first_divergence": _r["first_divergence_mean"],
+                "new_tokens": _n,
+                "top1_agreement": _r["top1_agreement"],
+            }
+        )
         _S = np.asarray(survival(_pflip))
         _curves += [{"setting": _label, "step t": t + 1, "S(t)": float(_S[t])} for t in range(_n)]
-        print(f"  {_label}: top-1 agreement {_r['top1_agreement']:.3f} -> predicted first divergence "
-              f"{_pred:.1f}, measured {_r['first_divergence_mean']:.1f} (of {_n} steps)")
+        print(
+            f"  {_label}: top-1 agreement {_r['top1_agreement']:.3f} -> predicted first divergence "
+            f"{_pred:.1f}, measured {_r['first_divergence_mean']:.1f} (of {_n} steps)"
+        )
     _summ, _ = compounding_frames(rows)
     _path_pred = dict(zip(_summ.label, _summ.first_div_pooled))
     for _rec in _recs:
@@ -162,12 +172,21 @@ def _(Path, args, expected_first_divergence, interactive, jnp, mo, np, run_study
     sns.lineplot(pd.DataFrame(_curves), x="step t", y="S(t)", hue="setting", ax=_ax1)
     _ax1.set_ylim(-0.02, 1.02)
     _ax1.set_title("Predicted survival S(t) = (1 − P_flip)^t of a generated text", fontsize=11)
-    _long = table.melt(id_vars=["setting", "measured_first_divergence"], value_vars=["predicted_first_divergence",
-                       "predicted_from_margins"], var_name="prediction", value_name="predicted")
-    _long["prediction"] = _long.prediction.map({"predicted_first_divergence": "constant π = 1 − top-1 agreement",
-                                                "predicted_from_margins": "Φ(−m_t/σ) along the base's path"})
-    sns.scatterplot(_long, x="predicted", y="measured_first_divergence", hue="setting", style="prediction", s=80,
-                    ax=_ax2)
+    _long = table.melt(
+        id_vars=["setting", "measured_first_divergence"],
+        value_vars=["predicted_first_divergence", "predicted_from_margins"],
+        var_name="prediction",
+        value_name="predicted",
+    )
+    _long["prediction"] = _long.prediction.map(
+        {
+            "predicted_first_divergence": "constant π = 1 − top-1 agreement",
+            "predicted_from_margins": "Φ(−m_t/σ) along the base's path",
+        }
+    )
+    sns.scatterplot(
+        _long, x="predicted", y="measured_first_divergence", hue="setting", style="prediction", s=80, ax=_ax2
+    )
     _n = int(table.new_tokens.max())
     _ax2.plot([0, _n], [0, _n], "k--", lw=1, label="prediction = measurement")
     _ax2.set_xlabel("predicted first divergence  Σ S(t)")

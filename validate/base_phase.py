@@ -52,9 +52,12 @@ class BaseCache:
     def save(self, path: Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {"tokens": self.tokens, "hs": self.hs, "nll": self.nll,
-                  "meta": np.asarray(json.dumps({"meta": self.meta, "config": self.config.as_dict()},
-                                                sort_keys=True))}
+        arrays = {
+            "tokens": self.tokens,
+            "hs": self.hs,
+            "nll": self.nll,
+            "meta": np.asarray(json.dumps({"meta": self.meta, "config": self.config.as_dict()}, sort_keys=True)),
+        }
         arrays.update({f"mc_{k}": v for k, v in self.mc.items()})
         arrays.update({f"gen_{k}": v for k, v in self.gens.items()})
         arrays.update({f"sp_{k}": v for k, v in self.sparsity.items()})
@@ -83,10 +86,20 @@ class BaseCache:
                 head = json.loads(str(z["meta"]))
                 if head["meta"] != model_fingerprint(loaded) or head["config"] != config.as_dict():
                     return None
-                pick = lambda pre: {k[len(pre):]: z[k] for k in z.files if k.startswith(pre)}  # noqa: E731
-                return cls(config, head["meta"], z["tokens"], z["hs"], z["nll"], pick("mc_"),
-                           z["prompts"] if "prompts" in z.files else None, pick("gen_"),
-                           z["path_h"] if "path_h" in z.files else None, pick("sp_"), pick("gfin_"))
+                pick = lambda pre: {k[len(pre) :]: z[k] for k in z.files if k.startswith(pre)}  # noqa: E731
+                return cls(
+                    config,
+                    head["meta"],
+                    z["tokens"],
+                    z["hs"],
+                    z["nll"],
+                    pick("mc_"),
+                    z["prompts"] if "prompts" in z.files else None,
+                    pick("gen_"),
+                    z["path_h"] if "path_h" in z.files else None,
+                    pick("sp_"),
+                    pick("gfin_"),
+                )
         except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError):
             return None
 
@@ -122,16 +135,23 @@ def scored_trace(model, tokens, all_layers: bool) -> tuple[np.ndarray, dict]:
 def prompts_for(loaded, config) -> np.ndarray | None:
     """The generation prompts: the first `prompt_len` tokens of the held-out windows that
     FOLLOW the measured ones."""
-    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.windows import eval_windows
 
     if config.prompts == 0:
         return None
-    w = eval_windows(loaded.tokenizer, config.source, seqlen=config.prompt_len, stride=config.seqlen,
-                     max_windows=config.windows + config.prompts)
-    p = w[config.windows:]
+    w = eval_windows(
+        loaded.tokenizer,
+        config.source,
+        seqlen=config.prompt_len,
+        stride=config.seqlen,
+        max_windows=config.windows + config.prompts,
+    )
+    p = w[config.windows :]
     if len(p) == 0:
-        raise UserError(f"the held-out {config.source} text has no room for prompts after "
-                        f"{config.windows} windows of {config.seqlen} tokens")
+        raise UserError(
+            f"the held-out {config.source} text has no room for prompts after "
+            f"{config.windows} windows of {config.seqlen} tokens"
+        )
     return p
 
 
@@ -139,7 +159,7 @@ def compute_base(loaded, config) -> BaseCache:
     """Phase 1: one trace, the NLL, the MC scores, the base's continuations and path."""
     import jax.numpy as jnp
 
-    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.windows import eval_windows
     from hemorrhage.validate import measure_jit as mj
     from hemorrhage.validate.mc import choice_scores, mc_inputs
     from hemorrhage.validate.steps import decode_checked, path_hidden
@@ -147,12 +167,16 @@ def compute_base(loaded, config) -> BaseCache:
     max_pos = int(getattr(loaded.cfg, "max_positions", 1 << 30))
     if config.seqlen > max_pos or (config.prompts and config.prompt_len + config.new_tokens > max_pos):
         raise UserError(f"the model has {max_pos} positions: lower --seqlen / --prompt-len + --new-tokens")
-    tokens = eval_windows(loaded.tokenizer, config.source, seqlen=config.seqlen, stride=config.seqlen,
-                          max_windows=config.windows)
+    tokens = eval_windows(
+        loaded.tokenizer, config.source, seqlen=config.seqlen, stride=config.seqlen, max_windows=config.windows
+    )
     model = loaded.model
     hs, sparsity = scored_trace(model, tokens, config.per_layer)
-    nll = np.asarray(mj.nll(model, jnp.asarray(hs[-1]), jnp.asarray(tokens[:, 1:].reshape(-1)),
-                            chunk=mj.chunk_size(hs.shape[1], 128)))
+    nll = np.asarray(
+        mj.nll(
+            model, jnp.asarray(hs[-1]), jnp.asarray(tokens[:, 1:].reshape(-1)), chunk=mj.chunk_size(hs.shape[1], 128)
+        )
+    )
     mc = mc_inputs(loaded, config)
     if mc:
         mc["scores"], mc["ans_logp"] = choice_scores(model, mc)
@@ -163,8 +187,9 @@ def compute_base(loaded, config) -> BaseCache:
             gens[s], gen_finite[s] = decode_checked(model, prompts, config.new_tokens, s, config.gen_seed)
         if config.steps:
             path_h = path_hidden(model, prompts, gens["greedy"])
-    return BaseCache(config, model_fingerprint(loaded), tokens, hs, nll, mc, prompts, gens, path_h, sparsity,
-                     gen_finite)
+    return BaseCache(
+        config, model_fingerprint(loaded), tokens, hs, nll, mc, prompts, gens, path_h, sparsity, gen_finite
+    )
 
 
 _MEMO: dict = {}

@@ -12,6 +12,11 @@ Evidence, per block l, base vs compressed on the same real tokens:
     cka[l]            linear CKA(h_base,l, h_comp,l): is the representation's geometry kept?
     entropy_shift[l]  mean normalised attention entropy, compressed − base
     gate_flip[l]      share of SwiGLU/GeGLU gate units whose sign flips
+    attn_entropy_base_nats[l], attn_entropy_comp_nats[l]   mean attention-row entropy (nats)
+    attn_tv[l], attn_js[l]   attention-pattern change: mean TV / JS between base and
+                      compressed rows on the same tokens, over heads (validate/attention.py)
+    base_layer[l]     the base block block l is compared with (expand: the block it copies;
+                      its residual with the base's h_{h_map[l]}, sim/compress/expand.py)
 
 Rule (thresholds are ours; every number behind a verdict is printed with it):
   a block *collapses* when its computation stops working: CKA < 0.7, or more than
@@ -32,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hemorrhage.sim.models.base import traced_layers
+from hemorrhage.sim.models.base import ENTROPY_SHIFT_MAX, GATE_FLIP_MAX, traced_layers
 
-CKA_MIN, GATE_FLIP_MAX, ENTROPY_SHIFT_MAX, KL_DAMAGE = 0.7, 0.25, 0.15, 0.01
+CKA_MIN, KL_DAMAGE = 0.7, 0.01
 
 
 def linear_cka(x, y) -> float:
@@ -76,18 +81,33 @@ def _lens(base, comp, h_b, h_c, z_final):
     def one(args):
         hb, hc = args
         zb, zc = base.unembed(hb), comp.unembed(hc)
-        return (jnp.mean(_kl_rows(zb, zc)), jnp.mean(_kl_rows(z_final, zb)),
-                jnp.mean(_kl_rows(z_final, zc)))
+        return (jnp.mean(_kl_rows(zb, zc)), jnp.mean(_kl_rows(z_final, zb)), jnp.mean(_kl_rows(z_final, zc)))
 
     return jax.lax.map(one, (h_b, h_c))
 
 
-def diagnose(base, comp, tokens) -> dict:
-    """All the evidence and the verdict for one compressed model (see module docstring)."""
+def diagnose(base, comp, tokens, record: dict | None = None) -> dict:
+    """All the evidence and the verdict for one compressed model (see module docstring).
+
+    A deeper model (`expand`, its `record`): the compressed model's block j is compared with
+    the base block record["layer_map"][j] (the block it copies); an added block has no attention
+    or MLP output of its own in the base, so its restore_attn / restore_mlp are NaN."""
+    from hemorrhage.sim.compress.expand import layer_map
+    from hemorrhage.validate.attention import attention_change
+
     tokens = jnp.asarray(tokens)
     tb, tc = base.trace(tokens), comp.trace(tokens)
+    n_blocks = tc.h.shape[0] - 1
+    lmap, h_map = layer_map(record, tb.h.shape[0] - 1, n_blocks)
+    sel, blk = np.asarray([0] + h_map), np.asarray(lmap)  # base h / block compared with the compressed one's
+    tb = type(tb)(
+        **{
+            k: (None if v is None else (v[sel] if k == "h" else v if k == "logits" else v[blk]))
+            for k, v in vars(tb).items()
+        }
+    )
     L1, B, T, d = tb.h.shape
-    n_blocks = L1 - 1
+    added = set((record or {}).get("added_layers", ()))
     h_b, h_c = tb.h.reshape(L1, B * T, d), tc.h.reshape(L1, B * T, d)
     z_final = tb.logits.reshape(B * T, -1)
     kl_lens, traj_base, traj_comp = (np.asarray(a, np.float64) for a in _lens(base, comp, h_b, h_c, z_final))
@@ -99,25 +119,50 @@ def diagnose(base, comp, tokens) -> dict:
         return [1.0 - float(kl) / final_kl if final_kl > 0 and np.isfinite(final_kl) else float("nan") for kl in kls]
 
     restore_h = restored("h", tb.h, range(1, n_blocks + 1))
-    restore_attn = restored("attn", tb.attn_out, range(n_blocks))
-    restore_mlp = restored("mlp", tb.mlp_out, range(n_blocks))
+    restore_attn = [np.nan if j in added else r for j, r in enumerate(restored("attn", tb.attn_out, range(n_blocks)))]
+    restore_mlp = [np.nan if j in added else r for j, r in enumerate(restored("mlp", tb.mlp_out, range(n_blocks)))]
+    att = attention_change(base, comp, tokens, lmap)
     cka = [float(linear_cka(h_b[l], h_c[l])) for l in range(1, L1)]
     ent_b = np.asarray(tb.attn_entropy).mean(axis=(1, 2))
     ent_c = np.asarray(tc.attn_entropy).mean(axis=(1, 2))
-    gate = (np.asarray(tb.gate_pos != tc.gate_pos).mean(axis=(1, 2, 3))
-            if tb.gate_pos is not None and tc.gate_pos is not None else np.full(n_blocks, np.nan))
+    gate = (
+        np.asarray(tb.gate_pos != tc.gate_pos).mean(axis=(1, 2, 3))
+        if tb.gate_pos is not None and tc.gate_pos is not None
+        else np.full(n_blocks, np.nan)
+    )
     layers = []
     for l in range(n_blocks):
         shift = float(ent_c[l] - ent_b[l])
-        broken = (cka[l] < CKA_MIN or (np.isfinite(gate[l]) and gate[l] > GATE_FLIP_MAX)
-                  or shift > ENTROPY_SHIFT_MAX or not np.isfinite(cka[l]))
+        broken = (
+            cka[l] < CKA_MIN
+            or (np.isfinite(gate[l]) and gate[l] > GATE_FLIP_MAX)
+            or shift > ENTROPY_SHIFT_MAX
+            or not np.isfinite(cka[l])
+        )
         label = "collapse" if broken else ("degradation" if kl_lens[l + 1] > KL_DAMAGE else "intact")
-        layers.append({"block": l, "label": label, "kl_lens": kl_lens[l + 1], "cka": cka[l],
-                       "gate_flip": float(gate[l]), "attn_entropy_base": float(ent_b[l]),
-                       "attn_entropy_comp": float(ent_c[l]), "entropy_shift": shift,
-                       "restore_h": restore_h[l], "restore_attn": restore_attn[l],
-                       "restore_mlp": restore_mlp[l], "traj_base": traj_base[l + 1],
-                       "traj_comp": traj_comp[l + 1]})
+        layers.append(
+            {
+                "block": l,
+                "label": label,
+                "kl_lens": kl_lens[l + 1],
+                "cka": cka[l],
+                "gate_flip": float(gate[l]),
+                "attn_entropy_base": float(ent_b[l]),
+                "attn_entropy_comp": float(ent_c[l]),
+                "entropy_shift": shift,
+                "restore_h": restore_h[l],
+                "restore_attn": restore_attn[l],
+                "restore_mlp": restore_mlp[l],
+                "traj_base": traj_base[l + 1],
+                "traj_comp": traj_comp[l + 1],
+                "base_layer": lmap[l],
+                "attn_entropy_base_nats": att["attn_entropy_base_nats"][l],
+                "attn_entropy_comp_nats": att["attn_entropy_comp_nats"][l],
+                "attn_tv": att["attn_tv"][l],
+                "attn_js": att["attn_js"][l],
+                "attn_pattern_heads": att["pattern_heads"][l],
+            }
+        )
     early_collapse = [x["block"] for x in layers[: max(1, n_blocks // 2)] if x["label"] == "collapse"]
     if early_collapse and top1 < 0.5:
         verdict = "computation_collapse"
@@ -126,12 +171,22 @@ def diagnose(base, comp, tokens) -> dict:
     else:
         verdict = "intact"
     return {
-        "verdict": verdict, "final_kl": final_kl, "top1_agreement": top1,
+        "verdict": verdict,
+        "final_kl": final_kl,
+        "top1_agreement": top1,
         "collapsed_blocks": [x["block"] for x in layers if x["label"] == "collapse"],
-        "early_collapsed_blocks": early_collapse, "tokens": int(B * T),
-        "rule": {"cka_min": CKA_MIN, "gate_flip_max": GATE_FLIP_MAX, "entropy_shift_max": ENTROPY_SHIFT_MAX,
-                 "kl_damage": KL_DAMAGE, "collapse_needs_top1_below": 0.5},
+        "early_collapsed_blocks": early_collapse,
+        "tokens": int(B * T),
+        "rule": {
+            "cka_min": CKA_MIN,
+            "gate_flip_max": GATE_FLIP_MAX,
+            "entropy_shift_max": ENTROPY_SHIFT_MAX,
+            "kl_damage": KL_DAMAGE,
+            "collapse_needs_top1_below": 0.5,
+        },
         "layers": layers,
+        "layer_map": lmap,
+        "h_map": h_map,
     }
 
 
@@ -151,9 +206,18 @@ def stored_verdict(folder) -> dict | None:
         try:
             r = json.loads(js.read_text())
             st = r["record"]["settings"]
-            rows.append({"model": r["model"], "method": r["record"]["method"], "bits": st.get("bits"),
-                         "setting": r["title"].split(": ")[0], "verdict": r["verdict"], "final_kl": r["final_kl"],
-                         "top1_agreement": r["top1_agreement"], "early_collapsed_blocks": r["early_collapsed_blocks"]})
+            rows.append(
+                {
+                    "model": r["model"],
+                    "method": r["record"]["method"],
+                    "bits": st.get("bits"),
+                    "setting": r["title"].split(": ")[0],
+                    "verdict": r["verdict"],
+                    "final_kl": r["final_kl"],
+                    "top1_agreement": r["top1_agreement"],
+                    "early_collapsed_blocks": r["early_collapsed_blocks"],
+                }
+            )
         except (OSError, ValueError, KeyError, TypeError):
             continue
     if not rows:
@@ -164,10 +228,23 @@ def stored_verdict(folder) -> dict | None:
         if 4 in got and 2 in got:
             per_model[m] = bool(got[4] != "computation_collapse" and got[2] == "computation_collapse")
     holds = all(per_model.values()) if per_model else None
-    why = ("; ".join(f"{m}: RTN 4-bit {next(r['verdict'] for r in rows if r['model'] == m and r['bits'] == 4)}, "
-                     f"2-bit {next(r['verdict'] for r in rows if r['model'] == m and r['bits'] == 2)} → "
-                     f"{'agrees' if ok else 'disagrees'}" for m, ok in per_model.items())
-           or "no model has both an RTN 4-bit and a 2-bit diagnosis")
-    return verdict("diagnose", "4-bit quantization is Signal Degradation, 2-bit is Computation Collapse (seed 001)",
-                   holds, why, {"diagnoses": rows, "agrees_by_model": per_model},
-                   {"rule": "validate/diagnose.py's docstring"}, "", "", len(rows))
+    why = (
+        "; ".join(
+            f"{m}: RTN 4-bit {next(r['verdict'] for r in rows if r['model'] == m and r['bits'] == 4)}, "
+            f"2-bit {next(r['verdict'] for r in rows if r['model'] == m and r['bits'] == 2)} → "
+            f"{'agrees' if ok else 'disagrees'}"
+            for m, ok in per_model.items()
+        )
+        or "no model has both an RTN 4-bit and a 2-bit diagnosis"
+    )
+    return verdict(
+        "diagnose",
+        "4-bit quantization is Signal Degradation, 2-bit is Computation Collapse (seed 001)",
+        holds,
+        why,
+        {"diagnoses": rows, "agrees_by_model": per_model},
+        {"rule": "validate/diagnose.py's docstring"},
+        "",
+        "",
+        len(rows),
+    )

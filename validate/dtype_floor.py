@@ -60,8 +60,9 @@ def _window_logits(model, tokens) -> "np.ndarray":
     """fp32 logits at the scored positions [B, T−1, vocab], one window per forward (host numpy)."""
     from hemorrhage.sim.models import forward
 
-    return np.stack([np.asarray(forward(model, jnp.asarray(tokens[b:b + 1]))[0, :-1], np.float32)
-                     for b in range(tokens.shape[0])])
+    return np.stack(
+        [np.asarray(forward(model, jnp.asarray(tokens[b : b + 1]))[0, :-1], np.float32) for b in range(tokens.shape[0])]
+    )
 
 
 def reference_logits(model, tokens) -> np.ndarray:
@@ -80,18 +81,23 @@ def dtype_floor(model, dtype: str, tokens, reference=None, z_ref: np.ndarray | N
     tokens = np.asarray(tokens)
     kl, top1, finite = [], [], []
     for b in range(tokens.shape[0]):  # one window's logits at a time on each side
-        zr = z_ref[b] if z_ref is not None else _window_logits(reference, tokens[b:b + 1])[0]
-        z = _window_logits(model, tokens[b:b + 1])[0]
+        zr = z_ref[b] if z_ref is not None else _window_logits(reference, tokens[b : b + 1])[0]
+        z = _window_logits(model, tokens[b : b + 1])[0]
         for acc, a in zip((kl, top1, finite), compare_positions(jnp.asarray(zr), jnp.asarray(z))):
             acc.append(np.asarray(a).reshape(-1))
     kl, top1, finite = (np.concatenate(a) for a in (kl, top1, finite))
     toks = jnp.asarray(tokens)
-    if not finite.all() or not all(bool(jnp.all(jnp.isfinite(v.get_value())))
-                                   for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))):
+    if not finite.all() or not all(
+        bool(jnp.all(jnp.isfinite(v.get_value()))) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    ):
         out["nonfinite"] = first_nonfinite(model, toks)  # the full trace only when something is not finite
     if not finite.all():
         where = out["nonfinite"] or {"site": "logits"}
-        return mark(out, FLOOR_KEYS, f"logits not finite in {dtype} at {int((~finite).sum())} of {finite.size} "
-                                     f"scored positions (first non-finite: {where})")
+        return mark(
+            out,
+            FLOOR_KEYS,
+            f"logits not finite in {dtype} at {int((~finite).sum())} of {finite.size} "
+            f"scored positions (first non-finite: {where})",
+        )
     out.update(kl=float(np.mean(kl, dtype=np.float64)), top1_agreement=float(np.mean(top1)))
     return out

@@ -19,15 +19,60 @@ from pathlib import Path
 import numpy as np
 
 MC_HIGH, GEN_COLLAPSED = 0.8, 0.5  # MC survives at ≥ 0.8 agreement; generation collapsed below 0.5 prefix
-NUMERIC = ("kl", "kl_pred", "top1_agreement", "ppl", "ppl_base", "mc_agreement", "mc_acc", "mc_acc_base",
-           "mc_kl_choices", "mc_kl_full", "first_divergence_mean", "gen_token_agreement",
-           "gen_prefix_agreement", "gen_identical", "new_tokens", "cos_h", "cos_z", "cos_p", "var_p_dz")
+NUMERIC = (
+    "kl",
+    "kl_pred",
+    "top1_agreement",
+    "ppl",
+    "ppl_base",
+    "mc_agreement",
+    "mc_acc",
+    "mc_acc_base",
+    "mc_kl_choices",
+    "mc_kl_full",
+    "first_divergence_mean",
+    "gen_token_agreement",
+    "gen_prefix_agreement",
+    "gen_identical",
+    "new_tokens",
+    "cos_h",
+    "cos_z",
+    "cos_p",
+    "var_p_dz",
+)
 LEVEL_KEYS = (("bits", "bits"), ("sparsity", "sparsity"), ("n_drop", "n_drop"))
 CALIB_KEYS = ("calib_samples", "calib_seqlen", "seed", "calib_source")
 
 
 def label(settings: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in settings.items() if k not in CALIB_KEYS) or "default"
+
+
+def condensed_settings(labels) -> str:
+    """Setting labels ("method k=v,k=v", as `rows_frame` writes them) for a sentence: one entry
+    per method and fixed settings, its levels (bits, sparsity, n_drop) as their range and count,
+    "magnitude sparsity 0.3–0.8 (6)"; a label without a level, or alone in its group, as it is;
+    a label repeated (several models) once.  Groups in order of first appearance."""
+    groups: dict[tuple, list] = {}
+    for lab in dict.fromkeys(str(x) for x in labels):
+        method, _, rest = lab.partition(" ")
+        pairs = [p.partition("=") for p in rest.split(",")] if rest else []
+        key = next((k for k, _ in LEVEL_KEYS if any(p[0] == k for p in pairs)), None)
+        try:
+            value = float(next(p[2] for p in pairs if p[0] == key)) if key else None
+        except ValueError:
+            value, key = None, None
+        fixed = ",".join(f"{k}={v}" for k, _, v in pairs if k != key)
+        groups.setdefault((method, fixed, key) if key else (lab,), []).append((value, lab))
+    out = []
+    for g, members in groups.items():
+        if len(g) == 1 or len(members) == 1:
+            out += [lab for _, lab in members]
+            continue
+        method, fixed, key = g
+        lo, hi = min(v for v, _ in members), max(v for v, _ in members)
+        out.append(f"{method}{' ' + fixed if fixed else ''} {key} {lo:g}–{hi:g} ({len(members)})")
+    return ", ".join(out)
 
 
 def level(method: str, settings: dict) -> tuple[str | None, float]:
@@ -55,15 +100,20 @@ def rows_frame(rows):
         axis, lv = level(method, settings)
         rest = label({k: v for k, v in settings.items() if k != axis})  # a family shares all but its level
         fam = method + ("" if rest == "default" else f" {rest}")
-        rec = {"model": str(r.get("model", "")), "method": method, "setting": label(settings), "axis": axis,
-               "level": lv, "family": f"{fam} ({axis})" if axis else fam,
-               "collapsed": bool(r.get("collapsed", False))}
+        rec = {
+            "model": str(r.get("model", "")),
+            "method": method,
+            "setting": label(settings),
+            "axis": axis,
+            "level": lv,
+            "family": f"{fam} ({axis})" if axis else fam,
+            "collapsed": bool(r.get("collapsed", False)),
+        }
         for k in NUMERIC:
             v = r.get(k)
             rec[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
         out.append(rec)
-    df = pd.DataFrame(out, columns=["model", "method", "setting", "axis", "level", "family", "collapsed",
-                                    *NUMERIC])
+    df = pd.DataFrame(out, columns=["model", "method", "setting", "axis", "level", "family", "collapsed", *NUMERIC])
     missing = df.gen_prefix_agreement.isna() & df.first_divergence_mean.notna() & (df.new_tokens > 0)
     df.loc[missing, "gen_prefix_agreement"] = df.first_divergence_mean / df.new_tokens
     df["ppl_ratio"] = df.ppl / df.ppl_base
@@ -98,10 +148,17 @@ def theme():
 
 def verdict(name, claim, holds, why, ev, rules, table, figure, n) -> dict:
     word = {True: "HOLDS", False: "DOES NOT HOLD", None: "NOT TESTED"}[holds]
-    return {"experiment": name, "claim": claim, "holds": holds, "summary": f"{word}: {why}",
-            "evidence": ev, "rules": rules, "table": str(table), "figure": str(figure), "settings": int(n)}
-
-
+    return {
+        "experiment": name,
+        "claim": claim,
+        "holds": holds,
+        "summary": f"{word}: {why}",
+        "evidence": ev,
+        "rules": rules,
+        "table": str(table),
+        "figure": str(figure),
+        "settings": int(n),
+    }
 
 
 def records(rows) -> list[dict]:

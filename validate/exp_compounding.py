@@ -85,26 +85,62 @@ def compounding_frames(rows):
         after = t[None, :] > first[:, None]  # steps after each prompt's first divergence
         with np.errstate(invalid="ignore", divide="ignore"):
             jump = float(np.nanmean(klf[after]) / np.nanmean(kl[after])) if after.any() else math.nan
-        row = {"model": model, "method": method, "setting": setting, "label": f"{method} {setting}",
-               "kl": num(r.get("kl")), "prompts": K, "steps": N, "sigma": pred["sigma"],
-               "mu": pred["mu"], "first_div_meas": float(np.minimum(first, N).mean()),
-               "tf_agreement_meas": float((~flip).mean()),
-               "identity_match": float(np.mean(np.minimum(first, N) == np.where(flip.any(1), flip.argmax(1), N))),
-               "kl_tf_mean": float(np.nanmean(kl)), "kl_free_after_div": float(np.nanmean(klf[after])) if after.any()
-               else math.nan, "kl_jump": jump, "diverged_share": float((first < N).mean())}
+        row = {
+            "model": model,
+            "method": method,
+            "setting": setting,
+            "label": f"{method} {setting}",
+            "kl": num(r.get("kl")),
+            "prompts": K,
+            "steps": N,
+            "sigma": pred["sigma"],
+            "mu": pred["mu"],
+            "first_div_meas": float(np.minimum(first, N).mean()),
+            "tf_agreement_meas": float((~flip).mean()),
+            "identity_match": float(np.mean(np.minimum(first, N) == np.where(flip.any(1), flip.argmax(1), N))),
+            "kl_tf_mean": float(np.nanmean(kl)),
+            "kl_free_after_div": float(np.nanmean(klf[after])) if after.any() else math.nan,
+            "kl_jump": jump,
+            "diverged_share": float((first < N).mean()),
+        }
         for name in ("pooled", "shifted"):
             s = pred[name].mean(0)
             row[f"first_div_{name}"] = float(s.sum())
             row[f"curve_err_{name}"] = float(np.mean(np.abs(s - s_meas)))
             row[f"tf_agreement_{name}"] = float(1 - np.mean(pred[f"pflip_{name}"]))
-            curves.append(pd.DataFrame({"label": row["label"], "model": model, "step": t, "survival": s,
-                                        "curve": f"theory ({name} σ)"}))
-        curves.append(pd.DataFrame({"label": row["label"], "model": model, "step": t, "survival": s_meas,
-                                    "curve": "measured (free-running)"}))
-        curves.append(pd.DataFrame({"label": row["label"], "model": model, "step": t, "survival": s_tf,
-                                    "curve": "teacher-forced flips"}))
-        curves.append(pd.DataFrame({"label": row["label"], "model": model, "step": t, "kl_tf": kl.mean(0),
-                                    "kl_free": klf.mean(0), "curve": "kl"}))
+            curves.append(
+                pd.DataFrame(
+                    {"label": row["label"], "model": model, "step": t, "survival": s, "curve": f"theory ({name} σ)"}
+                )
+            )
+        curves.append(
+            pd.DataFrame(
+                {
+                    "label": row["label"],
+                    "model": model,
+                    "step": t,
+                    "survival": s_meas,
+                    "curve": "measured (free-running)",
+                }
+            )
+        )
+        curves.append(
+            pd.DataFrame(
+                {"label": row["label"], "model": model, "step": t, "survival": s_tf, "curve": "teacher-forced flips"}
+            )
+        )
+        curves.append(
+            pd.DataFrame(
+                {
+                    "label": row["label"],
+                    "model": model,
+                    "step": t,
+                    "kl_tf": kl.mean(0),
+                    "kl_free": klf.mean(0),
+                    "curve": "kl",
+                }
+            )
+        )
         summ.append(row)
     return pd.DataFrame(summ), (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame())
 
@@ -112,13 +148,27 @@ def compounding_frames(rows):
 def compounding(rows, results="results", figures="figures", stem="sweep") -> dict:
     """Exp 3: survival curves measured vs theory, KL per step teacher-forced vs free-running."""
     summ, curves = compounding_frames(rows)
-    claim = ("free-running generation diverges for good after the first differing token (teacher-forced damage "
-             "does not compound), and Π(1 − Φ(−m_t/σ)) predicts the survival (seed 002; theory/compounding)")
-    rules = {"kl_jump_min": KL_JUMP, "curve_err_max": CURVE_ERR,
-             "sigma": "pooled: √mean(d²) over prompts and steps, per setting"}
+    claim = (
+        "free-running generation diverges for good after the first differing token (teacher-forced damage "
+        "does not compound), and Π(1 − Φ(−m_t/σ)) predicts the survival (seed 002; theory/compounding)"
+    )
+    rules = {
+        "kl_jump_min": KL_JUMP,
+        "curve_err_max": CURVE_ERR,
+        "sigma": "pooled: √mean(d²) over prompts and steps, per setting",
+    }
     if summ.empty:
-        return verdict("compounding", claim, None, "no row carries per-step metrics (measure with generation "
-                       "and steps on)", {}, rules, "", "", 0)
+        return verdict(
+            "compounding",
+            claim,
+            None,
+            "no row carries per-step metrics (measure with generation and steps on)",
+            {},
+            rules,
+            "",
+            "",
+            0,
+        )
     table = write_table(summ, results, f"compounding_{stem}")
     write_table(curves, results, f"compounding_curves_{stem}")
     figure = _figure(summ, curves, Path(figures) / f"compounding_{stem}.png", stem)
@@ -128,26 +178,43 @@ def compounding(rows, results="results", figures="figures", stem="sweep") -> dic
     err = informative.curve_err_pooled[np.isfinite(informative.curve_err_pooled)]
     med_jump = float(jump.median()) if len(jump) else math.nan
     med_err = float(err.median()) if len(err) else math.nan
-    ev = {"median_kl_jump": finite(med_jump), "median_curve_err_pooled": finite(med_err),
-          "median_curve_err_shifted": finite(summ.curve_err_shifted.median()),
-          "identity_match_mean": finite(summ.identity_match.mean()),
-          "by_model": {str(m): {"median_kl_jump": finite(g.kl_jump.median()),
-                                "median_curve_err_pooled": finite(g[g.first_div_meas > 0].curve_err_pooled.median())}
-                       for m, g in summ[summ.diverged_share > 0].groupby("model")},
-          "first_divergence": {lab: {"measured": finite(a), "pooled": finite(b), "shifted": finite(c)}
-                               for lab, a, b, c in zip(summ.model + ": " + summ.label, summ.first_div_meas,
-                                                       summ.first_div_pooled, summ.first_div_shifted)}}
+    ev = {
+        "median_kl_jump": finite(med_jump),
+        "median_curve_err_pooled": finite(med_err),
+        "median_curve_err_shifted": finite(summ.curve_err_shifted.median()),
+        "identity_match_mean": finite(summ.identity_match.mean()),
+        "by_model": {
+            str(m): {
+                "median_kl_jump": finite(g.kl_jump.median()),
+                "median_curve_err_pooled": finite(g[g.first_div_meas > 0].curve_err_pooled.median()),
+            }
+            for m, g in summ[summ.diverged_share > 0].groupby("model")
+        },
+        "first_divergence": {
+            lab: {"measured": finite(a), "pooled": finite(b), "shifted": finite(c)}
+            for lab, a, b, c in zip(
+                summ.model + ": " + summ.label, summ.first_div_meas, summ.first_div_pooled, summ.first_div_shifted
+            )
+        },
+    }
     if not len(jump) or not len(err):
-        holds, why = None, ("no setting has some prompts diverge and others survive the first step, so the "
-                            "survival curve is not tested")
+        holds, why = (
+            None,
+            (
+                "no setting has some prompts diverge and others survive the first step, so the "
+                "survival curve is not tested"
+            ),
+        )
     else:
         a, b = med_jump >= KL_JUMP, med_err <= CURVE_ERR
         holds = bool(a and b)
-        why = (f"after the first divergence the free-running KL is {med_jump:.3g}× the teacher-forced KL (median over "
-               f"{len(jump)} settings; {'≥' if a else '<'} {KL_JUMP}); the theory's survival curve is off by "
-               f"{med_err:.3f} on average (median over {len(err)} settings; {'≤' if b else '>'} {CURVE_ERR}); "
-               f"first teacher-forced flip = free-running first divergence for "
-               f"{summ.identity_match.mean():.0%} of prompts")
+        why = (
+            f"after the first divergence the free-running KL is {med_jump:.3g}× the teacher-forced KL (median over "
+            f"{len(jump)} settings; {'≥' if a else '<'} {KL_JUMP}); the theory's survival curve is off by "
+            f"{med_err:.3f} on average (median over {len(err)} settings; {'≤' if b else '>'} {CURVE_ERR}); "
+            f"first teacher-forced flip = free-running first divergence for "
+            f"{summ.identity_match.mean():.0%} of prompts"
+        )
     return verdict("compounding", claim, holds, why, ev, rules, table, figure, len(summ))
 
 
@@ -163,8 +230,15 @@ def _figure(summ, curves, path: Path, stem: str) -> Path:
     # the teacher-forced flips give exactly the measured curve (the identity): not drawn twice
     surv = curves[curves.curve.isin(["measured (free-running)", "theory (pooled σ)"]) & curves.label.isin(keep)]
     if len(surv):
-        sns.lineplot(surv, x="step", y="survival", hue="label", style="curve",
-                     style_order=["measured (free-running)", "theory (pooled σ)"], ax=axs[0])
+        sns.lineplot(
+            surv,
+            x="step",
+            y="survival",
+            hue="label",
+            style="curve",
+            style_order=["measured (free-running)", "theory (pooled σ)"],
+            ax=axs[0],
+        )
         axs[0].legend(fontsize=6)
     axs[0].set_ylim(-0.03, 1.03)
     axs[0].set_xlabel("generation step t")
@@ -172,8 +246,9 @@ def _figure(summ, curves, path: Path, stem: str) -> Path:
     axs[0].set_title("Survival: measured vs Π(1 − Φ(−m/σ))", fontsize=11)
     kl = curves[(curves.curve == "kl") & curves.label.isin(keep)]
     if len(kl):
-        long = kl.melt(id_vars=["label", "step"], value_vars=["kl_tf", "kl_free"], var_name="context",
-                       value_name="KL").replace({"kl_tf": "teacher-forced", "kl_free": "free-running"})
+        long = kl.melt(
+            id_vars=["label", "step"], value_vars=["kl_tf", "kl_free"], var_name="context", value_name="KL"
+        ).replace({"kl_tf": "teacher-forced", "kl_free": "free-running"})
         long = long[np.isfinite(long.KL) & (long.KL > 0)]
         sns.lineplot(long, x="step", y="KL", hue="label", style="context", ax=axs[1])
         axs[1].set_yscale("log")
@@ -184,10 +259,13 @@ def _figure(summ, curves, path: Path, stem: str) -> Path:
     ok = summ[np.isfinite(summ.first_div_pooled)]
     if len(ok):
         hue = "model" if "model" in ok and ok.model.nunique() > 1 else "method"
-        long = ok.melt(id_vars=["label", "first_div_meas", hue], value_vars=["first_div_pooled",
-                       "first_div_shifted"], var_name="noise model", value_name="predicted")
-        sns.scatterplot(long, x="first_div_meas", y="predicted", hue=hue,
-                        style="noise model", s=60, ax=axs[2])
+        long = ok.melt(
+            id_vars=["label", "first_div_meas", hue],
+            value_vars=["first_div_pooled", "first_div_shifted"],
+            var_name="noise model",
+            value_name="predicted",
+        )
+        sns.scatterplot(long, x="first_div_meas", y="predicted", hue=hue, style="noise model", s=60, ax=axs[2])
         hi = float(max(ok.steps.max(), 1))
         axs[2].plot([0, hi], [0, hi], "k--", lw=1)
         axs[2].legend(fontsize=7)

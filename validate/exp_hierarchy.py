@@ -57,13 +57,26 @@ def layer_table(rows):
         model, method, setting, axis, level = identity(r)
         n = len(pl["kl"])
         g = lambda k: np.asarray(pl[k], float) if k in pl else np.full(n, np.nan)  # noqa: E731
-        df = pd.DataFrame({"model": model, "method": method, "setting": setting, "axis": axis, "level": level,
-                           "layer": np.arange(n), "final": np.arange(n) == n - 1,
-                           "one_minus_cos_h": 1 - g("cos_h"), "one_minus_cos_z": 1 - g("cos_z"),
-                           "one_minus_cos_p": 1 - g("cos_p"), "kl": g("kl"), "kl_pred": g("kl_pred"),
-                           "one_minus_cos_h_pred": g("one_minus_cos_h_pred"),
-                           "one_minus_cos_z_pred": g("one_minus_cos_z_pred"),
-                           "one_minus_cos_p_pred": g("one_minus_cos_p_pred"), "top1": g("top1")})
+        df = pd.DataFrame(
+            {
+                "model": model,
+                "method": method,
+                "setting": setting,
+                "axis": axis,
+                "level": level,
+                "layer": np.arange(n),
+                "final": np.arange(n) == n - 1,
+                "one_minus_cos_h": 1 - g("cos_h"),
+                "one_minus_cos_z": 1 - g("cos_z"),
+                "one_minus_cos_p": 1 - g("cos_p"),
+                "kl": g("kl"),
+                "kl_pred": g("kl_pred"),
+                "one_minus_cos_h_pred": g("one_minus_cos_h_pred"),
+                "one_minus_cos_z_pred": g("one_minus_cos_z_pred"),
+                "one_minus_cos_p_pred": g("one_minus_cos_p_pred"),
+                "top1": g("top1"),
+            }
+        )
         out.append(df)
     if not out:
         return pd.DataFrame()
@@ -87,8 +100,18 @@ def step_table(rows):
         model, method, setting, axis, level = identity(r)
         n = len(st["kl"])
         cols = {k: np.asarray(st[k], float) for k in STEP_COLS if k in st}
-        out.append(pd.DataFrame({"model": model, "method": method, "setting": setting, "label": f"{method} {setting}",
-                                 "step": np.arange(n), **cols}))
+        out.append(
+            pd.DataFrame(
+                {
+                    "model": model,
+                    "method": method,
+                    "setting": setting,
+                    "label": f"{method} {setting}",
+                    "step": np.arange(n),
+                    **cols,
+                }
+            )
+        )
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
@@ -103,14 +126,21 @@ def regimes(df) -> dict:
         bins, breaks = [], None
         if len(x):
             for lo in range(int(math.floor(np.log10(x.min()))), int(math.floor(np.log10(x.max()))) + 1):
-                sel = (x >= 10.0 ** lo) & (x < 10.0 ** (lo + 1))
+                sel = (x >= 10.0**lo) & (x < 10.0 ** (lo + 1))
                 if sel.sum() == 0:
                     continue
                 med = float(np.median(np.abs(e[sel])))
-                bins.append({"from": 10.0 ** lo, "to": 10.0 ** (lo + 1), "points": int(sel.sum()),
-                             "median_abs_rel_err": med, "median_rel_err": float(np.median(e[sel]))})
+                bins.append(
+                    {
+                        "from": 10.0**lo,
+                        "to": 10.0 ** (lo + 1),
+                        "points": int(sel.sum()),
+                        "median_abs_rel_err": med,
+                        "median_rel_err": float(np.median(e[sel])),
+                    }
+                )
                 if breaks is None and med > BREAK_ERR:
-                    breaks = 10.0 ** lo
+                    breaks = 10.0**lo
         res[name] = {"points": int(len(x)), "bins": bins, "breaks_at": breaks}
     small = df[(df.kl > 0) & (df.kl <= KL_SMALL)].theorem3_kl_rel_err.abs()
     small = small[np.isfinite(small)]
@@ -122,12 +152,20 @@ def hierarchy(rows, results="results", figures="figures", stem="sweep") -> dict:
     """Exp 1: tables, the 4-panel figure and the verdict (module docstring)."""
     df = layer_table(rows)
     steps = step_table(rows)
-    claim = ("damage is mild in h and z but amplified in p, and ½Var_p(Δz) predicts the KL (Theorems 1–3, "
-             "seed 002)")
+    claim = "damage is mild in h and z but amplified in p, and ½Var_p(Δz) predicts the KL (Theorems 1–3, seed 002)"
     rules = {"amplified_share": AMPLIFIED_SHARE, "break_rel_err": BREAK_ERR, "kl_small": KL_SMALL}
     if df.empty:
-        return verdict("hierarchy", claim, None, "no row carries per-layer metrics (run the sweep with --per-layer)",
-                       {}, rules, "", "", 0)
+        return verdict(
+            "hierarchy",
+            claim,
+            None,
+            "no row carries per-layer metrics (run the sweep with --per-layer)",
+            {},
+            rules,
+            "",
+            "",
+            0,
+        )
     table = write_table(df, results, f"hierarchy_layers_{stem}")
     if not steps.empty:
         write_table(steps, results, f"hierarchy_steps_{stem}")
@@ -137,26 +175,51 @@ def hierarchy(rows, results="results", figures="figures", stem="sweep") -> dict:
     figure = _figure(df, final, steps, reg, Path(figures) / f"hierarchy_{stem}.png", stem)
     share = float(final.amplified.mean()) if len(final) else math.nan
     small_err = reg["theorem3_kl"].get("median_abs_rel_err_kl_le_0.1")
-    ev = {"settings_damaged": int(len(final)), "amplified_share": finite(share),
-          "not_amplified": (final.model + ": " + final.method + " " + final.setting)[~final.amplified].tolist(),
-          "final_one_minus_cos": {lab: {"h": finite(h), "z": finite(z), "p": finite(p), "kl": finite(k)}
-                                  for lab, h, z, p, k in zip(final.model + ": " + final.method + " " + final.setting,
-                                                             final.one_minus_cos_h, final.one_minus_cos_z,
-                                                             final.one_minus_cos_p, final.kl)},
-          "regimes": reg, "by_model": _by_model(df, final)}
+    ev = {
+        "settings_damaged": int(len(final)),
+        "amplified_share": finite(share),
+        "not_amplified": (final.model + ": " + final.method + " " + final.setting)[~final.amplified].tolist(),
+        "final_one_minus_cos": {
+            lab: {"h": finite(h), "z": finite(z), "p": finite(p), "kl": finite(k)}
+            for lab, h, z, p, k in zip(
+                final.model + ": " + final.method + " " + final.setting,
+                final.one_minus_cos_h,
+                final.one_minus_cos_z,
+                final.one_minus_cos_p,
+                final.kl,
+            )
+        },
+        "regimes": reg,
+        "by_model": _by_model(df, final),
+    }
     if not len(final):
         holds, why = None, "no setting damages the model (final KL ≤ 1e-4 everywhere)"
     else:
         amp = share >= AMPLIFIED_SHARE
         thm3 = small_err is not None and small_err <= BREAK_ERR
         holds = bool(amp and thm3) if small_err is not None else (bool(amp) if not amp else None)
-        why = (f"p is damaged more than h at {share:.0%} of {len(final)} damaged settings "
-               f"({'≥' if amp else '<'} {AMPLIFIED_SHARE:.0%}); Theorem 3's median |error| where KL ≤ {KL_SMALL} is "
-               + (f"{small_err:.1%} ({'≤' if thm3 else '>'} {BREAK_ERR:.0%})" if small_err is not None
-                  else "unmeasured (no point with KL ≤ 0.1)")
-               + "; breaks at " + ", ".join(f"{k} {_fmt(v['breaks_at'])}" for k, v in reg.items()))
-    return verdict("hierarchy", claim, holds, why, ev, rules, table, figure, df[["model", "method", "setting"]]
-                   .drop_duplicates().shape[0])
+        why = (
+            f"p is damaged more than h at {share:.0%} of {len(final)} damaged settings "
+            f"({'≥' if amp else '<'} {AMPLIFIED_SHARE:.0%}); Theorem 3's median |error| where KL ≤ {KL_SMALL} is "
+            + (
+                f"{small_err:.1%} ({'≤' if thm3 else '>'} {BREAK_ERR:.0%})"
+                if small_err is not None
+                else "unmeasured (no point with KL ≤ 0.1)"
+            )
+            + "; breaks at "
+            + ", ".join(f"{k} {_fmt(v['breaks_at'])}" for k, v in reg.items())
+        )
+    return verdict(
+        "hierarchy",
+        claim,
+        holds,
+        why,
+        ev,
+        rules,
+        table,
+        figure,
+        df[["model", "method", "setting"]].drop_duplicates().shape[0],
+    )
 
 
 def _by_model(df, final) -> dict:
@@ -167,8 +230,11 @@ def _by_model(df, final) -> dict:
         f, d = final[final.model == m], df[(df.model == m) & (df.kl > 0) & (df.kl <= KL_SMALL)]
         e = d.theorem3_kl_rel_err.abs()
         e = e[np.isfinite(e)]
-        out[str(m)] = {"settings_damaged": int(len(f)), "amplified_share": finite(f.amplified.mean()) if len(f) else None,
-                       "theorem3_median_abs_rel_err_kl_le_0.1": finite(e.median()) if len(e) else None}
+        out[str(m)] = {
+            "settings_damaged": int(len(f)),
+            "amplified_share": finite(f.amplified.mean()) if len(f) else None,
+            "theorem3_median_abs_rel_err_kl_le_0.1": finite(e.median()) if len(e) else None,
+        }
     return out
 
 
@@ -188,14 +254,28 @@ def _figure(df, final, steps, reg, path: Path, stem: str) -> Path:
     ax = axs[0, 0]
     if len(final):
         f = final[np.isfinite(final.one_minus_cos_h) & (final.one_minus_cos_h > 0)]
-        long = pd.concat([pd.DataFrame({"h": f.one_minus_cos_h, "value": f[c], "space": name, "model": f.model})
-                          for c, name in (("one_minus_cos_z", "1 − cos(z)  logits"),
-                                          ("one_minus_cos_p", "1 − cos(p)  probabilities"),
-                                          ("kl", "KL(p ‖ q)"))])
+        long = pd.concat(
+            [
+                pd.DataFrame({"h": f.one_minus_cos_h, "value": f[c], "space": name, "model": f.model})
+                for c, name in (
+                    ("one_minus_cos_z", "1 − cos(z)  logits"),
+                    ("one_minus_cos_p", "1 − cos(p)  probabilities"),
+                    ("kl", "KL(p ‖ q)"),
+                )
+            ]
+        )
         long = long[np.isfinite(long.value) & (long.value > 0)]
         if len(long):
-            sns.scatterplot(long, x="h", y="value", hue="space", style="model" if f.model.nunique() > 1 else None,
-                            s=30, alpha=0.8, ax=ax)
+            sns.scatterplot(
+                long,
+                x="h",
+                y="value",
+                hue="space",
+                style="model" if f.model.nunique() > 1 else None,
+                s=30,
+                alpha=0.8,
+                ax=ax,
+            )
             lo, hi = float(min(long.h.min(), long.value.min())), float(max(long.h.max(), long.value.max()))
             ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="as damaged as h")
             ax.set_xscale("log")
@@ -209,8 +289,16 @@ def _figure(df, final, steps, reg, path: Path, stem: str) -> Path:
     ok = df[np.isfinite(df.kl) & np.isfinite(df.kl_pred) & (df.kl > 0) & (df.kl_pred > 0)]
     if len(ok):
         ok = ok.assign(lens=np.where(ok.final, "final layer", "earlier layer (logit lens)"))
-        sns.scatterplot(ok, x="kl", y="kl_pred", hue="model" if ok.model.nunique() > 1 else "method", style="lens",
-                        s=18, alpha=0.6, ax=ax)
+        sns.scatterplot(
+            ok,
+            x="kl",
+            y="kl_pred",
+            hue="model" if ok.model.nunique() > 1 else "method",
+            style="lens",
+            s=18,
+            alpha=0.6,
+            ax=ax,
+        )
         lo, hi = float(min(ok.kl.min(), ok.kl_pred.min())), float(max(ok.kl.max(), ok.kl_pred.max()))
         xs = np.array([lo, hi])
         ax.plot(xs, xs, "k--", lw=1, label="prediction = measurement")
@@ -223,8 +311,12 @@ def _figure(df, final, steps, reg, path: Path, stem: str) -> Path:
     ax.set_title("Does ½Var_p(Δz) predict the KL?", fontsize=11)
 
     ax = axs[1, 0]
-    names = {"theorem1_h": "Thm 1 on h: 1−cos(h)", "theorem1_z": "Thm 1 on z: 1−cos(z)",
-             "theorem2_p": "Thm 2: 1−cos(p) vs ½Var_r", "theorem3_kl": "Thm 3: KL vs ½Var_p"}
+    names = {
+        "theorem1_h": "Thm 1 on h: 1−cos(h)",
+        "theorem1_z": "Thm 1 on z: 1−cos(z)",
+        "theorem2_p": "Thm 2: 1−cos(p) vs ½Var_r",
+        "theorem3_kl": "Thm 3: KL vs ½Var_p",
+    }
     for name, lab in names.items():
         b = reg[name]["bins"]
         if b:
@@ -245,8 +337,15 @@ def _figure(df, final, steps, reg, path: Path, stem: str) -> Path:
         s = s[np.isfinite(s.kl) & (s.kl > 0)]
         if len(s):
             sns.lineplot(s, x="step", y="kl", hue="label", ax=ax)
-            sns.lineplot(s.assign(one_minus_cos_h=1 - s.cos_h), x="step", y="one_minus_cos_h", hue="label",
-                         ls=":", ax=ax, legend=False)
+            sns.lineplot(
+                s.assign(one_minus_cos_h=1 - s.cos_h),
+                x="step",
+                y="one_minus_cos_h",
+                hue="label",
+                ls=":",
+                ax=ax,
+                legend=False,
+            )
             ax.set_yscale("log")
             ax.legend(fontsize=7)
     ax.set_xlabel("generation step (teacher-forced on the base's greedy path)")

@@ -21,8 +21,13 @@ from hemorrhage.validate.exp_common import GEN_COLLAPSED, MC_HIGH, rows_frame, t
 RHO_SAME, PPL_MILD = 0.9, 1.2
 
 
-CAPABILITY = (("kl", +1), ("top1_agreement", -1), ("mc_agreement", -1), ("gen_token_agreement", -1),
-              ("gen_prefix_agreement", -1))
+CAPABILITY = (
+    ("kl", +1),
+    ("top1_agreement", -1),
+    ("mc_agreement", -1),
+    ("gen_token_agreement", -1),
+    ("gen_prefix_agreement", -1),
+)
 
 
 def spearman_table(df) -> list[dict]:
@@ -36,8 +41,15 @@ def spearman_table(df) -> list[dict]:
         rho = math.nan
         if n >= 3 and df.ppl[ok].nunique() > 1 and df[m][ok].nunique() > 1:
             rho = float(spearmanr(df.ppl[ok], df[m][ok]).statistic)
-        out.append({"metric": m, "n": n, "spearman_rho": rho, "oriented_rho": sign * rho,
-                    "same_ranking": bool(math.isfinite(rho) and sign * rho >= RHO_SAME)})
+        out.append(
+            {
+                "metric": m,
+                "n": n,
+                "spearman_rho": rho,
+                "oriented_rho": sign * rho,
+                "same_ranking": bool(math.isfinite(rho) and sign * rho >= RHO_SAME),
+            }
+        )
     return out
 
 
@@ -50,8 +62,20 @@ def ppl_not_enough(rows, results="results", figures="figures", stem="sweep") -> 
     from hemorrhage.validate.plots import save
 
     df = rows_frame(rows)
-    cols = ["model", "method", "setting", "ppl_base", "ppl", "ppl_ratio", "kl", "top1_agreement", "mc_agreement",
-            "gen_token_agreement", "gen_prefix_agreement", "collapsed"]
+    cols = [
+        "model",
+        "method",
+        "setting",
+        "ppl_base",
+        "ppl",
+        "ppl_ratio",
+        "kl",
+        "top1_agreement",
+        "mc_agreement",
+        "gen_token_agreement",
+        "gen_prefix_agreement",
+        "collapsed",
+    ]
     tab = df[cols].copy()
     for m, _ in CAPABILITY:  # rank of each setting by damage (1 = least damaged)
         tab[f"rank_{m}"] = (tab[m] if m == "kl" else -tab[m]).rank(method="average")
@@ -62,8 +86,12 @@ def ppl_not_enough(rows, results="results", figures="figures", stem="sweep") -> 
 
     theme()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
-    long = df.melt(id_vars=["label", "method", "ppl_ratio"], value_vars=[m for m, s in CAPABILITY if s < 0],
-                   var_name="metric", value_name="agreement")
+    long = df.melt(
+        id_vars=["label", "method", "ppl_ratio"],
+        value_vars=[m for m, s in CAPABILITY if s < 0],
+        var_name="metric",
+        value_name="agreement",
+    )
     long = long[np.isfinite(long.ppl_ratio) & np.isfinite(long.agreement)]
     if len(long):
         sns.scatterplot(long, x="ppl_ratio", y="agreement", hue="metric", style="method", s=60, ax=ax1)
@@ -85,8 +113,12 @@ def ppl_not_enough(rows, results="results", figures="figures", stem="sweep") -> 
     fig.suptitle(f"Exp 6, {stem}: perplexity is not enough (LLM-KICK)", fontsize=11)
     figure = save(fig, Path(figures) / f"ppl_not_enough_{stem}.png")
 
-    capab = [r for r in rho if r["metric"] in ("mc_agreement", "gen_token_agreement", "gen_prefix_agreement")
-             and math.isfinite(r["spearman_rho"])]
+    capab = [
+        r
+        for r in rho
+        if r["metric"] in ("mc_agreement", "gen_token_agreement", "gen_prefix_agreement")
+        and math.isfinite(r["spearman_rho"])
+    ]
     differ = [r["metric"] for r in capab if not r["same_ranking"]]
     hidden = df[(df.ppl_ratio <= PPL_MILD) & ((df.mc_agreement < MC_HIGH) | (df.gen_prefix_agreement < GEN_COLLAPSED))]
     ev = {"spearman": rho, "ranks_differently_from": differ, "hidden_damage_settings": hidden.label.tolist()}
@@ -94,11 +126,19 @@ def ppl_not_enough(rows, results="results", figures="figures", stem="sweep") -> 
         holds, why = None, f"{len(df)} settings with finite ppl and MC/generation metrics: too few to rank (need 3)"
     else:
         holds = bool(differ or len(hidden))
-        why = ("ppl ranks the settings " + (f"differently from {', '.join(differ)}" if differ else
-                                             "like the MC and generation metrics")
-               + (f"; {len(hidden)} setting(s) lose capability with ppl up ≤ {PPL_MILD - 1:.0%}" if len(hidden) else ""))
-    return verdict("ppl_not_enough", "perplexity misses capability loss that task metrics show (LLM-KICK)",
-                    holds, why, ev, {"rho_same": RHO_SAME, "ppl_mild_ratio": PPL_MILD, "mc_high": MC_HIGH,
-                                     "gen_collapsed_below": GEN_COLLAPSED}, table, figure, len(df))
-
-
+        why = (
+            "ppl ranks the settings "
+            + (f"differently from {', '.join(differ)}" if differ else "like the MC and generation metrics")
+            + (f"; {len(hidden)} setting(s) lose capability with ppl up ≤ {PPL_MILD - 1:.0%}" if len(hidden) else "")
+        )
+    return verdict(
+        "ppl_not_enough",
+        "perplexity misses capability loss that task metrics show (LLM-KICK)",
+        holds,
+        why,
+        ev,
+        {"rho_same": RHO_SAME, "ppl_mild_ratio": PPL_MILD, "mc_high": MC_HIGH, "gen_collapsed_below": GEN_COLLAPSED},
+        table,
+        figure,
+        len(df),
+    )

@@ -41,21 +41,45 @@ def strata_frames(rows):
             continue
         model, method, setting, axis, level = identity(r)
         nb = st["bins"]
-        df = pd.DataFrame({"model": model, "method": method, "setting": setting, "label": f"{method} {setting}",
-                           "bin": np.arange(nb)})
-        for k in ("n", "nll_base", "p_target", "dnll", "kl", "kl_pred", "top1", "hoyer_base", "hoyer_comp",
-                  "gate_off_base", "gate_off_comp"):
+        df = pd.DataFrame(
+            {"model": model, "method": method, "setting": setting, "label": f"{method} {setting}", "bin": np.arange(nb)}
+        )
+        for k in (
+            "n",
+            "nll_base",
+            "p_target",
+            "dnll",
+            "kl",
+            "kl_pred",
+            "top1",
+            "hoyer_base",
+            "hoyer_comp",
+            "gate_off_base",
+            "gate_off_comp",
+        ):
             v = st.get(k)
             df[k] = np.asarray(v, float) if v is not None else np.nan
         bins.append(df)
         rho = st.get("spearman_vs_nll_base", {})
         g = lambda k: np.nan if rho.get(k) is None else float(rho[k])  # noqa: E731
         with np.errstate(divide="ignore", invalid="ignore"):
-            summ.append({"model": model, "method": method, "setting": setting, "label": f"{method} {setting}",
-                         "kl": num(r.get("kl")), "dnll_ratio": df.dnll.iloc[-1] / df.dnll.iloc[0],
-                         "kl_ratio": df.kl.iloc[-1] / df.kl.iloc[0], "rho_hoyer_base": g("hoyer_base"),
-                         "rho_hoyer_comp": g("hoyer_comp"), "rho_gate_off_base": g("gate_off_base"),
-                         "rho_kl": g("kl"), "rho_dnll": g("dnll"), "rho_hoyer_shift": g("hoyer_shift")})
+            summ.append(
+                {
+                    "model": model,
+                    "method": method,
+                    "setting": setting,
+                    "label": f"{method} {setting}",
+                    "kl": num(r.get("kl")),
+                    "dnll_ratio": df.dnll.iloc[-1] / df.dnll.iloc[0],
+                    "kl_ratio": df.kl.iloc[-1] / df.kl.iloc[0],
+                    "rho_hoyer_base": g("hoyer_base"),
+                    "rho_hoyer_comp": g("hoyer_comp"),
+                    "rho_gate_off_base": g("gate_off_base"),
+                    "rho_kl": g("kl"),
+                    "rho_dnll": g("dnll"),
+                    "rho_hoyer_shift": g("hoyer_shift"),
+                }
+            )
     if not bins:
         return pd.DataFrame(), pd.DataFrame()
     return pd.concat(bins, ignore_index=True), pd.DataFrame(summ)
@@ -66,12 +90,12 @@ def seed000(rows, results="results", figures="figures", stem="sweep") -> dict:
     from scipy.stats import spearmanr
 
     bins, summ = strata_frames(rows)
-    claim = ("damage shows on low-probability targets first; hidden states sparsify on hard inputs "
-             "(seed 000)")
+    claim = "damage shows on low-probability targets first; hidden states sparsify on hard inputs (seed 000)"
     rules = {"dnll_ratio_min": RATIO_MIN, "rho_min": RHO_MIN, "damaged_kl": DAMAGED}
     if bins.empty:
-        return verdict("seed000", claim, None, "no row carries strata (measure with --strata-bins > 0)", {}, rules,
-                       "", "", 0)
+        return verdict(
+            "seed000", claim, None, "no row carries strata (measure with --strata-bins > 0)", {}, rules, "", "", 0
+        )
     table = write_table(bins, results, f"seed000_{stem}")
     write_table(summ, results, f"seed000_settings_{stem}")
     figure = _figure(bins, summ, Path(figures) / f"seed000_{stem}.png", stem)
@@ -82,13 +106,16 @@ def seed000(rows, results="results", figures="figures", stem="sweep") -> dict:
     rho_thm3 = float(spearmanr(ok.kl, ok.kl_pred).statistic) if len(ok) >= 3 else math.nan
     rho_base = summ.groupby("model").rho_hoyer_base.first()
     prune = summ[summ.method.isin(PRUNING)]
-    ev = {"median_dnll_ratio_rare_over_common": finite(med_ratio),
-          "median_kl_ratio_rare_over_common": finite(dam.kl_ratio.median()) if len(dam) else None,
-          "theorem3_tracks_bins": finite(rho_thm3),
-          "rho_base_nll_vs_hoyer": {m: finite(v) for m, v in rho_base.items()},
-          "rho_comp_nll_vs_hoyer_pruning": {f"{m}: {lab}": finite(v) for m, lab, v in
-                                            zip(prune.model, prune.label, prune.rho_hoyer_comp)},
-          "rho_base_nll_vs_gate_off": {m: finite(v) for m, v in summ.groupby("model").rho_gate_off_base.first().items()}}
+    ev = {
+        "median_dnll_ratio_rare_over_common": finite(med_ratio),
+        "median_kl_ratio_rare_over_common": finite(dam.kl_ratio.median()) if len(dam) else None,
+        "theorem3_tracks_bins": finite(rho_thm3),
+        "rho_base_nll_vs_hoyer": {m: finite(v) for m, v in rho_base.items()},
+        "rho_comp_nll_vs_hoyer_pruning": {
+            f"{m}: {lab}": finite(v) for m, lab, v in zip(prune.model, prune.label, prune.rho_hoyer_comp)
+        },
+        "rho_base_nll_vs_gate_off": {m: finite(v) for m, v in summ.groupby("model").rho_gate_off_base.first().items()},
+    }
     if not len(ratio) or not np.isfinite(rho_base).any():
         holds, why = None, "no damaged setting with strata, or the base's sparsity correlation is undefined"
     else:
@@ -96,10 +123,12 @@ def seed000(rows, results="results", figures="figures", stem="sweep") -> dict:
         b = bool((rho_base[np.isfinite(rho_base)] >= RHO_MIN).all())
         holds = bool(a and b)
         rb = ", ".join(f"{m} {v:+.2f}" for m, v in rho_base.items() if np.isfinite(v))
-        why = (f"(a) the rarest targets' extra NLL is {med_ratio:.3g}× the commonest's (median over {len(ratio)} "
-               f"damaged settings; {'>' if a else '≤'} {RATIO_MIN}); ½Var_p follows the KL across bins "
-               f"(Spearman {rho_thm3:+.2f}); (b) base ρ(NLL, MLP Hoyer sparsity) = {rb} "
-               f"({'≥' if b else '<'} {RHO_MIN})")
+        why = (
+            f"(a) the rarest targets' extra NLL is {med_ratio:.3g}× the commonest's (median over {len(ratio)} "
+            f"damaged settings; {'>' if a else '≤'} {RATIO_MIN}); ½Var_p follows the KL across bins "
+            f"(Spearman {rho_thm3:+.2f}); (b) base ρ(NLL, MLP Hoyer sparsity) = {rb} "
+            f"({'≥' if b else '<'} {RHO_MIN})"
+        )
     return verdict("seed000", claim, holds, why, ev, rules, table, figure, len(summ))
 
 

@@ -38,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-CLAIMS = {"bits": (2.5, 3.5, "quantization: cliff at 3 bits (seed 004)"),
-          "sparsity": (0.5, 0.8, "unstructured pruning: collapse near 50–80 % sparsity (seed 004)")}
+CLAIMS = {
+    "bits": (2.5, 3.5, "quantization: cliff at 3 bits (seed 004)"),
+    "sparsity": (0.5, 0.8, "unstructured pruning: collapse near 50–80 % sparsity (seed 004)"),
+}
 KL_CLIFF, BOOT, SEED, N_S0, MIN_GAIN = 1.0, 400, 0, 201, 0.1
 
 
@@ -76,11 +78,17 @@ def hinge_fit(s, y, s0_grid=None) -> dict | None:
     s0_grid = s0_grid[(s0_grid >= u[1]) & (s0_grid <= u[-2])]  # ≥ 2 levels on each side
     if not len(s0_grid):
         return None
-    X = np.stack([np.ones((len(s0_grid), len(s))), np.broadcast_to(s, (len(s0_grid), len(s))),
-                  np.maximum(0.0, s[None, :] - s0_grid[:, None])], -1)  # [G n 3]
+    X = np.stack(
+        [
+            np.ones((len(s0_grid), len(s))),
+            np.broadcast_to(s, (len(s0_grid), len(s))),
+            np.maximum(0.0, s[None, :] - s0_grid[:, None]),
+        ],
+        -1,
+    )  # [G n 3]
     coef = np.linalg.pinv(X) @ y  # [G 3]
     resid = (X @ coef[..., None])[..., 0] - y[None, :]
-    sse = np.sum(resid ** 2, -1)
+    sse = np.sum(resid**2, -1)
     sse = np.where(coef[:, 2] >= 0, sse, np.inf)
     if not np.isfinite(sse).any():
         return None
@@ -89,8 +97,13 @@ def hinge_fit(s, y, s0_grid=None) -> dict | None:
     sse_line = float(np.sum((line @ np.linalg.lstsq(line, y, rcond=None)[0] - y) ** 2))
     if sse_line <= 1e-12 or sse[g] > (1 - MIN_GAIN) * sse_line:
         return None  # a straight line does as well: no cliff in these points
-    return {"s0": float(s0_grid[g]), "a": float(coef[g, 0]), "b": float(coef[g, 1]), "c": float(coef[g, 2]),
-            "sse": float(sse[g])}
+    return {
+        "s0": float(s0_grid[g]),
+        "a": float(coef[g, 0]),
+        "b": float(coef[g, 1]),
+        "c": float(coef[g, 2]),
+        "sse": float(sse[g]),
+    }
 
 
 def _ci(vals) -> tuple[float | None, float | None]:
@@ -119,10 +132,18 @@ def fit_family(levels, kl, axis: str, boot: int = BOOT, seed: int = SEED) -> dic
         if h is not None:
             hb = hinge_fit(s[i], y[i], s0_grid)
             bh.append(x_of(hb["s0"]) if hb else None)
-    out = {"axis": axis, "levels": levels.tolist(), "kl": kl.tolist(), "crossing": cross, "crossing_status": status,
-           "crossing_ci": list(_ci(bc)), "hinge": x_of(h["s0"]) if h else None, "hinge_fit": h,
-           "hinge_ci": list(_ci(bh)) if h else [None, None],
-           "boot_used": {"crossing": sum(v is not None for v in bc), "hinge": sum(v is not None for v in bh)}}
+    out = {
+        "axis": axis,
+        "levels": levels.tolist(),
+        "kl": kl.tolist(),
+        "crossing": cross,
+        "crossing_status": status,
+        "crossing_ci": list(_ci(bc)),
+        "hinge": x_of(h["s0"]) if h else None,
+        "hinge_fit": h,
+        "hinge_ci": list(_ci(bh)) if h else [None, None],
+        "boot_used": {"crossing": sum(v is not None for v in bc), "hinge": sum(v is not None for v in bh)},
+    }
     return out
 
 
@@ -153,25 +174,57 @@ def thresholds(rows, results="results", figures="figures", stem="sweep", boot: i
     for (model, family, axis), g in lev.groupby(["model", "family", "axis"], sort=False):
         g = g.sort_values("level").drop_duplicates("level")
         fam = fit_family(g.level.to_numpy(), g.kl.to_numpy(), axis, boot=boot)
-        fam.update(model=model, method=g.method.iloc[0], agrees_with_seed=_agrees(fam),
-                   seed_claim=CLAIMS.get(axis, (None, None, None))[2])
+        fam.update(
+            model=model,
+            method=g.method.iloc[0],
+            agrees_with_seed=_agrees(fam),
+            seed_claim=CLAIMS.get(axis, (None, None, None))[2],
+        )
         fams[family if lev.model.nunique() == 1 else f"{model}: {family}"] = fam
-    tab = pd.DataFrame([{"family": k, "model": f["model"], "method": f["method"], "axis": f["axis"],
-                         "n_levels": len(f["levels"]), "crossing_1nat": f["crossing"],
-                         "crossing_status": f["crossing_status"], "crossing_lo": f["crossing_ci"][0],
-                         "crossing_hi": f["crossing_ci"][1], "hinge": f["hinge"], "hinge_lo": f["hinge_ci"][0],
-                         "hinge_hi": f["hinge_ci"][1], "seed_lo": CLAIMS.get(f["axis"], (None,))[0],
-                         "seed_hi": CLAIMS.get(f["axis"], (None, None))[1],
-                         "agrees_with_seed": f["agrees_with_seed"]} for k, f in fams.items()],
-                       columns=["family", "model", "method", "axis", "n_levels", "crossing_1nat", "crossing_status",
-                                "crossing_lo", "crossing_hi", "hinge", "hinge_lo", "hinge_hi", "seed_lo", "seed_hi",
-                                "agrees_with_seed"])
+    tab = pd.DataFrame(
+        [
+            {
+                "family": k,
+                "model": f["model"],
+                "method": f["method"],
+                "axis": f["axis"],
+                "n_levels": len(f["levels"]),
+                "crossing_1nat": f["crossing"],
+                "crossing_status": f["crossing_status"],
+                "crossing_lo": f["crossing_ci"][0],
+                "crossing_hi": f["crossing_ci"][1],
+                "hinge": f["hinge"],
+                "hinge_lo": f["hinge_ci"][0],
+                "hinge_hi": f["hinge_ci"][1],
+                "seed_lo": CLAIMS.get(f["axis"], (None,))[0],
+                "seed_hi": CLAIMS.get(f["axis"], (None, None))[1],
+                "agrees_with_seed": f["agrees_with_seed"],
+            }
+            for k, f in fams.items()
+        ],
+        columns=[
+            "family",
+            "model",
+            "method",
+            "axis",
+            "n_levels",
+            "crossing_1nat",
+            "crossing_status",
+            "crossing_lo",
+            "crossing_hi",
+            "hinge",
+            "hinge_lo",
+            "hinge_hi",
+            "seed_lo",
+            "seed_hi",
+            "agrees_with_seed",
+        ],
+    )
     table = _write(tab, results, f"thresholds_{stem}")
 
     _theme()
     axes_used = [a for a in ("bits", "sparsity", "n_drop") if any(f["axis"] == a for f in fams.values())] or ["bits"]
-    fig, axs = plt.subplots(1, len(axes_used), figsize=(6.5 * len(axes_used), 4.8), layout="constrained",
-                            squeeze=False)
+    fig, axs = plt.subplots(1, len(axes_used), figsize=(6.5 * len(axes_used), 4.8), layout="constrained", squeeze=False)
     for ax, axis in zip(axs[0], axes_used):
         # one palette per panel: a models figure has more families in all than 10 colours
         here = [k for k, f in fams.items() if f["axis"] == axis]
@@ -184,8 +237,13 @@ def thresholds(rows, results="results", figures="figures", stem="sweep", boot: i
             if h:
                 xs = np.linspace(x.min(), x.max(), 200)
                 ss = _strength(xs, axis)
-                ax.plot(xs, np.exp(h["a"] + h["b"] * ss + h["c"] * np.maximum(0, ss - h["s0"])), "-",
-                        color=pal[name], lw=1.2)
+                ax.plot(
+                    xs,
+                    np.exp(h["a"] + h["b"] * ss + h["c"] * np.maximum(0, ss - h["s0"])),
+                    "-",
+                    color=pal[name],
+                    lw=1.2,
+                )
                 ax.axvline(f["hinge"], color=pal[name], ls="--", lw=1)
                 if f["hinge_ci"][0] is not None:
                     ax.axvspan(*f["hinge_ci"], color=pal[name], alpha=0.12, lw=0)
@@ -199,8 +257,9 @@ def thresholds(rows, results="results", figures="figures", stem="sweep", boot: i
         ax.set_yscale("log")
         if axis == "bits":
             ax.invert_xaxis()
-        ax.set_xlabel({"bits": "bits per weight (fewer → stronger)", "sparsity": "sparsity",
-                       "n_drop": "layers dropped"}[axis])
+        ax.set_xlabel(
+            {"bits": "bits per weight (fewer → stronger)", "sparsity": "sparsity", "n_drop": "layers dropped"}[axis]
+        )
         ax.set_ylabel("KL(p ‖ q) per token")
         ax.set_title("Where is the cliff?  (dashed: hinge, band: its 95% CI; ✕: 1-nat crossing ± CI)", fontsize=10)
         ax.legend(fontsize=7)
@@ -209,18 +268,37 @@ def thresholds(rows, results="results", figures="figures", stem="sweep", boot: i
 
     comp = {k: f["agrees_with_seed"] for k, f in fams.items() if f["agrees_with_seed"] is not None}
     if not comp:
-        holds, why = None, ("no method family has enough grid points on a bits or sparsity axis to place a cliff "
-                            "(a crossing with a CI needs KL to reach 1 nat inside a grid of ≥ 3 levels; a hinge needs ≥ 4 levels)")
+        holds, why = (
+            None,
+            (
+                "no method family has enough grid points on a bits or sparsity axis to place a cliff "
+                "(a crossing with a CI needs KL to reach 1 nat inside a grid of ≥ 3 levels; a hinge needs ≥ 4 levels)"
+            ),
+        )
     else:
         holds = all(comp.values())
-        why = "; ".join(f"{k}: hinge {_fmt(fams[k]['hinge'], fams[k]['hinge_ci'])}, 1-nat crossing "
-                        f"{_fmt(fams[k]['crossing'], fams[k]['crossing_ci'])} → "
-                        f"{'agrees' if v else 'disagrees'} with {CLAIMS[fams[k]['axis']][:2]}" for k, v in comp.items())
+        why = "; ".join(
+            f"{k}: hinge {_fmt(fams[k]['hinge'], fams[k]['hinge_ci'])}, 1-nat crossing "
+            f"{_fmt(fams[k]['crossing'], fams[k]['crossing_ci'])} → "
+            f"{'agrees' if v else 'disagrees'} with {CLAIMS[fams[k]['axis']][:2]}"
+            for k, v in comp.items()
+        )
     ev = {k: {kk: vv for kk, vv in f.items() if kk not in ("hinge_fit",)} for k, f in fams.items()}
-    return _verdict("thresholds", "a cliff at ~3 bits for quantization; unstructured pruning collapses near "
-                    "50–80 % sparsity (seed 004)", holds, why, ev,
-                    {"kl_cliff_nats": KL_CLIFF, "bootstrap": f"{boot} resamples of grid points, 95 % percentile",
-                     "claims": {k: v[:2] for k, v in CLAIMS.items()}}, table, figure, len(df))
+    return _verdict(
+        "thresholds",
+        "a cliff at ~3 bits for quantization; unstructured pruning collapses near 50–80 % sparsity (seed 004)",
+        holds,
+        why,
+        ev,
+        {
+            "kl_cliff_nats": KL_CLIFF,
+            "bootstrap": f"{boot} resamples of grid points, 95 % percentile",
+            "claims": {k: v[:2] for k, v in CLAIMS.items()},
+        },
+        table,
+        figure,
+        len(df),
+    )
 
 
 def _fmt(x, ci) -> str:

@@ -16,6 +16,9 @@ mixed and are compared in the figures.  Verdict format: validate/exp_common.py.
     seed000            exp 7  validate/exp_seed000.py      rare targets first; sparsity vs difficulty
     decoding           exp 8  validate/exp_decoding.py     greedy / sampling / beam under compression
     retrieval                 validate/exp_retrieval.py    retrieval survives where generation collapses (rows with --retrieval)
+    in_context                validate/exp_in_context.py   robust in-context retrieval at ≥ 50 % sparsity (rows of validate/in_context.py)
+    phase                     validate/exp_phase.py        power law → exponential breakpoints per kind; ordering at equal bytes
+    expand                    validate/exp_expand.py       layer expansion vs attention (rows of expand + results/expand/attention_*.json)
 Exp 5 (Signal Degradation vs Computation Collapse) needs the model: `hemorrhage diagnose`
 (validate/diagnose.py); its stored results/diagnose/*.json are redrawn here.
 """
@@ -26,14 +29,19 @@ import importlib
 import json
 from pathlib import Path
 
-from hemorrhage.validate.exp_common import rows_frame  # noqa: F401  (public: tests, tutorials)
-from hemorrhage.validate.exp_mc import mc_vs_generation  # noqa: F401
-from hemorrhage.validate.exp_ppl import ppl_not_enough, spearman_table  # noqa: F401
-
-REGISTRY = {"hierarchy": ("exp_hierarchy", "hierarchy"), "mc_vs_generation": ("exp_mc", "mc_vs_generation"),
-            "compounding": ("exp_compounding", "compounding"), "thresholds": ("exp_thresholds", "thresholds"),
-            "ppl_not_enough": ("exp_ppl", "ppl_not_enough"), "seed000": ("exp_seed000", "seed000"),
-            "decoding": ("exp_decoding", "decoding"), "retrieval": ("exp_retrieval", "retrieval")}
+REGISTRY = {
+    "hierarchy": ("exp_hierarchy", "hierarchy"),
+    "mc_vs_generation": ("exp_mc", "mc_vs_generation"),
+    "compounding": ("exp_compounding", "compounding"),
+    "thresholds": ("exp_thresholds", "thresholds"),
+    "ppl_not_enough": ("exp_ppl", "ppl_not_enough"),
+    "seed000": ("exp_seed000", "seed000"),
+    "decoding": ("exp_decoding", "decoding"),
+    "retrieval": ("exp_retrieval", "retrieval"),
+    "in_context": ("exp_in_context", "in_context"),
+    "phase": ("exp_phase", "phase"),
+    "expand": ("exp_expand", "expand"),
+}
 EXPERIMENTS = tuple(REGISTRY)
 
 
@@ -45,8 +53,9 @@ def run_experiment(name: str, rows, results="results", figures="figures", stem="
     if not len(rows):
         raise UserError("the sweep holds no rows")
     module, fn = REGISTRY[name]
-    return getattr(importlib.import_module(f"hemorrhage.validate.{module}"), fn)(rows, results=results,
-                                                                                   figures=figures, stem=stem)
+    return getattr(importlib.import_module(f"hemorrhage.validate.{module}"), fn)(
+        rows, results=results, figures=figures, stem=stem
+    )
 
 
 def run_all(rows, results="results", figures="figures", stem="sweep", log=print) -> dict[str, dict]:
@@ -60,8 +69,9 @@ def run_all(rows, results="results", figures="figures", stem="sweep", log=print)
         out[name] = v
         log(f"{v['figure'] or '(no figure)'}  [{v['summary']}]")
     Path(results).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(results) / f"verdicts_{stem}.json",
-                      json.dumps(out, indent=1, sort_keys=True, allow_nan=True, default=str))
+    atomic_write_text(
+        Path(results) / f"verdicts_{stem}.json", json.dumps(out, indent=1, sort_keys=True, allow_nan=True, default=str)
+    )
     return out
 
 
@@ -70,22 +80,35 @@ def summary_markdown(verdicts: dict[str, dict[str, dict]], diagnose: dict | None
     then exp 5 over the stored diagnoses (validate.diagnose.stored_verdict)."""
     word = {True: "holds", False: "**does not hold**", None: "not tested"}
     stems = list(verdicts)
-    lines = ["# Verdicts of every experiment on every stored sweep", "",
-             "Written by `hemorrhage figures` from results/*.jsonl (`models`: all sweeps together). "
-             "Each claim, rule and threshold is in the experiment's module docstring (validate/README.md).", "",
-             "| experiment | " + " | ".join(stems) + " |", "|---|" + "---|" * len(stems)]
+    lines = [
+        "# Verdicts of every experiment on every stored sweep",
+        "",
+        "Written by `hemorrhage figures` from results/*.jsonl (`models`: all sweeps together). "
+        "Each claim, rule and threshold is in the experiment's module docstring (validate/README.md).",
+        "",
+        "| experiment | " + " | ".join(stems) + " |",
+        "|---|" + "---|" * len(stems),
+    ]
     for name in EXPERIMENTS:
         lines.append(f"| {name} | " + " | ".join(word[verdicts[s][name]["holds"]] for s in stems) + " |")
     for s in stems:
         lines += ["", f"## {s}", ""]
         lines += [f"- **{name}**: {verdicts[s][name]['summary']}" for name in EXPERIMENTS]
     if diagnose is not None:
-        lines += ["", "## Exp 5: Signal Degradation or Computation Collapse (results/diagnose)", "",
-                  f"- **diagnose**: {diagnose['summary']}", "",
-                  "| model | setting | verdict | final KL | top-1 agreement | early collapsed blocks |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['setting'].split(', ', 1)[-1]} | {r['verdict'].replace('_', ' ')} | "
-                  f"{r['final_kl']:.4g} | {r['top1_agreement']:.3f} | {len(r['early_collapsed_blocks'])} |"
-                  for r in diagnose["evidence"]["diagnoses"]]
+        lines += [
+            "",
+            "## Exp 5: Signal Degradation or Computation Collapse (results/diagnose)",
+            "",
+            f"- **diagnose**: {diagnose['summary']}",
+            "",
+            "| model | setting | verdict | final KL | top-1 agreement | early collapsed blocks |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['model']} | {r['setting'].split(', ', 1)[-1]} | {r['verdict'].replace('_', ' ')} | "
+            f"{r['final_kl']:.4g} | {r['top1_agreement']:.3f} | {len(r['early_collapsed_blocks'])} |"
+            for r in diagnose["evidence"]["diagnoses"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -141,8 +164,10 @@ def regenerate(results="results", figures="figures", log=print) -> list[str]:
             log(f"skipped {csv}: not a hierarchy table")
             continue
         first = df.iloc[0]
-        title = (f"{first.get('model', '?')}, {first.get('method', '?')} ({first.get('setting', '?')}) vs its base "
-                 f"— redrawn from {csv.name}")
+        title = (
+            f"{first.get('model', '?')}, {first.get('method', '?')} ({first.get('setting', '?')}) vs its base "
+            f"— redrawn from {csv.name}"
+        )
         written.append(str(hierarchy_figure(df, figures / f"{csv.stem}.png", title)))
         log(written[-1])
     for js in sorted((results / "diagnose").glob("*.json")):

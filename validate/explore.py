@@ -81,11 +81,20 @@ class Explorer:
     """The base's hidden states, MC choices and generation, computed once; `damage` does
     the compressed side (and caches it, so going back to a setting is instant)."""
 
-    def __init__(self, loaded, *, seqlen: int = 64, mc_items: int = 4, prompt: str = "The capital of France is",
-                 new_tokens: int = 16, calib_samples: int = 4, calib_seqlen: int = 64):
+    def __init__(
+        self,
+        loaded,
+        *,
+        seqlen: int = 64,
+        mc_items: int = 4,
+        prompt: str = "The capital of France is",
+        new_tokens: int = 16,
+        calib_samples: int = 4,
+        calib_seqlen: int = 64,
+    ):
         import jax.numpy as jnp
 
-        from hemorrhage.sim.data import eval_windows
+        from hemorrhage.sim.windows import eval_windows
         from hemorrhage.sim.generate import generate
         from hemorrhage.validate.mc import choice_scores, mc_inputs
         from hemorrhage.validate.measure import MeasureConfig
@@ -132,11 +141,19 @@ class Explorer:
         t4 = time.perf_counter()
         differ = np.flatnonzero(gen_c != self.gen_base)
         tok = self.loaded.tokenizer
-        d = Damage(method, float(level), {k: np.asarray(v, np.float64) for k, v in res.items()},
-                   np.asarray(self.mc_base), np.asarray(mc_c), np.asarray(self.mc.get("answer", np.zeros(0, int))),
-                   tok.decode(self.gen_base), tok.decode(gen_c),
-                   int(differ[0]) if differ.size else self.new_tokens, time.perf_counter() - t0,
-                   {"compress": t1 - t0, "hierarchy": t2 - t1, "mc": t3 - t2, "generate": t4 - t3})
+        d = Damage(
+            method,
+            float(level),
+            {k: np.asarray(v, np.float64) for k, v in res.items()},
+            np.asarray(self.mc_base),
+            np.asarray(mc_c),
+            np.asarray(self.mc.get("answer", np.zeros(0, int))),
+            tok.decode(self.gen_base),
+            tok.decode(gen_c),
+            int(differ[0]) if differ.size else self.new_tokens,
+            time.perf_counter() - t0,
+            {"compress": t1 - t0, "hierarchy": t2 - t1, "mc": t3 - t2, "generate": t4 - t3},
+        )
         self._cache[key] = d
         return d
 
@@ -171,23 +188,49 @@ def summary_markdown(d: Damage, layer: int, questions=()) -> str:
     """The numbers beside the figure: the chosen layer's hierarchy and Theorem 3, the MC
     answers and the two generations (markdown; `questions` the MC prompts' tails)."""
     pl = d.per_layer
-    lines = [f"**{d.method} {KNOBS[d.method][0]}={d.level:g}**, layer {layer} of {len(pl['kl']) - 1} "
-             f"(computed in {d.seconds:.1f} s: "
-             + ", ".join(f"{k} {v:.1f}" for k, v in d.parts.items()) + "; a setting seen before is cached)", "",
-             "| 1 − cos(h) | 1 − cos(z) | 1 − cos(p) | KL(p‖q) | ½Var_p(Δz) | top-1 agreement |", "|---|---|---|---|---|---|",
-             "| " + " | ".join(f"{v:.3g}" for v in (1 - pl["cos_h"][layer], 1 - pl["cos_z"][layer],
-                                                   1 - pl["cos_p"][layer], pl["kl"][layer], pl["kl_pred"][layer],
-                                                   pl["top1"][layer])) + " |", ""]
+    lines = [
+        f"**{d.method} {KNOBS[d.method][0]}={d.level:g}**, layer {layer} of {len(pl['kl']) - 1} "
+        f"(computed in {d.seconds:.1f} s: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in d.parts.items())
+        + "; a setting seen before is cached)",
+        "",
+        "| 1 − cos(h) | 1 − cos(z) | 1 − cos(p) | KL(p‖q) | ½Var_p(Δz) | top-1 agreement |",
+        "|---|---|---|---|---|---|",
+        "| "
+        + " | ".join(
+            f"{v:.3g}"
+            for v in (
+                1 - pl["cos_h"][layer],
+                1 - pl["cos_z"][layer],
+                1 - pl["cos_p"][layer],
+                pl["kl"][layer],
+                pl["kl_pred"][layer],
+                pl["top1"][layer],
+            )
+        )
+        + " |",
+        "",
+    ]
     if len(d.mc_base):
         same = float(np.mean(d.mc_base == d.mc_compressed))
-        lines += [f"**Multiple choice**: the compressed model picks the base's answer on {same:.0%} of "
-                  f"{len(d.mc_base)} cloze questions.", "", "| question (end) | base | compressed | right |",
-                  "|---|---|---|---|"]
-        lines += [f"| …{q.replace('|', '/')} | {b} | {c} | {a} |"
-                  for q, b, c, a in zip(questions, d.mc_base, d.mc_compressed, d.mc_answer)]
+        lines += [
+            f"**Multiple choice**: the compressed model picks the base's answer on {same:.0%} of "
+            f"{len(d.mc_base)} cloze questions.",
+            "",
+            "| question (end) | base | compressed | right |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| …{q.replace('|', '/')} | {b} | {c} | {a} |"
+            for q, b, c, a in zip(questions, d.mc_base, d.mc_compressed, d.mc_answer)
+        ]
         lines.append("")
-    lines += [f"**Generation** (greedy, {len(d.text_base) and 'same prompt'}): first differs at step "
-              f"{d.first_divergence}.", "", f"- base: `{d.text_base!r}`", f"- compressed: `{d.text_compressed!r}`"]
+    lines += [
+        f"**Generation** (greedy, {len(d.text_base) and 'same prompt'}): first differs at step {d.first_divergence}.",
+        "",
+        f"- base: `{d.text_base!r}`",
+        f"- compressed: `{d.text_compressed!r}`",
+    ]
     return "\n".join(lines)
 
 

@@ -12,8 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS = ("cos_h", "cos_z", "cos_p", "kl", "kl_pred", "var_p", "var_r", "one_minus_cos_p_pred",
-           "one_minus_cos_h_pred", "top1")
+METRICS = (
+    "cos_h",
+    "cos_z",
+    "cos_p",
+    "kl",
+    "kl_pred",
+    "var_p",
+    "var_r",
+    "one_minus_cos_p_pred",
+    "one_minus_cos_h_pred",
+    "top1",
+)
 
 
 def setting_label(record: dict) -> str:
@@ -64,8 +74,7 @@ def verdict(df) -> dict:
         "final_top1_agreement": float(last.top1),
         "final_one_minus_cos": {"h": float(d_h), "z": float(d_z), "p": float(d_p)},
         "p_damaged_more_than_h": bool(d_p > d_h),
-        "kl_pred_median_rel_err_where_kl_le_0.1": (
-            float(small.kl_pred_rel_err.abs().median()) if len(small) else None),
+        "kl_pred_median_rel_err_where_kl_le_0.1": (float(small.kl_pred_rel_err.abs().median()) if len(small) else None),
         "collapsed": bool(not np.isfinite(df.kl).all()),
     }
 

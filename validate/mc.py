@@ -59,7 +59,8 @@ def _round_up(n: int, m: int) -> int:
 
 def mc_inputs(loaded, config) -> dict:
     """Tokenized MC items as padded arrays (see _choices_impl)."""
-    from hemorrhage.sim.data import adds_bos, mc_items
+    from hemorrhage.sim.data import mc_items
+    from hemorrhage.sim.windows import adds_bos
 
     tok = loaded.tokenizer
     items, task_of = [], []
@@ -92,14 +93,20 @@ def mc_inputs(loaded, config) -> dict:
     c_mask = np.zeros((I, C, Lc), bool)
     valid = np.zeros((I, C), bool)
     for i, (q, row) in enumerate(zip(qs, cs)):
-        q_tok[i, :len(q)] = q
+        q_tok[i, : len(q)] = q
         for j, c in enumerate(row):
-            c_tok[i, j, :len(c)] = c
-            c_mask[i, j, :len(c)] = True
+            c_tok[i, j, : len(c)] = c
+            c_mask[i, j, : len(c)] = True
             valid[i, j] = True
-    return {"q_tok": q_tok, "q_len": np.asarray([len(q) for q in qs], np.int32), "c_tok": c_tok,
-            "c_mask": c_mask, "valid": valid, "answer": np.asarray([it.answer for it in items], np.int32),
-            "task": np.asarray(task_of, np.int32)}
+    return {
+        "q_tok": q_tok,
+        "q_len": np.asarray([len(q) for q in qs], np.int32),
+        "c_tok": c_tok,
+        "c_mask": c_mask,
+        "valid": valid,
+        "answer": np.asarray([it.answer for it in items], np.int32),
+        "task": np.asarray(task_of, np.int32),
+    }
 
 
 def choice_scores(model, mc: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +122,7 @@ def choice_scores(model, mc: dict) -> tuple[np.ndarray, np.ndarray]:
     fn = _choices_jit()
     tok_lp, ans = [], []
     for s in range(0, len(idx), batch):
-        b = idx[s:s + batch]
+        b = idx[s : s + batch]
         lp, za = fn(model, *(on_active_mesh(mc[k][b]) for k in ("q_tok", "q_len", "c_tok")))
         tok_lp.append(np.asarray(lp))
         ans.append(np.asarray(za))
@@ -135,8 +142,10 @@ def mc_metrics(mc: dict, task_names, s_c: np.ndarray, ans_c: np.ndarray) -> dict
     from hemorrhage.validate.computable import count_reason, null_nans
 
     s_b, valid, answer = mc["scores"], mc["valid"], mc["answer"]
-    finite_rows = lambda s, a: (np.all(np.isfinite(np.where(valid, s, 0.0)), -1)  # noqa: E731
-                                & np.all(np.isfinite(a), -1))
+    finite_rows = lambda s, a: (
+        np.all(np.isfinite(np.where(valid, s, 0.0)), -1)  # noqa: E731
+        & np.all(np.isfinite(a), -1)
+    )
     ok_b, ok_c = finite_rows(s_b, mc["ans_logp"]), finite_rows(s_c, ans_c)
     pred_b = np.argmax(s_b, -1)
     pred_c = np.where(ok_c, np.argmax(np.where(ok_c[:, None], s_c, 0.0), -1), -1)
@@ -146,19 +155,35 @@ def mc_metrics(mc: dict, task_names, s_c: np.ndarray, ans_c: np.ndarray) -> dict
     kl_full = kl_rows(mc["ans_logp"], ans_c)
 
     def summary(sel) -> dict:
-        out = {"items": int(sel.sum()), "chance": mean(1.0 / valid[sel].sum(-1)),
-               "agreement": mean(agree[sel]), "acc_base": mean(right_b[sel]), "acc": mean(pred_c[sel] == answer[sel]),
-               "kl_choices": mean(kl_choices[sel]), "kl_full": mean(kl_full[sel])}
-        why = count_reason("MC choice scores or answer-position logits", int((~ok_b[sel]).sum()),
-                           int((~ok_c[sel]).sum()), int(sel.sum()), "items")
+        out = {
+            "items": int(sel.sum()),
+            "chance": mean(1.0 / valid[sel].sum(-1)),
+            "agreement": mean(agree[sel]),
+            "acc_base": mean(right_b[sel]),
+            "acc": mean(pred_c[sel] == answer[sel]),
+            "kl_choices": mean(kl_choices[sel]),
+            "kl_full": mean(kl_full[sel]),
+        }
+        why = count_reason(
+            "MC choice scores or answer-position logits",
+            int((~ok_b[sel]).sum()),
+            int((~ok_c[sel]).sum()),
+            int(sel.sum()),
+            "items",
+        )
         return null_nans(out, ("agreement", "acc_base", "kl_choices", "kl_full"), why)
 
     allv = summary(np.ones(len(answer), bool))
-    out = {"mc_items": allv["items"], "mc_agreement": allv["agreement"], "mc_acc_base": allv["acc_base"],
-           "mc_acc": allv["acc"], "mc_kl_choices": allv["kl_choices"], "mc_kl_full": allv["kl_full"],
-           "mc_nonfinite_items": int((~ok_c).sum())}
+    out = {
+        "mc_items": allv["items"],
+        "mc_agreement": allv["agreement"],
+        "mc_acc_base": allv["acc_base"],
+        "mc_acc": allv["acc"],
+        "mc_kl_choices": allv["kl_choices"],
+        "mc_kl_full": allv["kl_full"],
+        "mc_nonfinite_items": int((~ok_c).sum()),
+    }
     if allv.get("not_computable"):
         out["not_computable"] = {f"mc_{k}": v for k, v in allv["not_computable"].items()}
-    out["mc_by_task"] = {name: summary(mc["task"] == t) for t, name in enumerate(task_names)
-                         if (mc["task"] == t).any()}
+    out["mc_by_task"] = {name: summary(mc["task"] == t) for t, name in enumerate(task_names) if (mc["task"] == t).any()}
     return out

@@ -103,6 +103,7 @@ memoises) and saved/loaded as an .npz by the sweep, the two-phase scheme of llam
 KL-divergence mode.  Everything is deterministic:
 the same model, settings and config give bit-identical numbers (no timings in the output).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -113,17 +114,40 @@ import numpy as np
 
 from hemorrhage.errors import UserError
 from hemorrhage.validate.arrays import mean
-from hemorrhage.validate.base_phase import BaseCache, base_cache, compute_base, model_fingerprint  # noqa: F401
+from hemorrhage.validate.base_phase import BaseCache
 from hemorrhage.validate.computable import KEY as NC
 from hemorrhage.validate.computable import count_reason, null_nans
 from hemorrhage.validate.token_stats import stat_keys, token_statistics
 
 # per-layer metrics kept in sweep rows: all of them (exp 1 reads them from the sweep)
-ROW_PER_LAYER = ("cos_h", "cos_z", "cos_p", "kl", "kl_pred", "var_p", "var_r", "top1", "one_minus_cos_h_pred",
-                 "one_minus_cos_z_pred", "one_minus_cos_p_pred")
+ROW_PER_LAYER = (
+    "cos_h",
+    "cos_z",
+    "cos_p",
+    "kl",
+    "kl_pred",
+    "var_p",
+    "var_r",
+    "top1",
+    "one_minus_cos_h_pred",
+    "one_minus_cos_z_pred",
+    "one_minus_cos_p_pred",
+)
 # the final-layer token means: null + reason (validate.computable) where they come out NaN
-TOKEN_KEYS = ("nll_base", "nll", "ppl_base", "ppl", "kl", "kl_pred", "var_p_dz", "var_r_dz", "top1_agreement",
-              "cos_h", "cos_z", "cos_p")
+TOKEN_KEYS = (
+    "nll_base",
+    "nll",
+    "ppl_base",
+    "ppl",
+    "kl",
+    "kl_pred",
+    "var_p_dz",
+    "var_r_dz",
+    "top1_agreement",
+    "cos_h",
+    "cos_z",
+    "cos_p",
+)
 # their distributions over the tokens, as llama.cpp prints them (validate/token_stats.py)
 STAT_KEYS = stat_keys()
 
@@ -150,14 +174,17 @@ class MeasureConfig:
     retrieval: int = 0  # documents of the retrieval benchmark (validate/retrieval.py); 0 = none
 
     def __post_init__(self):
-        checks = [(self.windows >= 1, "--windows must be >= 1"), (self.seqlen >= 2, "--seqlen must be >= 2"),
-                  (self.mc_items >= 0, "--mc-items must be >= 0"),
-                  (self.mc_max_question >= 1, "mc_max_question must be >= 1"),
-                  (self.prompts >= 0, "--prompts must be >= 0"),
-                  (self.prompt_len >= 1, "--prompt-len must be >= 1"),
-                  (self.new_tokens >= 1, "--new-tokens must be >= 1"),
-                  (self.strata_bins >= 0, "--strata-bins must be >= 0"),
-                  (self.retrieval == 0 or self.retrieval >= 2, "--retrieval must be 0 (none) or >= 2 documents")]
+        checks = [
+            (self.windows >= 1, "--windows must be >= 1"),
+            (self.seqlen >= 2, "--seqlen must be >= 2"),
+            (self.mc_items >= 0, "--mc-items must be >= 0"),
+            (self.mc_max_question >= 1, "mc_max_question must be >= 1"),
+            (self.prompts >= 0, "--prompts must be >= 0"),
+            (self.prompt_len >= 1, "--prompt-len must be >= 1"),
+            (self.new_tokens >= 1, "--new-tokens must be >= 1"),
+            (self.strata_bins >= 0, "--strata-bins must be >= 0"),
+            (self.retrieval == 0 or self.retrieval >= 2, "--retrieval must be 0 (none) or >= 2 documents"),
+        ]
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
@@ -218,15 +245,23 @@ def measure(loaded, comp_model, base: BaseCache, record: dict | None = None) -> 
     out.update(nll_base=mean(nll_b), nll=mean(nll_c))
     with np.errstate(over="ignore", invalid="ignore"):
         out.update(ppl_base=float(np.exp(out["nll_base"])), ppl=float(np.exp(out["nll"])))
-    out.update(kl=mean(tok["kl"]), kl_pred=mean(tok["var_p"]) / 2, var_p_dz=mean(tok["var_p"]),
-               var_r_dz=mean(tok["var_r"]), top1_agreement=mean(tok["top1"]), cos_h=mean(tok["cos_h"]),
-               cos_z=mean(tok["cos_z"]), cos_p=mean(tok["cos_p"]))
+    out.update(
+        kl=mean(tok["kl"]),
+        kl_pred=mean(tok["var_p"]) / 2,
+        var_p_dz=mean(tok["var_p"]),
+        var_r_dz=mean(tok["var_r"]),
+        top1_agreement=mean(tok["top1"]),
+        cos_h=mean(tok["cos_h"]),
+        cos_z=mean(tok["cos_z"]),
+        cos_p=mean(tok["cos_p"]),
+    )
     # llama.cpp's distribution statistics, from the same per-token arrays (no other forward)
     out.update(token_statistics(tok["kl"], tok["kl_reverse"], tok["top1"], nll_b, nll_c))
     bad_tok = ~(np.isfinite(nll_c) & np.isfinite(tok["kl"]) & np.isfinite(tok["cos_z"]))
     out["nonfinite_tokens"] = int(bad_tok.sum())
-    why = count_reason("logits", int((tok["finite_b"] < 0.5).sum()), int((tok["finite_c"] < 0.5).sum()),
-                       len(nll_c), "scored positions")
+    why = count_reason(
+        "logits", int((tok["finite_b"] < 0.5).sum()), int((tok["finite_c"] < 0.5).sum()), len(nll_c), "scored positions"
+    )
     if len(nll_c) < 2:
         null_nans(out, [k for k in STAT_KEYS if k.endswith("_stderr")], "one scored position: no standard error")
     null_nans(out, TOKEN_KEYS + STAT_KEYS, why)
@@ -244,18 +279,36 @@ def measure(loaded, comp_model, base: BaseCache, record: dict | None = None) -> 
     if config.strata_bins:
         from hemorrhage.validate.strata import strata
 
-        out["strata"] = strata({"nll_base": nll_b, "nll_comp": nll_c, "kl": tok["kl"], "kl_pred": tok["kl_pred"],
-                                "top1": tok["top1"], "hoyer_base": base.sparsity["hoyer"],
-                                "hoyer_comp": sparsity_c["hoyer"], "gate_off_base": base.sparsity["gate_off"],
-                                "gate_off_comp": sparsity_c["gate_off"]}, config.strata_bins)
+        out["strata"] = strata(
+            {
+                "nll_base": nll_b,
+                "nll_comp": nll_c,
+                "kl": tok["kl"],
+                "kl_pred": tok["kl_pred"],
+                "top1": tok["top1"],
+                "hoyer_base": base.sparsity["hoyer"],
+                "hoyer_comp": sparsity_c["hoyer"],
+                "gate_off_base": base.sparsity["gate_off"],
+                "gate_off_comp": sparsity_c["gate_off"],
+            },
+            config.strata_bins,
+        )
         if not np.isfinite(nll_b).all():  # the bins are quantiles of the base's NLL
             nc["strata"] = f"binned by the base's NLL, which is not finite everywhere ({why})"
     if config.per_layer:
         from hemorrhage.validate.metrics import per_layer
 
-        pl = per_layer(loaded.model, comp_model, jnp.asarray(base.hs), jnp.asarray(hs_c),
-                       chunk=mj.chunk_size(hb.shape[0], 256))
+        from hemorrhage.sim.compress.expand import layer_map
+
+        # a deeper (expanded) model: its h after block j against the base residual record['h_map'][j] names
+        _, h_map = layer_map(record, base.hs.shape[0] - 1, hs_c.shape[0] - 1)
+        hs_b = base.hs if h_map == list(range(1, base.hs.shape[0])) else base.hs[[0] + h_map]
+        pl = per_layer(
+            loaded.model, comp_model, jnp.asarray(hs_b), jnp.asarray(hs_c), chunk=mj.chunk_size(hb.shape[0], 256)
+        )
         out["per_layer"] = {k: [float(x) for x in np.asarray(v)] for k, v in sorted(pl.items())}
+        if hs_b is not base.hs:
+            out["per_layer_base_h"] = [0] + h_map  # which base h_l each entry is compared with (expand)
         if any(math.isnan(x) for v in out["per_layer"].values() for x in v):
             nc["per_layer"] = f"NaN where a layer's lens could not be compared ({why})"
     if config.retrieval:
@@ -274,8 +327,17 @@ def _retrieval(loaded, comp_model, config: MeasureConfig) -> dict:
 
 
 # the language-model metrics an encoder has no head for (measure_encoder)
-LM_KEYS = TOKEN_KEYS + ("mc_agreement", "mc_acc_base", "mc_acc", "mc_kl_choices", "mc_kl_full",
-                        "first_divergence_mean", "gen_prefix_agreement", "gen_token_agreement", "gen_identical")
+LM_KEYS = TOKEN_KEYS + (
+    "mc_agreement",
+    "mc_acc_base",
+    "mc_acc",
+    "mc_kl_choices",
+    "mc_kl_full",
+    "first_divergence_mean",
+    "gen_prefix_agreement",
+    "gen_token_agreement",
+    "gen_identical",
+)
 
 
 def measure_encoder(loaded, comp_model, config: MeasureConfig, record: dict | None = None) -> dict:
@@ -317,13 +379,17 @@ def _generation(base_model, comp_model, base: BaseCache) -> dict:
 def _notes(out: dict, n_scored: int) -> list[str]:
     notes = []
     if out["nonfinite_tokens"]:
-        notes.append(f"the compressed model gives NaN/inf logits or NLL at {out['nonfinite_tokens']} of "
-                     f"{n_scored} scored positions: ppl, kl, cos_* and var_* are averaged over them as "
-                     f"computed (inf stays inf; NaN is null, see not_computable), and top-1 counts them as "
-                     f"disagreeing (a collapsed model; a result, not an error)")
+        notes.append(
+            f"the compressed model gives NaN/inf logits or NLL at {out['nonfinite_tokens']} of "
+            f"{n_scored} scored positions: ppl, kl, cos_* and var_* are averaged over them as "
+            f"computed (inf stays inf; NaN is null, see not_computable), and top-1 counts them as "
+            f"disagreeing (a collapsed model; a result, not an error)"
+        )
     if out.get("mc_nonfinite_items"):
-        notes.append(f"{out['mc_nonfinite_items']} MC items have NaN/inf choice scores under the compressed "
-                     f"model: they count as disagreeing and wrong; mc_kl_* are not computable there")
+        notes.append(
+            f"{out['mc_nonfinite_items']} MC items have NaN/inf choice scores under the compressed "
+            f"model: they count as disagreeing and wrong; mc_kl_* are not computable there"
+        )
     if out["ppl"] is not None and not math.isfinite(out["ppl"]) and not out["nonfinite_tokens"]:
         notes.append("ppl overflows float64 (mean NLL > 709): inf")
     if out["ppl_base"] is None or not math.isfinite(out["ppl_base"]):

@@ -1,9 +1,9 @@
 """The jitted pieces of a measurement, chunked over tokens so a 262k vocabulary fits.
 
-    chunked(fn, n, chunk, *arrays)   fn on `chunk` rows at a time (lax.map), dict of [n]
-    nll(model, h, targets)           −log p(target) from final residuals h [n d]
-    final(base, comp, hb, hc)        validate.metrics.compare_final at the last layer (fp32), with
-                                     finite_b / finite_c: 1 where base / compressed logits are all finite
+chunked(fn, n, chunk, *arrays)   fn on `chunk` rows at a time (lax.map), dict of [n]
+nll(model, h, targets)           −log p(target) from final residuals h [n d]
+final(base, comp, hb, hc)        validate.metrics.compare_final at the last layer (fp32), with
+                                 finite_b / finite_c: 1 where base / compressed logits are all finite
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ def chunked(fn, n: int, chunk: int, *arrays):
     import jax.numpy as jnp
 
     pad = (-n) % chunk
-    xs = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(-1, chunk, *a.shape[1:])
-               for a in arrays)
+    xs = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(-1, chunk, *a.shape[1:]) for a in arrays)
     out = jax.lax.map(lambda x: fn(*x), xs)
     return {k: v.reshape(-1)[:n] for k, v in out.items()}
 
@@ -48,8 +47,10 @@ def _final_impl(base, comp, hb, hc, chunk: int = 128):
     def one(xb, xc):
         zb, zc = base.unembed(xb), comp.unembed(xc)
         # which positions have finite logits on each side: the reasons a metric is not computable
-        fin = {"finite_b": jnp.all(jnp.isfinite(zb), -1).astype(jnp.float32),
-               "finite_c": jnp.all(jnp.isfinite(zc), -1).astype(jnp.float32)}
+        fin = {
+            "finite_b": jnp.all(jnp.isfinite(zb), -1).astype(jnp.float32),
+            "finite_c": jnp.all(jnp.isfinite(zc), -1).astype(jnp.float32),
+        }
         return {**compare_hidden(xb, xc), **compare_final(zb, zc), **fin}
 
     return chunked(one, hb.shape[0], chunk, hb, hc)
@@ -59,8 +60,9 @@ def _build():
     if not _JIT:
         from flax import nnx
 
-        _JIT.update(nll=nnx.jit(_nll_impl, static_argnames=("chunk",)),
-                    final=nnx.jit(_final_impl, static_argnames=("chunk",)))
+        _JIT.update(
+            nll=nnx.jit(_nll_impl, static_argnames=("chunk",)), final=nnx.jit(_final_impl, static_argnames=("chunk",))
+        )
     return _JIT
 
 

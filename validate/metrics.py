@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
+from hemorrhage.theory.compounding import top1_agreement
 from hemorrhage.theory.cosine import cos_sim, one_minus_cos_taylor
 from hemorrhage.theory.softmax import cosine_pq, kl_exact, reverse_kl_exact, var_p, var_r
 
@@ -47,15 +48,6 @@ def compare_final(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str,
     the final layer: the per-layer lens does not need the reverse KL."""
     z, z_c = z.astype(jnp.float32), z_c.astype(jnp.float32)
     return {**compare_logits(z, z_c), "kl_reverse": reverse_kl_exact(z, z_c - z)}
-
-
-def top1_agreement(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> Float[Array, "N"]:
-    """1 where argmax z = argmax z_c; 0 where the compressed logits are not all finite (it gives no
-    valid prediction there: an argmax of NaN is index 0 and would match a base whose argmax is 0);
-    NaN where the base's logits are not all finite (no reference: not computable)."""
-    fin_b, fin_c = jnp.all(jnp.isfinite(z), -1), jnp.all(jnp.isfinite(z_c), -1)
-    same = (jnp.argmax(z, -1) == jnp.argmax(z_c, -1)) & fin_c
-    return jnp.where(fin_b, same.astype(jnp.float32), jnp.nan)
 
 
 def compare_hidden(h: Float[Array, "N d"], h_c: Float[Array, "N d"]) -> dict[str, Float[Array, "N"]]:

@@ -20,12 +20,22 @@ class PlanMeasurer:
     """The base phase once; then any plan or uniform setting compressed and measured."""
 
     def __init__(self, loaded, cfg):
-        from hemorrhage.validate.measure import MeasureConfig, base_cache
+        from hemorrhage.validate.measure import MeasureConfig
+        from hemorrhage.validate.base_phase import base_cache
 
         self.loaded, self.cfg = loaded, cfg
-        self.config = MeasureConfig(windows=cfg.windows, seqlen=cfg.seqlen, source=cfg.source, mc_items=0,
-                                    prompts=cfg.prompts, prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
-                                    per_layer=False, strata_bins=0, steps=False)
+        self.config = MeasureConfig(
+            windows=cfg.windows,
+            seqlen=cfg.seqlen,
+            source=cfg.source,
+            mc_items=0,
+            prompts=cfg.prompts,
+            prompt_len=cfg.prompt_len,
+            new_tokens=cfg.new_tokens,
+            per_layer=False,
+            strata_bins=0,
+            steps=False,
+        )
         self.base = base_cache(loaded, self.config)
 
     def _row(self, comp, record) -> dict:
@@ -36,16 +46,23 @@ class PlanMeasurer:
 
     def plan(self, plan: dict) -> dict:
         c = self.cfg
-        comp, record = compress_plan(self.loaded, plan, calib_samples=c.calib_samples, calib_seqlen=c.calib_seqlen,
-                                     seed=c.calib_seed)
+        comp, record = compress_plan(
+            self.loaded, plan, calib_samples=c.calib_samples, calib_seqlen=c.calib_seqlen, seed=c.calib_seed
+        )
         return self._row(comp, record)
 
     def uniform(self, method: str, settings: dict) -> dict:
         from hemorrhage.sim.compress import compress_from_args
 
         c = self.cfg
-        comp, record = compress_from_args(self.loaded, method, calib_samples=c.calib_samples,
-                                          calib_seqlen=c.calib_seqlen, seed=c.calib_seed, **settings)
+        comp, record = compress_from_args(
+            self.loaded,
+            method,
+            calib_samples=c.calib_samples,
+            calib_seqlen=c.calib_seqlen,
+            seed=c.calib_seed,
+            **settings,
+        )
         return self._row(comp, record)
 
 
@@ -66,8 +83,14 @@ def frontier(planner, *, measure: bool = False, log=None) -> list[dict]:
         say(f"frontier: {spec.axis} {lv}")
         plan = planner.plan(avg=lv)
         uni = planner.uniform(lv)
-        row = {"level": lv, "plan_avg": plan[f"avg_{spec.axis}"], "plan_bytes": plan["bytes"], "plan_predicted_kl": plan["predicted_kl"],
-               "uniform_bytes": uni["bytes"], "uniform_predicted_kl": uni["predicted_kl"]}
+        row = {
+            "level": lv,
+            "plan_avg": plan[f"avg_{spec.axis}"],
+            "plan_bytes": plan["bytes"],
+            "plan_predicted_kl": plan["predicted_kl"],
+            "uniform_bytes": uni["bytes"],
+            "uniform_predicted_kl": uni["predicted_kl"],
+        }
         if meas is not None:
             settings = {spec.axis: lv}
             if spec.axis == "bits":

@@ -31,9 +31,20 @@ def draw_plan(plan: dict, rows: list[dict], path) -> Path:
     for k, name in enumerate(names):
         sel = [i for i, t in enumerate(ts) if t["path"].split(".", 2)[2] == name]
         x = np.array([_block(ts[i]["path"]) for i in sel]) + (k - len(names) / 2) * 0.8 / max(len(names), 1)
-        sc = a.scatter(x, [ts[i][ax_name] for i in sel], c=frac[sel], cmap="viridis", vmin=0, vmax=max(frac.max(), 1e-12),
-                       s=18, marker="os^v<>Dp"[k % 8], label=name)
-    a.axhline(plan[f"avg_{ax_name}"], color="0.4", ls="--", lw=1, label=f"uniform, equal size ({plan[f'avg_{ax_name}']:.3g})")
+        sc = a.scatter(
+            x,
+            [ts[i][ax_name] for i in sel],
+            c=frac[sel],
+            cmap="viridis",
+            vmin=0,
+            vmax=max(frac.max(), 1e-12),
+            s=18,
+            marker="os^v<>Dp"[k % 8],
+            label=name,
+        )
+    a.axhline(
+        plan[f"avg_{ax_name}"], color="0.4", ls="--", lw=1, label=f"uniform, equal size ({plan[f'avg_{ax_name}']:.3g})"
+    )
     a.set_xlabel("block")
     a.set_ylabel(ax_name)
     a.set_title(f"{plan['model']}: {plan['method']} plan (colour: share of predicted KL)")
@@ -44,13 +55,12 @@ def draw_plan(plan: dict, rows: list[dict], path) -> Path:
         # stored dense with a mask, so for pruning the average sparsity is the size that matters
         px, ux = [r["plan_avg"] for r in rows], [r["level"] for r in rows]
         b.plot(px, [r["plan_predicted_kl"] for r in rows], "o-", color="C0", label="plan, predicted")
-        b.plot(ux, [r["uniform_predicted_kl"] for r in rows], "s-", color="C1",
-               label="uniform, predicted")
+        b.plot(ux, [r["uniform_predicted_kl"] for r in rows], "s-", color="C1", label="uniform, predicted")
         if "plan_measured_kl" in rows[0]:
-            b.plot(px, [r["plan_measured_kl"] for r in rows], "o:", color="C0", mfc="none",
-                   label="plan, measured")
-            b.plot(ux, [r["uniform_measured_kl"] for r in rows], "s:", color="C1", mfc="none",
-                   label="uniform, measured")
+            b.plot(px, [r["plan_measured_kl"] for r in rows], "o:", color="C0", mfc="none", label="plan, measured")
+            b.plot(
+                ux, [r["uniform_measured_kl"] for r in rows], "s:", color="C1", mfc="none", label="uniform, measured"
+            )
         b.set_yscale("log")
         b.set_xlabel(f"average {ax_name} (equal size)")
         b.set_ylabel("KL to the base (nats)")

@@ -30,12 +30,14 @@ def hierarchy_figure(df, path: Path, title: str) -> Path:
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook")
-    long = pd.concat([
-        pd.DataFrame({"layer": df.layer, "value": 1 - df.cos_h, "quantity": "1 − cos(h)  hidden"}),
-        pd.DataFrame({"layer": df.layer, "value": 1 - df.cos_z, "quantity": "1 − cos(z)  logits"}),
-        pd.DataFrame({"layer": df.layer, "value": 1 - df.cos_p, "quantity": "1 − cos(p)  probabilities"}),
-        pd.DataFrame({"layer": df.layer, "value": df.kl, "quantity": "KL(p ‖ q)"}),
-    ])
+    long = pd.concat(
+        [
+            pd.DataFrame({"layer": df.layer, "value": 1 - df.cos_h, "quantity": "1 − cos(h)  hidden"}),
+            pd.DataFrame({"layer": df.layer, "value": 1 - df.cos_z, "quantity": "1 − cos(z)  logits"}),
+            pd.DataFrame({"layer": df.layer, "value": 1 - df.cos_p, "quantity": "1 − cos(p)  probabilities"}),
+            pd.DataFrame({"layer": df.layer, "value": df.kl, "quantity": "KL(p ‖ q)"}),
+        ]
+    )
     long = long[np.isfinite(long.value) & (long.value > 0)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
     sns.lineplot(long, x="layer", y="value", hue="quantity", marker="o", ax=ax1)
@@ -70,15 +72,24 @@ def diagnose_figure(layers: list[dict], path: Path, title: str) -> Path:
     sns.set_theme(style="whitegrid", context="notebook")
     df = pd.DataFrame(layers)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
-    rec = df.melt(id_vars="block", value_vars=["restore_h", "restore_attn", "restore_mlp"],
-                  var_name="put back the base's", value_name="share of final KL removed")
+    rec = df.melt(
+        id_vars="block",
+        value_vars=["restore_h", "restore_attn", "restore_mlp"],
+        var_name="put back the base's",
+        value_name="share of final KL removed",
+    )
     rec["put back the base's"] = rec["put back the base's"].map(
-        {"restore_h": "residual h after block", "restore_attn": "attention output", "restore_mlp": "MLP output"})
+        {"restore_h": "residual h after block", "restore_attn": "attention output", "restore_mlp": "MLP output"}
+    )
     sns.lineplot(rec, x="block", y="share of final KL removed", hue="put back the base's", marker="o", ax=ax1)
     ax1.set_title("Restoration patching: KL removed by\nputting back one base activation", fontsize=11)
     ax1.set_ylim(-0.1, 1.05)
-    health = df.melt(id_vars=["block", "label"], value_vars=["cka", "gate_flip", "entropy_shift"],
-                     var_name="evidence", value_name="value")
+    health = df.melt(
+        id_vars=["block", "label"],
+        value_vars=["cka", "gate_flip", "entropy_shift"],
+        var_name="evidence",
+        value_name="value",
+    )
     sns.lineplot(health, x="block", y="value", hue="evidence", marker="o", ax=ax2)
     for _, row in df[df.label == "collapse"].iterrows():
         ax2.axvspan(row.block - 0.5, row.block + 0.5, color="red", alpha=0.12, lw=0)

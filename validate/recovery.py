@@ -48,10 +48,25 @@ def label(method: str, settings: dict) -> str:
     return f"{method} {s}"
 
 
-def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps: int = 24, eval_every: int = 8,
-                 lr: float = 1e-4, ste_lr: float = 0.005, batch: int = 2, train_seqlen: int = 64, pool: int = 64,
-                 windows: int = 2, seqlen: int = 64, prompts: int = 4, new_tokens: int = 16, seed: int = 0,
-                 table: Path | None = None, log=None):
+def run_recovery(
+    models=("smollm2-135m", "control"),
+    settings=SETTINGS,
+    *,
+    steps: int = 24,
+    eval_every: int = 8,
+    lr: float = 1e-4,
+    ste_lr: float = 0.005,
+    batch: int = 2,
+    train_seqlen: int = 64,
+    pool: int = 64,
+    windows: int = 2,
+    seqlen: int = 64,
+    prompts: int = 4,
+    new_tokens: int = 16,
+    seed: int = 0,
+    table: Path | None = None,
+    log=None,
+):
     """The tidy table (pandas), one row per model × setting × measured step.
 
     table: a CSV written after every setting and read back first, so a killed run resumes
@@ -66,9 +81,13 @@ def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps
     rows = []
     if table is not None and Path(table).is_file():
         old = pd.read_csv(table)
-        rows = [r for r in old.to_dict("records")
-                if int(old[(old.model == r["model"]) & (old.setting == r["setting"])].step.max()) == steps
-                and r.get("lr") == lr and r.get("ste_lr") == ste_lr]
+        rows = [
+            r
+            for r in old.to_dict("records")
+            if int(old[(old.model == r["model"]) & (old.setting == r["setting"])].step.max()) == steps
+            and r.get("lr") == lr
+            and r.get("ste_lr") == ste_lr
+        ]
     done = {(r["model"], r["setting"]) for r in rows}
     for name in models:
         todo = [(m, st) for m, st in settings if (name, label(m, st)) not in done]
@@ -80,16 +99,35 @@ def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps
             t0 = time.perf_counter()
             comp, record = compress_from_args(loaded, method, seed=seed, **st)
             verdict = diagnose(loaded.model, comp, probe.tokens[:1])["verdict"]
-            rec = recover(loaded, comp, steps=steps, lr=lr, ste_lr=ste_lr, batch=batch, seqlen=train_seqlen,
-                          pool=pool, seed=seed, probe=probe, eval_every=eval_every)
+            rec = recover(
+                loaded,
+                comp,
+                steps=steps,
+                lr=lr,
+                ste_lr=ste_lr,
+                batch=batch,
+                seqlen=train_seqlen,
+                pool=pool,
+                seed=seed,
+                probe=probe,
+                eval_every=eval_every,
+            )
             history, constraints, after = rec.history, rec.constraints, rec.after
             del rec, comp  # two 135M-parameter copies and their latents: free them before the next run
             _free_memory()
             h0 = history[0]
             for h in history:
-                row = {"model": name, "method": method, "setting": label(method, st), "verdict": verdict,
-                       "lr": lr, "ste_lr": ste_lr, "step": h["step"], "loss": h.get("loss"),
-                       **{k: h.get(k) for k in METRICS}}
+                row = {
+                    "model": name,
+                    "method": method,
+                    "setting": label(method, st),
+                    "verdict": verdict,
+                    "lr": lr,
+                    "ste_lr": ste_lr,
+                    "step": h["step"],
+                    "loss": h.get("loss"),
+                    **{k: h.get(k) for k in METRICS},
+                }
                 row["kl_recovered"] = 1.0 - h["kl"] / h0["kl"] if h0["kl"] > 0 else np.nan
                 lost = 1.0 - h0["top1"]
                 row["top1_recovered"] = (h["top1"] - h0["top1"]) / lost if lost > 0 else np.nan
@@ -102,10 +140,12 @@ def run_recovery(models=("smollm2-135m", "control"), settings=SETTINGS, *, steps
 
                 atomic_write_text(Path(table), pd.DataFrame(rows).to_csv(index=False))
             if log:
-                log(f"{name} {label(method, st)} [{verdict}]: KL {h0['kl']:.4g} -> {after['kl']:.4g}, "
+                log(
+                    f"{name} {label(method, st)} [{verdict}]: KL {h0['kl']:.4g} -> {after['kl']:.4g}, "
                     f"top-1 {h0['top1']:.3f} -> {after['top1']:.3f}, Var_p {h0['var_p']:.4g} -> "
                     f"{after['var_p']:.4g}, gen {h0.get('gen_prefix_agreement', np.nan):.3f} -> "
-                    f"{after.get('gen_prefix_agreement', np.nan):.3f}  ({time.perf_counter() - t0:.0f} s)")
+                    f"{after.get('gen_prefix_agreement', np.nan):.3f}  ({time.perf_counter() - t0:.0f} s)"
+                )
         del loaded, probe
         _free_memory()
     return pd.DataFrame(rows)
@@ -132,14 +172,27 @@ def summary(df) -> list[dict]:
         g = g.sort_values("step")
         a, b = g.iloc[0], g.iloc[-1]
         d_gen = b.gen_prefix_agreement - a.gen_prefix_agreement
-        out.append({"model": model, "setting": setting, "verdict": a.verdict, "steps": int(b.step),
-                    "kl_before": a.kl, "kl_after": b.kl, "top1_before": a.top1, "top1_after": b.top1,
-                    "var_p_before": a.var_p, "var_p_after": b.var_p, "gen_before": a.gen_prefix_agreement,
-                    "gen_after": b.gen_prefix_agreement, "kl_recovered": b.kl_recovered,
-                    "top1_recovered": b.top1_recovered,
-                    # the theory's necessary condition: generation comes back only if Var_p(Δz) falls
-                    "gen_up_needs_var_down": bool(d_gen <= 0 or b.var_p < a.var_p),
-                    "kl_per_step": (a.kl - b.kl) / max(int(b.step), 1)})
+        out.append(
+            {
+                "model": model,
+                "setting": setting,
+                "verdict": a.verdict,
+                "steps": int(b.step),
+                "kl_before": a.kl,
+                "kl_after": b.kl,
+                "top1_before": a.top1,
+                "top1_after": b.top1,
+                "var_p_before": a.var_p,
+                "var_p_after": b.var_p,
+                "gen_before": a.gen_prefix_agreement,
+                "gen_after": b.gen_prefix_agreement,
+                "kl_recovered": b.kl_recovered,
+                "top1_recovered": b.top1_recovered,
+                # the theory's necessary condition: generation comes back only if Var_p(Δz) falls
+                "gen_up_needs_var_down": bool(d_gen <= 0 or b.var_p < a.var_p),
+                "kl_per_step": (a.kl - b.kl) / max(int(b.step), 1),
+            }
+        )
     return out
 
 
@@ -158,9 +211,12 @@ def recovery_figure(df, path: Path, title: str) -> Path:
     settings = list(dict.fromkeys(d["setting"]))
     palette = dict(zip(settings, sns.color_palette("tab10", len(settings))))
     markers = {"intact": "o", "signal degradation": "X", "computation collapse": "s"}
-    panels = [("kl", "KL(p ‖ q)  (log)", True), ("top1", "top-1 agreement with the base", False),
-              ("gen_prefix_agreement", "greedy generation: share identical\nbefore the first divergence", False),
-              ("var_p", "Var_p(Δz)  (log; KL ≈ ½Var_p)", True)]
+    panels = [
+        ("kl", "KL(p ‖ q)  (log)", True),
+        ("top1", "top-1 agreement with the base", False),
+        ("gen_prefix_agreement", "greedy generation: share identical\nbefore the first divergence", False),
+        ("var_p", "Var_p(Δz)  (log; KL ≈ ½Var_p)", True),
+    ]
     fig, axes = plt.subplots(len(models), len(panels), figsize=(19, 4.2 * len(models)), squeeze=False)
     for r, model in enumerate(models):
         for c, (col, ylabel, log) in enumerate(panels):
@@ -168,8 +224,20 @@ def recovery_figure(df, path: Path, title: str) -> Path:
             ok = d[(d.model == model) & np.isfinite(d[col].astype(float))]
             if log:
                 ok = ok[ok[col] > 0]
-            sns.lineplot(ok, x="step", y=col, hue="setting", style="verdict", markers=markers, dashes=False,
-                         palette=palette, hue_order=settings, markersize=8, ax=ax, legend=False)
+            sns.lineplot(
+                ok,
+                x="step",
+                y=col,
+                hue="setting",
+                style="verdict",
+                markers=markers,
+                dashes=False,
+                palette=palette,
+                hue_order=settings,
+                markersize=8,
+                ax=ax,
+                legend=False,
+            )
             if log:
                 ax.set_yscale("log")
             ax.set_ylabel(ylabel)
@@ -178,8 +246,10 @@ def recovery_figure(df, path: Path, title: str) -> Path:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=palette[x], lw=2, label=x) for x in settings]
-    handles += [Line2D([], [], color="0.3", marker=markers.get(v, "o"), lw=0, markersize=8, label=v)
-                for v in dict.fromkeys(d["verdict"])]
+    handles += [
+        Line2D([], [], color="0.3", marker=markers.get(v, "o"), lw=0, markersize=8, label=v)
+        for v in dict.fromkeys(d["verdict"])
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
@@ -208,10 +278,22 @@ def main(argv=None) -> int:
     log = lambda msg: print(f"[recovery] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    df = run_recovery(args.models, settings, steps=args.steps, eval_every=args.eval_every, lr=args.lr,
-                      ste_lr=args.ste_lr, batch=args.batch, train_seqlen=args.train_seqlen, windows=args.windows,
-                      seqlen=args.seqlen, prompts=args.prompts, new_tokens=args.new_tokens,
-                      table=None if args.fresh else out / "recovery.csv", log=log)
+    df = run_recovery(
+        args.models,
+        settings,
+        steps=args.steps,
+        eval_every=args.eval_every,
+        lr=args.lr,
+        ste_lr=args.ste_lr,
+        batch=args.batch,
+        train_seqlen=args.train_seqlen,
+        windows=args.windows,
+        seqlen=args.seqlen,
+        prompts=args.prompts,
+        new_tokens=args.new_tokens,
+        table=None if args.fresh else out / "recovery.csv",
+        log=log,
+    )
     df = df[df.model.isin(args.models) & df.setting.isin([label(m, st) for m, st in settings])]
     from hemorrhage.sim.outputs import atomic_write_text
 
@@ -219,16 +301,20 @@ def main(argv=None) -> int:
     summ = summary(df)
     atomic_write_text(out / "recovery_summary.json", json.dumps(summ, indent=2, default=float))
     n_tok = args.windows * (args.seqlen - 1)
-    title = (f"Recovery by KL distillation ({args.steps} steps, {args.batch}×{args.train_seqlen} train "
-             f"tokens/step), measured on {n_tok} held-out Wikipedia tokens and {args.prompts} prompts.  "
-             "SmolLM2's base is a dequantized GGUF; the control's is clean fp32")
+    title = (
+        f"Recovery by KL distillation ({args.steps} steps, {args.batch}×{args.train_seqlen} train "
+        f"tokens/step), measured on {n_tok} held-out Wikipedia tokens and {args.prompts} prompts.  "
+        "SmolLM2's base is a dequantized GGUF; the control's is clean fp32"
+    )
     atomic_write_text(out / "figure.json", json.dumps({"title": title}))  # `hemorrhage figures` redraws with it
     fig = recovery_figure(df, Path(args.figures) / "recovery.png", title)
     for s in summ:
-        print(f"{s['model']:>14} {s['setting']:<30} {s['verdict']:<22} KL {s['kl_before']:.4g} -> {s['kl_after']:.4g} "
-              f"({s['kl_recovered']:+.0%})  top-1 {s['top1_before']:.3f} -> {s['top1_after']:.3f}  "
-              f"Var_p {s['var_p_before']:.4g} -> {s['var_p_after']:.4g}  gen {s['gen_before']:.2f} -> "
-              f"{s['gen_after']:.2f}")
+        print(
+            f"{s['model']:>14} {s['setting']:<30} {s['verdict']:<22} KL {s['kl_before']:.4g} -> {s['kl_after']:.4g} "
+            f"({s['kl_recovered']:+.0%})  top-1 {s['top1_before']:.3f} -> {s['top1_after']:.3f}  "
+            f"Var_p {s['var_p_before']:.4g} -> {s['var_p_after']:.4g}  gen {s['gen_before']:.2f} -> "
+            f"{s['gen_after']:.2f}"
+        )
     print(f"table: {out / 'recovery.csv'}\nfigure: {fig}")
     return 0
 

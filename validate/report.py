@@ -89,8 +89,14 @@ def grid_spec(rows) -> str:
         g = r.get("grid") or {"method": r.get("method"), "settings": r.get("settings") or {}}
         items = list(g["settings"].items())
         head, last = (items[:-1], items[-1]) if items else ([], None)
-        if entries and last and entries[-1][0] == g["method"] and entries[-1][1] == head \
-                and entries[-1][2] and entries[-1][2][0][0] == last[0]:
+        if (
+            entries
+            and last
+            and entries[-1][0] == g["method"]
+            and entries[-1][1] == head
+            and entries[-1][2]
+            and entries[-1][2][0][0] == last[0]
+        ):
             entries[-1][2].append(last)
         else:
             entries.append((g["method"], head, [last] if last else []))
@@ -110,9 +116,18 @@ def sweep_command(rows, path: str) -> str:
     sw = first.get("sweep") or {}
     cfg, cal = sw.get("config") or first.get("config") or {}, sw.get("calib") or {}
     flags = [f"--model {first.get('model', '?')}", f"--grid '{grid_spec(rows)}'"]
-    names = {"windows": "--windows", "seqlen": "--seqlen", "source": "--source", "mc_items": "--mc-items",
-             "mc_seed": "--mc-seed", "prompts": "--prompts", "prompt_len": "--prompt-len",
-             "new_tokens": "--new-tokens", "gen_seed": "--gen-seed", "strata_bins": "--strata-bins"}
+    names = {
+        "windows": "--windows",
+        "seqlen": "--seqlen",
+        "source": "--source",
+        "mc_items": "--mc-items",
+        "mc_seed": "--mc-seed",
+        "prompts": "--prompts",
+        "prompt_len": "--prompt-len",
+        "new_tokens": "--new-tokens",
+        "gen_seed": "--gen-seed",
+        "strata_bins": "--strata-bins",
+    }
     flags += [f"{flag} {cfg[k]}" for k, flag in names.items() if k in cfg]
     for k, flag in (("mc_tasks", "--mc-tasks"), ("strategies", "--strategies")):
         if cfg.get(k):
@@ -136,8 +151,11 @@ def _evidence(ev, depth: int = 0) -> str:
     if scalars:
         out += "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(_num(v))}</td></tr>" for k, v in scalars) + "</table>"
     for k, v in nested:
-        body = (_evidence(v, depth + 1) if isinstance(v, dict) and depth < 2
-                else f"<pre>{_e(json.dumps(v, indent=1, sort_keys=True, allow_nan=True, default=str))}</pre>")
+        body = (
+            _evidence(v, depth + 1)
+            if isinstance(v, dict) and depth < 2
+            else f"<pre>{_e(json.dumps(v, indent=1, sort_keys=True, allow_nan=True, default=str))}</pre>"
+        )
         out += f"<details><summary>{_e(k)}</summary>{body}</details>"
     return out
 
@@ -146,27 +164,49 @@ def predictor_html(pred: dict, source: str) -> str:
     """The predictor's points (predicted KL and its band beside the measured KL where a
     bench file has it) and its cliffs, from `hemorrhage predict --json` or bench_predict_*.json."""
     inner = pred.get("predicted", pred)
-    measured = {(m.get("method"), json.dumps(m.get("settings"), sort_keys=True)): m
-                for m in (pred.get("measured") or {}).get("points", [])}
+    measured = {
+        (m.get("method"), json.dumps(m.get("settings"), sort_keys=True)): m
+        for m in (pred.get("measured") or {}).get("points", [])
+    }
     rows = []
     for p in inner.get("points", []):
         m = measured.get((p.get("method"), json.dumps(p.get("settings"), sort_keys=True)), {})
         lo, hi = (p.get("kl_interval") or [None, None])[:2]
-        rows.append([p.get("method"), json.dumps(p.get("settings"), sort_keys=True), p.get("kl"), lo, hi,
-                     p.get("kl_linear"), p.get("kl_dephased"), m.get("kl")])
+        rows.append(
+            [
+                p.get("method"),
+                json.dumps(p.get("settings"), sort_keys=True),
+                p.get("kl"),
+                lo,
+                hi,
+                p.get("kl_linear"),
+                p.get("kl_dephased"),
+                m.get("kl"),
+            ]
+        )
     head = ["method", "settings", "KL predicted", "5 %", "95 %", "linear", "dephased", "KL measured"]
-    out = [f"<h3>{_e(inner.get('model', pred.get('model', '?')))} — <code>{_e(source)}</code></h3>",
-           _table(head, rows)]
+    out = [f"<h3>{_e(inner.get('model', pred.get('model', '?')))} — <code>{_e(source)}</code></h3>", _table(head, rows)]
     cl = pred.get("cliffs") or inner.get("cliffs") or []
-    out.append(_table(["family", "axis", "predicted cliff", "model band", "measured cliff"],
-                      [[c.get("family"), c.get("axis"), c.get("cliff"), json.dumps(c.get("model_interval")),
-                        c.get("measured")] for c in cl]))
+    out.append(
+        _table(
+            ["family", "axis", "predicted cliff", "model band", "measured cliff"],
+            [
+                [c.get("family"), c.get("axis"), c.get("cliff"), json.dumps(c.get("model_interval")), c.get("measured")]
+                for c in cl
+            ],
+        )
+    )
     return "\n".join(out)
 
 
 def _table(head, rows) -> str:
-    return ("<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{_e(_num(c))}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    return (
+        "<table><tr>"
+        + "".join(f"<th>{_e(h)}</th>" for h in head)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{_e(_num(c))}</td>" for c in r) + "</tr>" for r in rows)
+        + "</table>"
+    )
 
 
 def render(studies: list[Study], predictors: list[tuple[str, dict]], command: str) -> str:
@@ -174,42 +214,56 @@ def render(studies: list[Study], predictors: list[tuple[str, dict]], command: st
     models: dict[str, str] = {}
     for s in studies:
         for r in s.rows:
-            models.setdefault(str(r.get("model")), str(r.get("base_note") or (r.get("record") or {}).get(
-                "base_note") or "no base note recorded"))
+            models.setdefault(
+                str(r.get("model")),
+                str(r.get("base_note") or (r.get("record") or {}).get("base_note") or "no base note recorded"),
+            )
     title = "Compression damage: " + ", ".join(models)
     # stored verdicts may predate an experiment added since: shown as "not run"
     names = [n for n in EXPERIMENTS if any(n in s.verdicts for s in studies)]
-    b = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
-         f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>",
-         "<p>Each claim of the seeds is tested on measured sweeps: a verdict, its evidence, its figure and the "
-         "command that reproduces it.  Written by <code>" + _e(command) + "</code>.</p>",
-         "<h2 id='bases'>Models and their bases</h2>",
-         _table(["model", "base note (every number is damage relative to this base)"], list(models.items())),
-         "<h2 id='verdicts'>Verdicts</h2>",
-         _table(["experiment"] + [s.stem for s in studies],
-                [[n] + [WORD[s.verdicts[n]["holds"]] if n in s.verdicts else "not run" for s in studies]
-                 for n in names])]
+    b = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
+        f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>",
+        "<p>Each claim of the seeds is tested on measured sweeps: a verdict, its evidence, its figure and the "
+        "command that reproduces it.  Written by <code>" + _e(command) + "</code>.</p>",
+        "<h2 id='bases'>Models and their bases</h2>",
+        _table(["model", "base note (every number is damage relative to this base)"], list(models.items())),
+        "<h2 id='verdicts'>Verdicts</h2>",
+        _table(
+            ["experiment"] + [s.stem for s in studies],
+            [[n] + [WORD[s.verdicts[n]["holds"]] if n in s.verdicts else "not run" for s in studies] for n in names],
+        ),
+    ]
     for s in studies:
         b.append(f"<h2 id='{_e(s.stem)}'>Study {_e(s.stem)}: {len(s.rows)} settings</h2>")
         b.append("<p>Sweeps: " + ", ".join(f"<code>{_e(p)}</code>" for p in s.sweeps) + "</p>")
         for n in (n for n in names if n in s.verdicts):
             v = s.verdicts[n]
             cls = {True: "holds", False: "fails", None: "untested"}[v["holds"]]
-            b += [f"<h3 id='{_e(s.stem)}-{n}'>{_e(n)}</h3>", f"<p><b>Claim:</b> {_e(v.get('claim', ''))}</p>",
-                  f"<p><span class='{cls}'>{WORD[v['holds']]}</span> — "
-                  f"{_e(str(v.get('summary', '')).removeprefix(WORD[v['holds']] + ': '))}</p>"]
+            b += [
+                f"<h3 id='{_e(s.stem)}-{n}'>{_e(n)}</h3>",
+                f"<p><b>Claim:</b> {_e(v.get('claim', ''))}</p>",
+                f"<p><span class='{cls}'>{WORD[v['holds']]}</span> — "
+                f"{_e(str(v.get('summary', '')).removeprefix(WORD[v['holds']] + ': '))}</p>",
+            ]
             if n in s.images:
                 b.append(f"<p><img src='{_e(s.images[n])}' alt='{_e(n)} figure of {_e(s.stem)}'></p>")
             if n in s.tables:
                 b.append(f"<p>Table: <a href='{_e(s.tables[n])}'>{_e(s.tables[n])}</a></p>")
-            b.append("<details><summary>evidence and rules</summary>" + _evidence(v.get("evidence") or {})
-                     + _evidence({"rules": v.get("rules") or {}}) + "</details>")
+            b.append(
+                "<details><summary>evidence and rules</summary>"
+                + _evidence(v.get("evidence") or {})
+                + _evidence({"rules": v.get("rules") or {}})
+                + "</details>"
+            )
             sw = " ".join(f"--sweep {p}" for p in s.sweeps)
             b.append(f"<p>Reproduce: <code>hemorrhage experiment {n} {_e(sw)}</code></p>")
     if predictors:
         b.append("<h2 id='predictor'>Predicted before compressing (linear response)</h2>")
-        b.append("<p>KL(p‖q) predicted from the base alone (sim/predict.py): the centre of the linear and dephased "
-                 "closures and its 5–95 % band, beside the KL measured after compressing.</p>")
+        b.append(
+            "<p>KL(p‖q) predicted from the base alone (sim/predict/): the centre of the linear and dephased "
+            "closures and its 5–95 % band, beside the KL measured after compressing.</p>"
+        )
         b += [predictor_html(p, src) for src, p in predictors]
     b.append("<h2 id='notation'>Notation</h2>")
     b.append(_table(["symbol", "meaning"], GLOSSARY))
@@ -270,11 +324,16 @@ def write_report(sweeps, out, *, predict=(), overwrite: bool = False, command: s
 
     check_output_dir(out, overwrite=overwrite)
     got = read_sweeps(sweeps)
-    found = list(dict.fromkeys(Path(p).parent / "bench" / f"bench_predict_{r.get('model')}.json"
-                               for p, rows in got for r in rows))
+    found = list(
+        dict.fromkeys(
+            Path(p).parent / "bench" / f"bench_predict_{r.get('model')}.json" for p, rows in got for r in rows
+        )
+    )
     predictors = read_predictors(list(predict) + [f for f in found if f.is_file() and str(f) not in predict])
-    with owned_dir(Path(out), command=command, overwrite=overwrite) as tmp, \
-            tempfile.TemporaryDirectory(prefix="hemorrhage-report.") as scratch:
+    with (
+        owned_dir(Path(out), command=command, overwrite=overwrite) as tmp,
+        tempfile.TemporaryDirectory(prefix="hemorrhage-report.") as scratch,
+    ):
         studies = []
         for stem, paths, rows in _studies(got):
             verdicts = run_all(rows, scratch, scratch, stem, log=lambda m: None)

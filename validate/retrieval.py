@@ -66,7 +66,8 @@ def sentences(paragraph: str) -> list[str]:
     return [s for s in _SENT.split(paragraph.strip()) if len(s.split()) >= MIN_WORDS]
 
 
-def _paragraphs(text: str) -> list[str]:
+def prose_paragraphs(text: str) -> list[str]:
+    """The lines of a text split (sim.data.split_text) that are prose paragraphs."""
     # a line of one or two words is an article title or a section heading, not prose
     return [p.strip() for p in text.split("\n") if len(p.split()) > 2]
 
@@ -80,7 +81,7 @@ def make_pairs(paragraphs: list[str], seed: int) -> list[tuple[str, str]]:
         if len(sents) < 2:
             continue
         k = int(rng.integers(len(sents)))
-        out.append((sents[k], " ".join(sents[:k] + sents[k + 1:])))
+        out.append((sents[k], " ".join(sents[:k] + sents[k + 1 :])))
     return out
 
 
@@ -104,11 +105,16 @@ def build_set(heldout: list[str], train: list[str], n_documents: int, seed: int 
 def retrieval_set(n_documents: int = 1000, seed: int = 0) -> RetrievalSet:
     from hemorrhage.sim.data import split_text
 
-    return build_set(_paragraphs(split_text("wiki", "heldout")), _paragraphs(split_text("wiki", "train")),
-                     n_documents, seed)
+    return build_set(
+        prose_paragraphs(split_text("wiki", "heldout")),
+        prose_paragraphs(split_text("wiki", "train")),
+        n_documents,
+        seed,
+    )
 
 
 # ---------------------------------------------------------------- embeddings ----------
+
 
 def is_encoder(model) -> bool:
     return getattr(getattr(model, "cfg", None), "family", None) == "bert"
@@ -151,22 +157,23 @@ def embed_ids(model, ids: list[list[int]], *, batch: int = 32, bucket: int = 16)
     fn = _encoder_embed if is_encoder(model) else _causal_embed
     parts: dict[str, list] = {}
     for s in range(0, len(order), batch):
-        idx = order[s:s + batch]
+        idx = order[s : s + batch]
         T = -(-max(len(ids[i]) for i in idx) // bucket) * bucket
         tok = np.zeros((batch, T), np.int32)  # a ragged last batch is padded with empty rows
         mask = np.zeros((batch, T), np.float32)
-        mask[len(idx):, 0] = 1.0  # empty rows see one token, so no row divides by zero
+        mask[len(idx) :, 0] = 1.0  # empty rows see one token, so no row divides by zero
         for r, i in enumerate(idx):
-            tok[r, :len(ids[i])], mask[r, :len(ids[i])] = ids[i], 1.0
+            tok[r, : len(ids[i])], mask[r, : len(ids[i])] = ids[i], 1.0
         out = fn(model, jnp.asarray(tok), jnp.asarray(mask))
         out = {pooling_names(model)[0]: out} if not isinstance(out, dict) else out
         for k, v in out.items():
-            parts.setdefault(k, []).append(np.asarray(v, np.float32)[:len(idx)])
+            parts.setdefault(k, []).append(np.asarray(v, np.float32)[: len(idx)])
     inv = np.argsort(np.asarray(order))
     return {k: np.concatenate(v)[inv] for k, v in parts.items()}
 
 
 # ---------------------------------------------------------------- metrics -------------
+
 
 @jax.jit
 def _ranks(q: Float[Array, "nq d"], d: Float[Array, "nd d"], gold):
@@ -181,8 +188,13 @@ def retrieval_metrics(q: np.ndarray, d: np.ndarray, gold: np.ndarray) -> dict:
     """recall_at_1, recall_at_10, mrr, nonfinite_queries and ranks [n_queries] (module docstring)."""
     ranks, ok = _ranks(jnp.asarray(q, jnp.float32), jnp.asarray(d, jnp.float32), jnp.asarray(gold, jnp.int32))
     r = np.asarray(ranks, np.float64)
-    return {"recall_at_1": float(np.mean(r <= 1)), "recall_at_10": float(np.mean(r <= 10)),
-            "mrr": float(np.mean(1.0 / r)), "nonfinite_queries": int((~np.asarray(ok)).sum()), "ranks": r}
+    return {
+        "recall_at_1": float(np.mean(r <= 1)),
+        "recall_at_10": float(np.mean(r <= 10)),
+        "mrr": float(np.mean(1.0 / r)),
+        "nonfinite_queries": int((~np.asarray(ok)).sum()),
+        "ranks": r,
+    }
 
 
 def mean_cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -194,6 +206,7 @@ def mean_cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- measure -------------
+
 
 @dataclass(frozen=True)
 class RetrievalConfig:
@@ -225,9 +238,16 @@ def measure_retrieval(loaded, comp_model, config: RetrievalConfig) -> dict:
     """The module docstring's `measure` keys for `comp_model` against `loaded.model`."""
     rs, ids, base = _base(loaded.model, loaded.tokenizer, config)
     comp = embed_ids(comp_model, ids)
-    out: dict = {"retrieval": {"n_queries": len(rs.queries), "n_documents": len(rs.documents),
-                               "n_distractors": rs.n_distractors, "max_tokens": config.max_tokens,
-                               "seed": config.seed, "pooling": pooling_names(comp_model)[0]}}
+    out: dict = {
+        "retrieval": {
+            "n_queries": len(rs.queries),
+            "n_documents": len(rs.documents),
+            "n_distractors": rs.n_distractors,
+            "max_tokens": config.max_tokens,
+            "seed": config.seed,
+            "pooling": pooling_names(comp_model)[0],
+        }
+    }
     nc: dict = {}
     for i, pooling in enumerate(pooling_names(comp_model)):
         b, c = _scores(base[pooling], rs), _scores(comp[pooling], rs)
@@ -238,8 +258,9 @@ def measure_retrieval(loaded, comp_model, config: RetrievalConfig) -> dict:
         if b["nonfinite_queries"]:
             for k in KEYS + tuple(f"{k}_base" for k in KEYS) + ("embedding_cos",):
                 d[k] = None
-                d.setdefault(NC, {})[k] = (f"base embeddings not finite for {b['nonfinite_queries']} of "
-                                           f"{len(rs.queries)} queries")
+                d.setdefault(NC, {})[k] = (
+                    f"base embeddings not finite for {b['nonfinite_queries']} of {len(rs.queries)} queries"
+                )
         elif not np.isfinite(d["embedding_cos"]):
             d["embedding_cos"] = None
             d.setdefault(NC, {})["embedding_cos"] = "compressed embeddings not finite"

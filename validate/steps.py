@@ -48,8 +48,10 @@ def parse_strategy(name: str) -> dict:
     """'greedy' | 'tempT' | 'toppP' | 'beamW' -> generation settings (UserError otherwise)."""
     m = STRATEGY_RE.match(name.strip())
     if not m:
-        raise UserError(f"unknown decoding strategy {name!r}; use greedy, tempT (e.g. temp0.7), "
-                        f"toppP (e.g. topp0.9) or beamW (e.g. beam4)")
+        raise UserError(
+            f"unknown decoding strategy {name!r}; use greedy, tempT (e.g. temp0.7), "
+            f"toppP (e.g. topp0.9) or beamW (e.g. beam4)"
+        )
     if m.group(2):
         t = float(m.group(2))
         if t <= 0:
@@ -90,12 +92,12 @@ def decode_checked(model, prompts, n: int, strategy: str = "greedy", seed: int =
     return np.asarray(out, np.int32), np.array(fin, bool)
 
 
-GEN_KEYS = ("first_divergence", "first_divergence_mean", "gen_prefix_agreement", "gen_token_agreement",
-            "gen_identical")
+GEN_KEYS = ("first_divergence", "first_divergence_mean", "gen_prefix_agreement", "gen_token_agreement", "gen_identical")
 
 
-def gen_metrics(gen_b: np.ndarray, gen_c: np.ndarray, ok_b: np.ndarray | None = None,
-                ok_c: np.ndarray | None = None) -> dict:
+def gen_metrics(
+    gen_b: np.ndarray, gen_c: np.ndarray, ok_b: np.ndarray | None = None, ok_c: np.ndarray | None = None
+) -> dict:
     """First divergence and agreement of two [K N] continuations of the same prompts.
 
     ok_b, ok_c [K N]: whether each token came from finite logits.  A compressed token that did
@@ -109,9 +111,15 @@ def gen_metrics(gen_b: np.ndarray, gen_c: np.ndarray, ok_b: np.ndarray | None = 
     if ok_c is not None:
         diff = diff | ~ok_c
     first = np.where(diff.any(-1), diff.argmax(-1), N)
-    out = {"first_divergence": [int(x) for x in first], "first_divergence_mean": mean(first),
-           "gen_prefix_agreement": mean(first) / N, "gen_token_agreement": mean(~diff),
-           "gen_identical": mean(first == N), "new_tokens": int(N), "prompts": int(K)}
+    out = {
+        "first_divergence": [int(x) for x in first],
+        "first_divergence_mean": mean(first),
+        "gen_prefix_agreement": mean(first) / N,
+        "gen_token_agreement": mean(~diff),
+        "gen_identical": mean(first == N),
+        "new_tokens": int(N),
+        "prompts": int(K),
+    }
     if ok_b is not None and not ok_b.all():
         bad_c = 0 if ok_c is None else int((~ok_c.all(-1)).sum())
         mark(out, GEN_KEYS, count_reason("generation logits", int((~ok_b.all(-1)).sum()), bad_c, K, "prompts"))
@@ -119,6 +127,7 @@ def gen_metrics(gen_b: np.ndarray, gen_c: np.ndarray, ok_b: np.ndarray | None = 
 
 
 # ------------------------------------------------------------------ teacher forcing -----
+
 
 @nnx.jit
 def _last_hidden(model, tokens):
@@ -132,7 +141,7 @@ def path_hidden(model, prompts: np.ndarray, gen: np.ndarray) -> np.ndarray:
 
     P = prompts.shape[1]
     seq = np.concatenate([prompts, gen[:, :-1]], axis=1)
-    return np.asarray(_last_hidden(model, on_active_mesh(seq)))[:, P - 1:]
+    return np.asarray(_last_hidden(model, on_active_mesh(seq)))[:, P - 1 :]
 
 
 @partial(nnx.jit, static_argnames=("chunk",))
@@ -154,23 +163,26 @@ def _step_rows(base, comp, hb, hc, hf, a, chunk: int):
         # a base step with non-finite logits has no path to leave: NaN, not computable
         fin_b, fin_c = jnp.all(jnp.isfinite(zb), -1), jnp.all(jnp.isfinite(zc), -1)
         flip = jnp.where(fin_c, jnp.argmax(zc, axis=-1) != at, True).astype(jnp.float32)
-        out.update(margin=za - pick(zb, bt), dpair=pick(dz, at) - pick(dz, bt),
-                   flip=jnp.where(fin_b, flip, jnp.nan),
-                   kl_free=kl_exact(zb, comp.unembed(xf) - zb))
+        out.update(
+            margin=za - pick(zb, bt),
+            dpair=pick(dz, at) - pick(dz, bt),
+            flip=jnp.where(fin_b, flip, jnp.nan),
+            kl_free=kl_exact(zb, comp.unembed(xf) - zb),
+        )
         return out
 
     return chunked(one, hb.shape[0], chunk, hb, hc, hf, a)
 
 
-def step_metrics(base, comp, h_base: np.ndarray, prompts: np.ndarray, gen_b: np.ndarray,
-                 gen_c: np.ndarray) -> dict:
+def step_metrics(base, comp, h_base: np.ndarray, prompts: np.ndarray, gen_b: np.ndarray, gen_c: np.ndarray) -> dict:
     """Per (prompt, step) arrays [K N] of every quantity in the module docstring."""
     K, N, d = h_base.shape
     h_tf = path_hidden(comp, prompts, gen_b)
     h_fr = path_hidden(comp, prompts, gen_c)
     flat = lambda x: jnp.asarray(x.reshape(K * N, -1))  # noqa: E731
-    rows = _step_rows(base, comp, flat(h_base), flat(h_tf), flat(h_fr), jnp.asarray(gen_b.reshape(-1)),
-                      chunk=min(64, K * N))
+    rows = _step_rows(
+        base, comp, flat(h_base), flat(h_tf), flat(h_fr), jnp.asarray(gen_b.reshape(-1)), chunk=min(64, K * N)
+    )
     return {k: np.asarray(v, np.float64).reshape(K, N) for k, v in rows.items()}
 
 
@@ -185,14 +197,19 @@ def steps_summary(per: dict, first_divergence) -> dict:
     flip = per["flip"] > 0.5
     K, N = flip.shape
     tf_first = np.where(flip.any(-1), flip.argmax(-1), N)
-    out = {"mean": {k: rounded(np.mean(per[k], 0)) for k in PER_STEP if k in per},
-           "per_prompt": {k: rounded(per[k], 4) for k in PER_PROMPT},  # 4 digits: a sweep file stays small
-           "tf_first_flip": [int(x) for x in tf_first],
-           "tf_agreement": mean(~flip)}
+    out = {
+        "mean": {k: rounded(np.mean(per[k], 0)) for k in PER_STEP if k in per},
+        "per_prompt": {k: rounded(per[k], 4) for k in PER_PROMPT},  # 4 digits: a sweep file stays small
+        "tf_first_flip": [int(x) for x in tf_first],
+        "tf_agreement": mean(~flip),
+    }
     if first_divergence is not None:
         out["tf_first_flip_matches_free_running"] = mean(tf_first == np.asarray(first_divergence))
     bad = np.isnan(per["flip"]).any(-1)
     if bad.any():
-        mark(out, ("tf_first_flip", "tf_agreement", "tf_first_flip_matches_free_running"),
-             count_reason("logits along the base's path", int(bad.sum()), 0, K, "prompts"))
+        mark(
+            out,
+            ("tf_first_flip", "tf_agreement", "tf_first_flip_matches_free_running"),
+            count_reason("logits along the base's path", int(bad.sum()), 0, K, "prompts"),
+        )
     return out

@@ -31,8 +31,18 @@ import numpy as np
 
 from hemorrhage.validate.arrays import rounded
 
-QUANTITIES = ("nll_base", "p_target", "dnll", "kl", "kl_pred", "top1", "hoyer_base", "hoyer_comp", "gate_off_base",
-              "gate_off_comp")
+QUANTITIES = (
+    "nll_base",
+    "p_target",
+    "dnll",
+    "kl",
+    "kl_pred",
+    "top1",
+    "hoyer_base",
+    "hoyer_comp",
+    "gate_off_base",
+    "gate_off_comp",
+)
 RANKED = ("dnll", "kl", "kl_pred", "hoyer_base", "hoyer_comp", "hoyer_shift", "gate_off_base", "gate_off_comp")
 
 

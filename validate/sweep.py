@@ -54,6 +54,7 @@ import sys
 from pathlib import Path
 
 from hemorrhage.errors import UserError
+from hemorrhage.sim.outputs import jsonable
 from hemorrhage.validate.sweep_file import base_path_for, check_sweep_out, read_rows  # noqa: F401  (its format)
 
 CALIB_KEYS = ("calib_samples", "calib_seqlen", "seed", "calib_source")
@@ -61,6 +62,7 @@ _CALIB_TYPES = {"calib_samples": int, "calib_seqlen": int, "seed": int, "calib_s
 
 
 # ------------------------------------------------------------------ the grid -----------
+
 
 def _literal(text: str):
     t = text.strip()
@@ -146,18 +148,9 @@ def row_key(model: str, method: str, settings: dict) -> str:
 
 # ------------------------------------------------------------------ the file -----------
 
-def _jsonable(x):
-    import numpy as np
-
-    if isinstance(x, np.generic):
-        return x.item()
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return str(x)
-
 
 def dumps_row(row: dict) -> str:
-    return json.dumps(row, sort_keys=True, allow_nan=True, default=_jsonable, separators=(",", ":"))
+    return json.dumps(row, sort_keys=True, allow_nan=True, default=jsonable, separators=(",", ":"))
 
 
 def append_row(path: Path, row: dict, fd: int | None = None) -> None:
@@ -209,15 +202,26 @@ def _lock(out: Path) -> int:
 
 # ------------------------------------------------------------------ the run ------------
 
-def run_sweep(loaded, grid: list[tuple[str, dict]], config, out: Path, *, calib: dict | None = None,
-              progress: bool = True, log=None, devices: int = 1, mesh_shape: dict | None = None) -> dict:
+
+def run_sweep(
+    loaded,
+    grid: list[tuple[str, dict]],
+    config,
+    out: Path,
+    *,
+    calib: dict | None = None,
+    progress: bool = True,
+    log=None,
+    devices: int = 1,
+    mesh_shape: dict | None = None,
+) -> dict:
     """Measure every setting of `grid` not yet in `out`.  Returns {'rows', 'done_before',
     'computed', 'failed': [(method, settings, error)], 'placement': {key: [devices]}}.
 
     devices > 1: that many settings at once, one per device group of `mesh_shape` devices
     (validate.sweep_workers); rows are still written one at a time in grid order."""
     from hemorrhage.sim import shard
-    from hemorrhage.sim.data import adds_bos
+    from hemorrhage.sim.windows import adds_bos
 
     log = log or (lambda msg: print(f"[sweep] {msg}", file=sys.stderr, flush=True))
     out = Path(out)
@@ -231,8 +235,9 @@ def run_sweep(loaded, grid: list[tuple[str, dict]], config, out: Path, *, calib:
         run_info["bos"] = True
     fd = _lock(out) if writer else None
     try:
-        failed, n_done, n_todo, placement = _run_locked(loaded, grid, config, out, fd, calib, run_info, progress,
-                                                        log, devices, mesh_shape)
+        failed, n_done, n_todo, placement = _run_locked(
+            loaded, grid, config, out, fd, calib, run_info, progress, log, devices, mesh_shape
+        )
     finally:
         if fd is not None:
             os.close(fd)
@@ -241,15 +246,21 @@ def run_sweep(loaded, grid: list[tuple[str, dict]], config, out: Path, *, calib:
     for m, st in grid:
         order.setdefault(row_key(loaded.name, m, st), len(order))
     rows = sorted((r for r in rows if r["key"] in order), key=lambda r: order[r["key"]])
-    return {"rows": rows, "done_before": n_done, "computed": n_todo - len(failed), "failed": failed,
-            "placement": placement}
+    return {
+        "rows": rows,
+        "done_before": n_done,
+        "computed": n_todo - len(failed),
+        "failed": failed,
+        "placement": placement,
+    }
 
 
 def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log, devices, mesh_shape):
     from tqdm import tqdm
 
     from hemorrhage.validate.computable import show
-    from hemorrhage.validate.measure import base_cache, row_view
+    from hemorrhage.validate.measure import row_view
+    from hemorrhage.validate.base_phase import base_cache
     from hemorrhage.validate.sweep_workers import make_runner
 
     existing = read_rows(out, repair=fd is not None)
@@ -257,8 +268,10 @@ def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log, d
         if not isinstance(r, dict) or "key" not in r:
             raise UserError(f"{out} is not a sweep file (a line without a key); use another --out")
         if r.get("sweep") != run_info:
-            raise UserError(f"{out} holds rows measured with other settings ({_diff(r.get('sweep'), run_info)}); "
-                            f"use another --out or the same flags")
+            raise UserError(
+                f"{out} holds rows measured with other settings ({_diff(r.get('sweep'), run_info)}); "
+                f"use another --out or the same flags"
+            )
     done = {r["key"] for r in existing}
     seen, todo = set(), []
     for method, settings in grid:
@@ -276,8 +289,15 @@ def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log, d
     base = base_cache(loaded, config, base_path_for(out) if fd is not None else None, log=log)
     _draw_calibration(loaded, todo, calib, log)
     runner = make_runner(loaded, devices, mesh_shape, log)
-    bar = tqdm(total=n_total, initial=n_done, desc="sweep", unit="setting", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=n_total,
+        initial=n_done,
+        desc="sweep",
+        unit="setting",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         for (key, method, settings), (status, res) in runner.run(todo, calib, base):
             label = f"{method} " + (",".join(f"{k}={v}" for k, v in settings.items()) or "default")
@@ -289,16 +309,18 @@ def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log, d
                 tqdm.write(f"[sweep] FAILED {label}: {type(e).__name__}: {msg}", file=sys.stderr)
                 bar.update(1)
                 continue
-            row = {"key": key, "grid": {"method": method, "settings": settings}, "sweep": run_info,
-                   **row_view(res)}
+            row = {"key": key, "grid": {"method": method, "settings": settings}, "sweep": run_info, **row_view(res)}
             if fd is not None:
                 append_row(out, row, fd)
-            tqdm.write(f"[sweep] {label}: kl {show(res, 'kl')} ± {show(res, 'kl_stderr', '.2g')}, "
-                       f"top-1 {show(res, 'top1_agreement', '.3f')}, "
-                       f"ppl {show(res, 'ppl')}"
-                       # retrieval (--retrieval N) beside KL/MC/generation: one model, one setting, one row
-                       + (f", recall@1 {show(res, 'retrieval_recall_at_1', '.3f')}" if "retrieval_mrr" in res else "")
-                       + (" COLLAPSED" if res["collapsed"] else ""), file=sys.stderr)
+            tqdm.write(
+                f"[sweep] {label}: kl {show(res, 'kl')} ± {show(res, 'kl_stderr', '.2g')}, "
+                f"top-1 {show(res, 'top1_agreement', '.3f')}, "
+                f"ppl {show(res, 'ppl')}"
+                # retrieval (--retrieval N) beside KL/MC/generation: one model, one setting, one row
+                + (f", recall@1 {show(res, 'retrieval_recall_at_1', '.3f')}" if "retrieval_mrr" in res else "")
+                + (" COLLAPSED" if res["collapsed"] else ""),
+                file=sys.stderr,
+            )
             bar.update(1)
             if devices <= 1:  # with worker threads running, compiled programs are left alone
                 bound_memory(lambda m: tqdm.write(f"[sweep] {m}", file=sys.stderr))
@@ -345,8 +367,10 @@ def bound_memory(log) -> None:
     before = _rss()
     jax.clear_caches()
     gc.collect()
-    log(f"freed compiled programs: resident memory {before / 2**30:.1f} -> {_rss() / 2**30:.1f} GB "
-        f"(limit {memory_limit() / 2**30:.1f} GB)")
+    log(
+        f"freed compiled programs: resident memory {before / 2**30:.1f} -> {_rss() / 2**30:.1f} GB "
+        f"(limit {memory_limit() / 2**30:.1f} GB)"
+    )
 
 
 def _draw_calibration(loaded, todo, calib: dict, log) -> None:

@@ -31,8 +31,13 @@ def is_sweep_row(row) -> bool:
         key = json.loads(row["key"])
     except json.JSONDecodeError:
         return False
-    return (isinstance(key, list) and len(key) == 3 and isinstance(key[0], str) and isinstance(key[1], str)
-            and isinstance(key[2], dict))
+    return (
+        isinstance(key, list)
+        and len(key) == 3
+        and isinstance(key[0], str)
+        and isinstance(key[1], str)
+        and isinstance(key[2], dict)
+    )
 
 
 def _parse(path: Path, data: bytes) -> list:
@@ -43,8 +48,9 @@ def _parse(path: Path, data: bytes) -> list:
         try:
             rows.append(json.loads(line))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{path}: line {i + 1} is not JSON: not a sweep file (or a damaged one); "
-                            "it was left untouched") from None
+            raise UserError(
+                f"{path}: line {i + 1} is not JSON: not a sweep file (or a damaged one); it was left untouched"
+            ) from None
     return rows
 
 
@@ -95,7 +101,7 @@ def read_rows(path, *, repair: bool = True) -> list[dict]:
 
 def base_path_for(out: Path) -> Path:
     out = Path(out)
-    stem = out.name[:-len(out.suffix)] if out.suffix else out.name
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
     return out.with_name(f"{stem}.base.npz")
 
 
@@ -120,6 +126,8 @@ def check_sweep_out(out, flag: str = "--out") -> Path:
         raise UserError(f"{flag} {out} {problem}; it was left untouched: choose another {flag}")
     base = base_path_for(out)
     if base.exists() and (not base.is_file() or not _is_base_cache(base)):
-        raise UserError(f"{base} (where the sweep keeps its base phase) is not a base cache hemorrhage wrote; "
-                        f"it was left untouched: move it or choose another {flag}")
+        raise UserError(
+            f"{base} (where the sweep keeps its base phase) is not a base cache hemorrhage wrote; "
+            f"it was left untouched: move it or choose another {flag}"
+        )
     return out

@@ -89,8 +89,10 @@ class Runner:
                     done[i] = outcome
                     cond.notify_all()
 
-        threads = [threading.Thread(target=worker, args=(g,), daemon=True, name=f"sweep-{n}")
-                   for n, g in enumerate(self.groups)]
+        threads = [
+            threading.Thread(target=worker, args=(g,), daemon=True, name=f"sweep-{n}")
+            for n, g in enumerate(self.groups)
+        ]
         for t in threads:
             t.start()
         try:
@@ -133,6 +135,5 @@ def make_runner(loaded, devices: int = 1, mesh_shape: dict | None = None, log=No
             model = shard.shard_model(nnx.clone(loaded.model), mesh)
         groups.append(_Group(mesh, first, dataclasses.replace(loaded, model=model)))
     shape = "×".join(f"{a}={n}" for a, n in meshes[0].shape.items())
-    log(f"{len(groups)} device group(s) of {shape}: "
-        + ", ".join(str(m.devices.flat[0]) for m in meshes))
+    log(f"{len(groups)} device group(s) of {shape}: " + ", ".join(str(m.devices.flat[0]) for m in meshes))
     return Runner(groups, log)

@@ -42,12 +42,25 @@ import math
 import numpy as np
 
 # key suffix -> percentile q (%); the order is the order printed and stored
-PERCENTILES: dict[str, float] = {"p999": 99.9, "p99": 99.0, "p95": 95.0, "p90": 90.0, "median": 50.0,
-                                 "p10": 10.0, "p05": 5.0, "p01": 1.0, "p001": 0.1}
+PERCENTILES: dict[str, float] = {
+    "p999": 99.9,
+    "p99": 99.0,
+    "p95": 95.0,
+    "p90": 90.0,
+    "median": 50.0,
+    "p10": 10.0,
+    "p05": 5.0,
+    "p01": 1.0,
+    "p001": 0.1,
+}
 # llama.cpp's Δp table also has the quartiles
-DELTA_P_PERCENTILES: dict[str, float] = {**{k: v for k, v in PERCENTILES.items() if v > 50},
-                                         "p75": 75.0, "median": 50.0, "p25": 25.0,
-                                         **{k: v for k, v in PERCENTILES.items() if v < 50}}
+DELTA_P_PERCENTILES: dict[str, float] = {
+    **{k: v for k, v in PERCENTILES.items() if v > 50},
+    "p75": 75.0,
+    "median": 50.0,
+    "p25": 25.0,
+    **{k: v for k, v in PERCENTILES.items() if v < 50},
+}
 
 
 def stderr(x) -> float:

@@ -25,17 +25,19 @@ def run(args) -> int:
     checkpoint_files(path, getattr(args, "allow_pickle", False))  # what load() refuses, refused before torch runs
     check_checkpoint(path)
     held_dtype(path, getattr(args, "dtype", "auto"))
-    ref = torch_side(path, load_tokenizer(path), windows=args.windows, seqlen=args.seqlen,
-                     n_greedy=args.greedy_tokens)
-    res = check_against_torch(load_model(args), windows=args.windows, seqlen=args.seqlen,
-                              n_greedy=args.greedy_tokens, reference=ref)
+    ref = torch_side(path, load_tokenizer(path), windows=args.windows, seqlen=args.seqlen, n_greedy=args.greedy_tokens)
+    res = check_against_torch(
+        load_model(args), windows=args.windows, seqlen=args.seqlen, n_greedy=args.greedy_tokens, reference=ref
+    )
     if args.json:
         print_json(res)
     else:
         verdict = "PASS" if res["passed"] else "FAIL"
-        print(f"{verdict} {res['model']}: max|Δz| = {res['max_abs_logit_diff']:.2e} "
-              f"(tolerance {res['tolerance']:.0e}, |z| ≤ {res['max_abs_logit']:.1f}) over "
-              f"{res['tokens_compared']} tokens; greedy {res['greedy_tokens']} tokens identical: "
-              f"{res['greedy_match']}")
+        print(
+            f"{verdict} {res['model']}: max|Δz| = {res['max_abs_logit_diff']:.2e} "
+            f"(tolerance {res['tolerance']:.0e}, |z| ≤ {res['max_abs_logit']:.1f}) over "
+            f"{res['tokens_compared']} tokens; greedy {res['greedy_tokens']} tokens identical: "
+            f"{res['greedy_match']}"
+        )
         print(f"  jax:   {res['continuation_jax']!r}\n  torch: {res['continuation_torch']!r}")
     return 0 if res["passed"] else 1

@@ -5,19 +5,28 @@ from __future__ import annotations
 import json
 import sys
 
+from hemorrhage.sim.outputs import jsonable
 from hemorrhage.sim.registry import DEFAULT_MODEL
 
 
 def add_model(parser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"registry name or a local HF checkpoint folder (default {DEFAULT_MODEL})")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="allow loading pickle (.bin) weights; pickle can run arbitrary code")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"registry name or a local HF checkpoint folder (default {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights; pickle can run arbitrary code"
+    )
     # the names of sim.models.weights.DTYPES, spelled here so `-h` imports no JAX
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="weights and activations in this dtype (default auto: as the checkpoint stores "
-                             "them; the packaged models are fp32); softmax, KL, norms' statistics and every "
-                             "compression method's arithmetic stay fp32")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="weights and activations in this dtype (default auto: as the checkpoint stores "
+        "them; the packaged models are fp32); softmax, KL, norms' statistics and every "
+        "compression method's arithmetic stay fp32",
+    )
 
 
 def load_model(args):
@@ -27,10 +36,13 @@ def load_model(args):
 
 
 def add_overwrite(parser) -> None:
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into a folder that holds files hemorrhage did not write: the files of the "
-                             "names hemorrhage writes (config.json, model.safetensors, ...) are replaced there, "
-                             "nothing else is touched")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that holds files hemorrhage did not write: the files of the "
+        "names hemorrhage writes (config.json, model.safetensors, ...) are replaced there, "
+        "nothing else is touched",
+    )
 
 
 def check_export_out(args) -> None:
@@ -57,9 +69,12 @@ def check_dirs(args, *flags: str) -> None:
 
 
 def add_mesh(parser) -> None:
-    parser.add_argument("--mesh", metavar="AXIS=N[,AXIS=N]",
-                        help="run on a device mesh, e.g. data=8 or data=2,model=4: calibration and batches "
-                             "split over 'data', weights tensor-parallel over 'model' (hemorrhage.sim.shard)")
+    parser.add_argument(
+        "--mesh",
+        metavar="AXIS=N[,AXIS=N]",
+        help="run on a device mesh, e.g. data=8 or data=2,model=4: calibration and batches "
+        "split over 'data', weights tensor-parallel over 'model' (hemorrhage.sim.shard)",
+    )
 
 
 def mesh_shape(args) -> dict | None:
@@ -90,25 +105,30 @@ def print_json(obj, *, timings: bool = False) -> None:
         from hemorrhage.sim.timings import without_timings
 
         obj = without_timings(obj)
-    json.dump(obj, sys.stdout, indent=2, sort_keys=True, allow_nan=True, default=_jsonable)
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, allow_nan=True, default=jsonable)
     sys.stdout.write("\n")
 
 
-def _jsonable(x):
-    try:
-        import numpy as np
-
-        if isinstance(x, np.generic):
-            return x.item()
-        if hasattr(x, "tolist"):
-            return x.tolist()
-    except ImportError:
-        pass
-    return str(x)
-
-
-_SETTINGS = ("sparsity", "pattern", "bits", "group_size", "symmetric", "act_order", "damp", "n_drop", "part",
-             "rank", "layers")
+_SETTINGS = (
+    "sparsity",
+    "pattern",
+    "bits",
+    "group_size",
+    "symmetric",
+    "act_order",
+    "damp",
+    "n_drop",
+    "part",
+    "rank",
+    "layers",
+    "span",
+    "at",
+    "share",
+    "schedule",
+    "variant",
+    "rank_ratio",
+    "param_ratio",
+)
 _OWL = {"owl_base": "base", "owl_lambda": "lam", "owl_m": "m"}
 
 
@@ -124,17 +144,40 @@ def add_compression(parser, default_method: str = "magnitude") -> None:
     g.add_argument("--calib-seqlen", type=int, default=128, help="tokens per calibration window")
     g.add_argument("--seed", type=int, default=0)
     sym = g.add_mutually_exclusive_group()
-    sym.add_argument("--symmetric", dest="symmetric", action="store_const", const=True, default=None,
-                     help="quantization: symmetric grid, no zero point")
-    sym.add_argument("--asymmetric", dest="symmetric", action="store_const", const=False,
-                     help="quantization: min/max grid with a zero point (default)")
-    g.add_argument("--act-order", action="store_const", const=True, default=None,
-                   help="gptq: quantize columns in order of decreasing activation energy")
+    sym.add_argument(
+        "--symmetric",
+        dest="symmetric",
+        action="store_const",
+        const=True,
+        default=None,
+        help="quantization: symmetric grid, no zero point",
+    )
+    sym.add_argument(
+        "--asymmetric",
+        dest="symmetric",
+        action="store_const",
+        const=False,
+        help="quantization: min/max grid with a zero point (default)",
+    )
+    g.add_argument(
+        "--act-order",
+        action="store_const",
+        const=True,
+        default=None,
+        help="gptq: quantize columns in order of decreasing activation energy",
+    )
     g.add_argument("--damp", type=float, help="gptq/sparsegpt: Hessian dampening, share of mean diag (0.01)")
     g.add_argument("--n-drop", type=int, help="drop: how many blocks/branches to remove (default 1)")
     g.add_argument("--part", help="drop: block | attn | mlp (default block)")
     g.add_argument("--rank", help="drop: cos | shortgpt | angular | list (default cos; list with --layers)")
     g.add_argument("--layers", help="drop: 0-based layers to remove, e.g. 3,5,7-9")
+    g.add_argument("--span", help="expand: duplicate blocks a..b-1 after block b-1 (SOLAR), e.g. 8:16")
+    g.add_argument("--at", help="expand: insert identity blocks (zeroed o/down) at these depths, e.g. 3,7")
+    g.add_argument("--share", type=float, help="heads/channels: share of KV groups / MLP channels removed, in [0, 1)")
+    g.add_argument("--schedule", help="heads/channels: per-layer shares uniform | global | owl (default uniform)")
+    g.add_argument("--variant", help="lowrank: plain | asvd (activation-aware SVD, default)")
+    g.add_argument("--rank-ratio", type=float, help="lowrank: rank = rank_ratio · min(out, in), in (0, 1]")
+    g.add_argument("--param-ratio", type=float, help="lowrank: kept share of each linear's weights, in (0, 1] (0.8)")
     g.add_argument("--owl-base", help="owl: wanda | magnitude (default wanda)")
     g.add_argument("--owl-lambda", type=float, help="owl: density spread λ (0.08)")
     g.add_argument("--owl-m", type=float, help="owl: outlier threshold M × mean (5)")
@@ -166,6 +209,12 @@ def compress_loaded(loaded, args, mesh=None):
     data-parallel over `mesh`'s "data" axis when given)."""
     from hemorrhage.sim.compress import compress_from_args
 
-    return compress_from_args(loaded, args.method, calib_samples=args.calib_samples,
-                              calib_seqlen=args.calib_seqlen, seed=args.seed, mesh=mesh,
-                              **compression_settings(args))
+    return compress_from_args(
+        loaded,
+        args.method,
+        calib_samples=args.calib_samples,
+        calib_seqlen=args.calib_seqlen,
+        seed=args.seed,
+        mesh=mesh,
+        **compression_settings(args),
+    )

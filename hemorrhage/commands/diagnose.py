@@ -14,15 +14,18 @@ def add_arguments(p) -> None:
     p.add_argument("--windows", type=int, default=2, help="held-out Wikipedia windows")
     p.add_argument("--seqlen", type=int, default=64)
     p.add_argument("--figures", default="figures", help="folder for the figure ('' for none)")
-    p.add_argument("--results", default="results/diagnose",
-                   help="folder for the stored verdict and evidence, JSON ('' for none); `hemorrhage figures` "
-                        "redraws the figure from it")
+    p.add_argument(
+        "--results",
+        default="results/diagnose",
+        help="folder for the stored verdict and evidence, JSON ('' for none); `hemorrhage figures` "
+        "redraws the figure from it",
+    )
     p.add_argument("--json", action="store_true")
 
 
 def run(args) -> int:
     from hemorrhage.errors import UserError
-    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.windows import eval_windows
     from hemorrhage.validate.diagnose import diagnose
     from hemorrhage.validate.hierarchy import setting_label
     from hemorrhage.validate.plots import diagnose_figure
@@ -32,9 +35,8 @@ def run(args) -> int:
     check_dirs(args, "--results", "--figures")
     loaded = load_model(args)
     comp, record = compress_loaded(loaded, args)
-    tokens = eval_windows(loaded.tokenizer, "wiki", seqlen=args.seqlen, stride=args.seqlen,
-                          max_windows=args.windows)
-    res = diagnose(loaded.model, comp, tokens)
+    tokens = eval_windows(loaded.tokenizer, "wiki", seqlen=args.seqlen, stride=args.seqlen, max_windows=args.windows)
+    res = diagnose(loaded.model, comp, tokens, record)
     res.update(model=loaded.name, record=record, base_note=loaded.base_note)
     stem = f"diagnose_{Path(loaded.name).name}_{record['method']}_{setting_label(record)}".replace(",", "_")
     res["title"] = f"{loaded.name}, {record['method']} ({setting_label(record)}): {res['verdict'].replace('_', ' ')}"
@@ -51,12 +53,16 @@ def run(args) -> int:
     if args.json:
         print_json(res)
         return 0
-    print(f"verdict: {res['verdict']}  (final KL {res['final_kl']:.4g}, top-1 agreement "
-          f"{res['top1_agreement']:.3f}, collapsed blocks {res['collapsed_blocks'] or 'none'})")
+    print(
+        f"verdict: {res['verdict']}  (final KL {res['final_kl']:.4g}, top-1 agreement "
+        f"{res['top1_agreement']:.3f}, collapsed blocks {res['collapsed_blocks'] or 'none'})"
+    )
     print(f"{'block':>5} {'label':>12} {'KL lens':>9} {'CKA':>6} {'gate flip':>9} {'Δentropy':>9} {'restore h':>9}")
     for x in res["layers"]:
-        print(f"{x['block']:>5} {x['label']:>12} {x['kl_lens']:>9.4g} {x['cka']:>6.3f} {x['gate_flip']:>9.3f} "
-              f"{x['entropy_shift']:>9.3f} {x['restore_h']:>9.3f}")
+        print(
+            f"{x['block']:>5} {x['label']:>12} {x['kl_lens']:>9.4g} {x['cka']:>6.3f} {x['gate_flip']:>9.3f} "
+            f"{x['entropy_shift']:>9.3f} {x['restore_h']:>9.3f}"
+        )
     if res.get("figure"):
         print(f"figure: {res['figure']}")
     return 0

@@ -19,8 +19,12 @@ def add_arguments(p) -> None:
     from hemorrhage.validate.experiments import EXPERIMENTS
 
     p.add_argument("name", choices=EXPERIMENTS + ("all",), help="which experiment (all: every one)")
-    p.add_argument("--sweep", required=True, action="append",
-                   help="a sweep's JSON Lines file (hemorrhage sweep --out); repeat to compare several")
+    p.add_argument(
+        "--sweep",
+        required=True,
+        action="append",
+        help="a sweep's JSON Lines file (hemorrhage sweep --out); repeat to compare several",
+    )
     p.add_argument("--stem", help="name of the outputs (default: the sweep's file stem, or 'models' for several)")
     p.add_argument("--results", default="results", help="folder for the tidy CSV (default results)")
     p.add_argument("--figures", default="figures", help="folder for the figure (default figures)")
@@ -44,8 +48,11 @@ def run(args) -> int:
         rows += got
     stem = args.stem or (Path(args.sweep[0]).stem if len(args.sweep) == 1 else "models")
     quiet = lambda msg: None  # noqa: E731
-    verdicts = (run_all(rows, args.results, args.figures, stem, log=quiet) if args.name == "all"
-                else {args.name: run_experiment(args.name, rows, args.results, args.figures, stem)})
+    verdicts = (
+        run_all(rows, args.results, args.figures, stem, log=quiet)
+        if args.name == "all"
+        else {args.name: run_experiment(args.name, rows, args.results, args.figures, stem)}
+    )
     if args.json:
         print_json(verdicts if args.name == "all" else verdicts[args.name])
         return 0

@@ -17,8 +17,7 @@ GROUPS = ("all", "models", "data")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help="a model, a dataset, or a group: all, models, data")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="a model, a dataset, or a group: all, models, data")
     parser.add_argument("--list", action="store_true", help="list the known names and whether they are cached")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
 
@@ -28,13 +27,16 @@ def _expand(names: list[str], models: list[str], datasets: list[str]) -> list[tu
     valid = [*models, *datasets, *GROUPS]
     unknown = [n for n in names if n not in valid]
     if unknown:
-        raise UserError(f"unknown name{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                        f"known: {', '.join(valid)}")
+        raise UserError(
+            f"unknown name{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; known: {', '.join(valid)}"
+        )
     out: list[tuple[str, str]] = []
     for n in names:
-        group = {"all": [("model", m) for m in models] + [("data", d) for d in datasets],
-                 "models": [("model", m) for m in models],
-                 "data": [("data", d) for d in datasets]}.get(n)
+        group = {
+            "all": [("model", m) for m in models] + [("data", d) for d in datasets],
+            "models": [("model", m) for m in models],
+            "data": [("data", d) for d in datasets],
+        }.get(n)
         for item in group or [("model" if n in models else "data", n)]:
             if item not in out:
                 out.append(item)

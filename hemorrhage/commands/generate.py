@@ -31,18 +31,35 @@ def run(args) -> int:
         raise UserError("--prompt is empty")
     loaded = load_model(args)
     ids = loaded.tokenizer(args.prompt).input_ids
-    toks, finite = generate_checked(loaded.model, jnp.asarray([ids]), args.max_new_tokens,
-                                    temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    toks, finite = generate_checked(
+        loaded.model,
+        jnp.asarray([ids]),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
     new = truncate_at_eos(np.asarray(toks[0]), loaded.tokenizer.eos_token_id)
     text = loaded.tokenizer.decode(new)
     bad = np.flatnonzero(~np.asarray(finite[0]))
     first_bad = int(bad[0]) if bad.size else None
     if first_bad is not None:
-        print(f"hemorrhage: warning: the model's logits are not finite (NaN/inf) from generated token {first_bad} "
-              f"on ({bad.size} of {args.max_new_tokens} steps): those tokens are not predictions", file=sys.stderr)
+        print(
+            f"hemorrhage: warning: the model's logits are not finite (NaN/inf) from generated token {first_bad} "
+            f"on ({bad.size} of {args.max_new_tokens} steps): those tokens are not predictions",
+            file=sys.stderr,
+        )
     if args.json:
-        print_json({"model": loaded.name, "prompt": args.prompt, "continuation": text, "tokens": new,
-                    "logits_finite": first_bad is None, "first_nonfinite_step": first_bad})
+        print_json(
+            {
+                "model": loaded.name,
+                "prompt": args.prompt,
+                "continuation": text,
+                "tokens": new,
+                "logits_finite": first_bad is None,
+                "first_nonfinite_step": first_bad,
+            }
+        )
     else:
         print(args.prompt + text)
     return 0

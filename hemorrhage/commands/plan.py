@@ -30,11 +30,17 @@ def add_arguments(p) -> None:
     add_model(p)
     g = p.add_argument_group("the plan")
     g.add_argument("--method", required=True, choices=("rtn", "gptq", "magnitude", "wanda", "sparsegpt"))
-    g.add_argument("--bits", default="2,3,4,6,8", help="quantization: the bit widths a tensor may take (default 2,3,4,6,8)")
+    g.add_argument(
+        "--bits", default="2,3,4,6,8", help="quantization: the bit widths a tensor may take (default 2,3,4,6,8)"
+    )
     g.add_argument("--group-size", type=int, help="quantization: weights per scale (default per channel)")
     g.add_argument("--symmetric", action="store_true", help="quantization: symmetric grid, no zero point")
-    g.add_argument("--budget-kl", type=float, help="quantization: the smallest plan whose predicted KL is within this (nats)")
-    g.add_argument("--avg-bits", type=float, help="quantization: the least predicted KL at this average bits per weight")
+    g.add_argument(
+        "--budget-kl", type=float, help="quantization: the smallest plan whose predicted KL is within this (nats)"
+    )
+    g.add_argument(
+        "--avg-bits", type=float, help="quantization: the least predicted KL at this average bits per weight"
+    )
     g.add_argument("--sparsity", type=float, help="pruning: the least predicted KL at this average sparsity")
     g.add_argument("--levels", help="pruning: the sparsities a tensor may take (default the average ± 0.3 by 0.05)")
     g.add_argument("--out", required=True, help="the plan file to write (JSON)")
@@ -46,12 +52,20 @@ def add_arguments(p) -> None:
     d.add_argument("--seqlen", type=int, default=128, help="tokens per window (default 128)")
     d.add_argument("--prompts", type=int, default=4, help="generation prompts, 0 = none (default 4)")
     d.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt (default 32)")
-    d.add_argument("--calib-samples", type=int, default=16, help="calibration windows (gptq, wanda, sparsegpt; default 16)")
+    d.add_argument(
+        "--calib-samples", type=int, default=16, help="calibration windows (gptq, wanda, sparsegpt; default 16)"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--regime-tokens", type=int, default=32, help="tokens of the nonlinearity check, 0 = skip")
-    d.add_argument("--estimate", choices=("centre", "dephased", "linear"), default="centre",
-                   help="the predictor's point estimate (as `hemorrhage predict`)")
-    p.add_argument("--validate", action="store_true", help="also compress with the plan and measure it beside the prediction")
+    d.add_argument(
+        "--estimate",
+        choices=("centre", "dephased", "linear"),
+        default="centre",
+        help="the predictor's point estimate (as `hemorrhage predict`)",
+    )
+    p.add_argument(
+        "--validate", action="store_true", help="also compress with the plan and measure it beside the prediction"
+    )
     p.add_argument("--figure", help="also draw the plan and the size–KL frontier to this PNG")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
@@ -77,8 +91,9 @@ def spec_of(args):
     quant = args.method in QUANT
     if quant:
         if args.sparsity is not None or args.levels:
-            raise UserError("--sparsity and --levels are for pruning; quantization takes --bits and "
-                            "--budget-kl or --avg-bits")
+            raise UserError(
+                "--sparsity and --levels are for pruning; quantization takes --bits and --budget-kl or --avg-bits"
+            )
         bits = _floats(args.bits, "--bits")
         if any(b != int(b) for b in bits):
             raise UserError(f"--bits must be whole numbers, got {args.bits!r}")
@@ -98,17 +113,33 @@ def spec_of(args):
             levels = tuple(round(avg + 0.05 * k, 4) for k in range(-6, 7) if 0 <= round(avg + 0.05 * k, 4) < 0.96)
         for s in levels:
             make_method(args.method, sparsity=s)
-    return PlanSpec(method=args.method, levels=levels, budget_kl=args.budget_kl, avg=avg,
-                    group_size=args.group_size if quant else None, symmetric=bool(args.symmetric) and quant,
-                    fisher_windows=args.fisher_windows, draws=args.draws)
+    return PlanSpec(
+        method=args.method,
+        levels=levels,
+        budget_kl=args.budget_kl,
+        avg=avg,
+        group_size=args.group_size if quant else None,
+        symmetric=bool(args.symmetric) and quant,
+        fisher_windows=args.fisher_windows,
+        draws=args.draws,
+    )
 
 
 def _config(args):
     from hemorrhage.sim.predict import PredictConfig
 
-    return PredictConfig(windows=args.windows, seqlen=args.seqlen, prompts=args.prompts, new_tokens=args.new_tokens,
-                         calib_samples=args.calib_samples, calib_seqlen=args.seqlen, calib_seed=args.seed,
-                         seed=args.seed, regime_tokens=args.regime_tokens, estimate=args.estimate)
+    return PredictConfig(
+        windows=args.windows,
+        seqlen=args.seqlen,
+        prompts=args.prompts,
+        new_tokens=args.new_tokens,
+        calib_samples=args.calib_samples,
+        calib_seqlen=args.seqlen,
+        calib_seed=args.seed,
+        seed=args.seed,
+        regime_tokens=args.regime_tokens,
+        estimate=args.estimate,
+    )
 
 
 def is_plan_file(path: Path) -> bool:
@@ -124,16 +155,18 @@ def check_floor(args, loaded, budget: float | None, cfg) -> None:
         return
     from hemorrhage.errors import UserError
     from hemorrhage.sim import load
-    from hemorrhage.sim.data import eval_windows
+    from hemorrhage.sim.windows import eval_windows
     from hemorrhage.validate.dtype_floor import dtype_floor
 
     ref = load(args.model, allow_pickle=getattr(args, "allow_pickle", False), quiet=True, dtype="float32")
     toks = eval_windows(loaded.tokenizer, cfg.source, seqlen=cfg.seqlen, stride=cfg.seqlen, max_windows=cfg.windows)
     floor = dtype_floor(loaded.model, loaded.dtype, toks, ref.model)
     if floor["kl"] is None or budget <= floor["kl"]:
-        raise UserError(f"--budget-kl {budget:g} is at or below the {loaded.dtype} floor "
-                        f"(KL of the base in {loaded.dtype} vs fp32: {floor['kl']}); no compression can be "
-                        f"told apart below it")
+        raise UserError(
+            f"--budget-kl {budget:g} is at or below the {loaded.dtype} floor "
+            f"(KL of the base in {loaded.dtype} vs fp32: {floor['kl']}); no compression can be "
+            f"told apart below it"
+        )
 
 
 def _log(msg: str) -> None:
@@ -174,27 +207,39 @@ def run(args) -> int:
 def _print(plan: dict, out) -> None:
     ax = plan["axis"]
     add = plan["additivity"]
-    print(f"{plan['model']}: {plan['method']} plan, {len(plan['tensors'])} tensors, avg {ax} {plan[f'avg_{ax}']:.4g}, "
-          f"{plan['bytes'] / 2**20:.2f} MiB of linear weights ({plan['bytes'] / plan['fp32_bytes']:.4f} of fp32)")
+    print(
+        f"{plan['model']}: {plan['method']} plan, {len(plan['tensors'])} tensors, avg {ax} {plan[f'avg_{ax}']:.4g}, "
+        f"{plan['bytes'] / 2**20:.2f} MiB of linear weights ({plan['bytes'] / plan['fp32_bytes']:.4f} of fp32)"
+    )
     fd = plan["predicted_first_divergence"]
-    print(f"predicted KL {plan['predicted_kl']:.4g}  top-1 {plan['predicted_top1']:.3f}  first divergence "
-          f"{'-' if fd is None else f'{fd:.3g}'}")
-    print(f"additivity: whole plan / Σ per-tensor shares = {add['whole_over_sum']:.3g} "
-          f"(½Var_p: {add['whole_second_order_over_sum']:.3g}); shares scaled by {add['share_scale_used']:.3g}")
+    print(
+        f"predicted KL {plan['predicted_kl']:.4g}  top-1 {plan['predicted_top1']:.3f}  first divergence "
+        f"{'-' if fd is None else f'{fd:.3g}'}"
+    )
+    print(
+        f"additivity: whole plan / Σ per-tensor shares = {add['whole_over_sum']:.3g} "
+        f"(½Var_p: {add['whole_second_order_over_sum']:.3g}); shares scaled by {add['share_scale_used']:.3g}"
+    )
     if plan["solver"]["meets_budget"] is False:
         print("! no plan tried met the budget on the whole-plan prediction: the last one is written")
     m = plan.get("measured")
     if m:
-        print(f"measured KL {m['kl']:.4g}  top-1 {m['top1_agreement']:.3f}  (predicted / measured KL "
-              f"{plan['predicted_kl'] / m['kl'] if m['kl'] else float('inf'):.3g})")
+        print(
+            f"measured KL {m['kl']:.4g}  top-1 {m['top1_agreement']:.3f}  (predicted / measured KL "
+            f"{plan['predicted_kl'] / m['kl'] if m['kl'] else float('inf'):.3g})"
+        )
     print(f"wrote {out}")
 
 
 # ------------------------------------------------------------------ --plan of compress / measure
 
+
 def add_plan_flag(p) -> None:
-    p.add_argument("--plan", help="apply a per-tensor plan written by `hemorrhage plan` (its method and settings; "
-                                  "then no --bits/--sparsity/--pattern/--group-size)")
+    p.add_argument(
+        "--plan",
+        help="apply a per-tensor plan written by `hemorrhage plan` (its method and settings; "
+        "then no --bits/--sparsity/--pattern/--group-size)",
+    )
 
 
 def read_plan_arg(args):
@@ -206,8 +251,11 @@ def read_plan_arg(args):
     from hemorrhage.sim.compress.registry import check_calibration
     from hemorrhage.sim.plan import read_plan
 
-    given = [f"--{k.replace('_', '-')}" for k in ("bits", "sparsity", "pattern", "group_size")
-             if getattr(args, k, None) is not None]
+    given = [
+        f"--{k.replace('_', '-')}"
+        for k in ("bits", "sparsity", "pattern", "group_size")
+        if getattr(args, k, None) is not None
+    ]
     if given:
         raise UserError(f"--plan sets every tensor's setting; drop {', '.join(given)}")
     check_calibration(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed)
@@ -220,5 +268,6 @@ def compress_with_plan(loaded, plan: dict, args, mesh=None):
     """(model, record) of the plan on `loaded` (fingerprint and tensors checked first)."""
     from hemorrhage.sim.compress.per_tensor import compress_plan
 
-    return compress_plan(loaded, plan, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen,
-                         seed=args.seed, mesh=mesh)
+    return compress_plan(
+        loaded, plan, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed, mesh=mesh
+    )

@@ -7,8 +7,15 @@ distributions (KL distillation, default) or the text; re-measure on held-out tex
 See hemorrhage/sim/recover.py.
 """
 
-from hemorrhage.commands.common import (add_compression, add_model, add_overwrite, check_export_out, compress_loaded,
-                                        load_model, print_json)
+from hemorrhage.commands.common import (
+    add_compression,
+    add_model,
+    add_overwrite,
+    check_export_out,
+    compress_loaded,
+    load_model,
+    print_json,
+)
 
 
 def add_arguments(p) -> None:
@@ -16,12 +23,24 @@ def add_arguments(p) -> None:
     add_compression(p)
     g = p.add_argument_group("recovery")
     g.add_argument("--steps", type=int, default=50, help="optimizer steps (default 50)")
-    g.add_argument("--lr", type=float, default=1e-4,
-                   help="Adam learning rate of pruned / dense weights, in weight units (default 1e-4)")
-    g.add_argument("--ste-lr", type=float, default=0.005,
-                   help="Adam learning rate of quantized latents, in grid steps per update (default 0.005)")
-    g.add_argument("--loss", choices=("kl", "text"), default="kl",
-                   help="kl: distil the base's distributions (default); text: next-token loss on the text")
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=1e-4,
+        help="Adam learning rate of pruned / dense weights, in weight units (default 1e-4)",
+    )
+    g.add_argument(
+        "--ste-lr",
+        type=float,
+        default=0.005,
+        help="Adam learning rate of quantized latents, in grid steps per update (default 0.005)",
+    )
+    g.add_argument(
+        "--loss",
+        choices=("kl", "text"),
+        default="kl",
+        help="kl: distil the base's distributions (default); text: next-token loss on the text",
+    )
     g.add_argument("--batch", type=int, default=4, help="training windows per step")
     g.add_argument("--train-seqlen", type=int, default=128, help="tokens per training window")
     g.add_argument("--pool", type=int, default=64, help="training windows drawn from the train split")
@@ -32,8 +51,11 @@ def add_arguments(p) -> None:
     m.add_argument("--seqlen", type=int, default=128, help="tokens per measured window")
     m.add_argument("--prompts", type=int, default=8, help="held-out prompts for generation agreement (0: none)")
     m.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated per prompt")
-    p.add_argument("--out", help="also write the recovered model as a Hugging Face folder here (new, empty, or an "
-                                 "earlier export: only its files are replaced)")
+    p.add_argument(
+        "--out",
+        help="also write the recovered model as a Hugging Face folder here (new, empty, or an "
+        "earlier export: only its files are replaced)",
+    )
     add_overwrite(p)
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
@@ -63,34 +85,58 @@ def run(args) -> int:
         check_export_out(args)  # before the model loads: a user's folder, a path below a file
     loaded = load_model(args)
     comp, record = compress_loaded(loaded, args)
-    probe = make_probe(loaded, windows=args.windows, seqlen=args.seqlen, prompts=args.prompts,
-                       new_tokens=args.new_tokens)
+    probe = make_probe(
+        loaded, windows=args.windows, seqlen=args.seqlen, prompts=args.prompts, new_tokens=args.new_tokens
+    )
     log = None if args.json else (lambda msg: print(f"[recover] {msg}", file=sys.stderr, flush=True))
-    rec = recover(loaded, comp, steps=args.steps, lr=args.lr, ste_lr=args.ste_lr, batch=args.batch,
-                  seqlen=args.train_seqlen, pool=args.pool, loss=args.loss, lora_rank=args.lora_rank, seed=args.seed, probe=probe,
-                  eval_every=args.eval_every, log=log)
+    rec = recover(
+        loaded,
+        comp,
+        steps=args.steps,
+        lr=args.lr,
+        ste_lr=args.ste_lr,
+        batch=args.batch,
+        seqlen=args.train_seqlen,
+        pool=args.pool,
+        loss=args.loss,
+        lora_rank=args.lora_rank,
+        seed=args.seed,
+        probe=probe,
+        eval_every=args.eval_every,
+        log=log,
+    )
     out = {"model": loaded.name, "record": record, "base_note": loaded.base_note, **rec.summary()}
     if args.out:
         from hemorrhage.sim.compress import export_hf
 
-        out["exported"] = str(export_hf(rec.model, loaded.path, args.out,
-                                        {**record, "recovery": rec.settings}, overwrite=args.overwrite))
+        out["exported"] = str(
+            export_hf(rec.model, loaded.path, args.out, {**record, "recovery": rec.settings}, overwrite=args.overwrite)
+        )
     if args.json:
         print_json(out)
         return 0
-    print(f"{loaded.name}, {record['method']} {record.get('settings', {})}: {args.steps} steps of "
-          f"{args.loss} training, lr {args.lr:g}, STE lr {args.ste_lr:g} grid steps"
-          + (f", LoRA r={args.lora_rank}" if args.lora_rank else ""))
-    rows = [("KL(p‖q)", "kl"), ("top-1 agreement", "top1"), ("Var_p(Δz)", "var_p"), ("perplexity", "ppl"),
-            ("gen. prefix agreement", "gen_prefix_agreement")]
+    print(
+        f"{loaded.name}, {record['method']} {record.get('settings', {})}: {args.steps} steps of "
+        f"{args.loss} training, lr {args.lr:g}, STE lr {args.ste_lr:g} grid steps"
+        + (f", LoRA r={args.lora_rank}" if args.lora_rank else "")
+    )
+    rows = [
+        ("KL(p‖q)", "kl"),
+        ("top-1 agreement", "top1"),
+        ("Var_p(Δz)", "var_p"),
+        ("perplexity", "ppl"),
+        ("gen. prefix agreement", "gen_prefix_agreement"),
+    ]
     print(f"{'':>24} {'before':>10} {'after':>10}")
     for label, k in rows:
         if f"{k}_before" in out:
             print(f"{label:>24} {out[k + '_before']:>10.4g} {out[k + '_after']:>10.4g}")
     c = rec.constraints
-    print(f"masks exact: {c['masks_exact']}, grids fixed: {c['grids_fixed']}, weights changed: "
-          f"{c['weights_changed']:.3f}" + (f", codes changed: {c['codes_changed']:.4f}"
-                                          if c['codes_changed'] is not None else ""))
+    print(
+        f"masks exact: {c['masks_exact']}, grids fixed: {c['grids_fixed']}, weights changed: "
+        f"{c['weights_changed']:.3f}"
+        + (f", codes changed: {c['codes_changed']:.4f}" if c["codes_changed"] is not None else "")
+    )
     if out.get("exported"):
         print(f"recovered model: {out['exported']}")
     print(f"note: {loaded.base_note}")

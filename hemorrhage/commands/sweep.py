@@ -22,19 +22,29 @@ from hemorrhage.commands.measure import add_measure_arguments, measure_config
 
 def add_arguments(p) -> None:
     add_model(p)
-    p.add_argument("--grid", required=True,
-                   help="settings: 'METHOD:KEY=V1,V2[,KEY2=...];METHOD2:...', e.g. "
-                        "'magnitude:sparsity=0.1,0.3,0.5;rtn:bits=8,4,3,2' (product over keys)")
-    p.add_argument("--out", help="JSON Lines output, one row per setting (default results/sweep_MODEL.jsonl); "
-                                 "an existing file must be a sweep file (it is resumed), anything else is refused")
+    p.add_argument(
+        "--grid",
+        required=True,
+        help="settings: 'METHOD:KEY=V1,V2[,KEY2=...];METHOD2:...', e.g. "
+        "'magnitude:sparsity=0.1,0.3,0.5;rtn:bits=8,4,3,2' (product over keys)",
+    )
+    p.add_argument(
+        "--out",
+        help="JSON Lines output, one row per setting (default results/sweep_MODEL.jsonl); "
+        "an existing file must be a sweep file (it is resumed), anything else is refused",
+    )
     c = p.add_argument_group("calibration defaults (a grid entry may override them)")
     c.add_argument("--calib-samples", type=int, default=16, help="calibration windows of real text")
     c.add_argument("--calib-seqlen", type=int, default=128, help="tokens per calibration window")
     c.add_argument("--seed", type=int, default=0, help="calibration seed")
     add_measure_arguments(p, per_layer_default=False)
     d = p.add_argument_group("devices (hemorrhage.sim.shard)")
-    d.add_argument("--devices", type=int, default=1,
-                   help="settings measured at once, one per device group (default 1: in order, one device)")
+    d.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="settings measured at once, one per device group (default 1: in order, one device)",
+    )
     add_mesh(d)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print all rows as one JSON list at the end")
@@ -60,30 +70,43 @@ def run(args) -> int:
     # the default name is the model's as load() names it (str(--model)), so it is known now
     out = check_sweep_out(Path(args.out or f"results/sweep_{Path(args.model).name}.jsonl"))
     loaded = load_model(args)
-    res = run_sweep(loaded, grid, config, out, progress=not args.no_progress, devices=args.devices,
-                    mesh_shape=shape, calib={"calib_samples": args.calib_samples,
-                                             "calib_seqlen": args.calib_seqlen, "seed": args.seed})
+    res = run_sweep(
+        loaded,
+        grid,
+        config,
+        out,
+        progress=not args.no_progress,
+        devices=args.devices,
+        mesh_shape=shape,
+        calib={"calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen, "seed": args.seed},
+    )
     rows = res["rows"]
     if args.json:
         print_json(rows)
     else:
         # n/c: not computable (null in the row; its not_computable says why)
         cell = lambda r, k, spec: "n/c" if r.get(k, 0.0) is None else format(r.get(k, float("nan")), spec)  # noqa: E731
-        print(f"{'method':<10} {'settings':<28} {'kl':>9} {'±kl':>9} {'kl_p99':>9} {'top1':>6} {'ppl':>10} {'mc_agr':>6} "
-              f"{'1st_div':>7}")
+        print(
+            f"{'method':<10} {'settings':<28} {'kl':>9} {'±kl':>9} {'kl_p99':>9} {'top1':>6} {'ppl':>10} {'mc_agr':>6} "
+            f"{'1st_div':>7}"
+        )
         for r in rows:
             s = ",".join(f"{k}={v}" for k, v in r["grid"]["settings"].items()) or "default"
-            print(f"{r['grid']['method']:<10} {s:<28} {cell(r, 'kl', '.4g'):>9} {cell(r, 'kl_stderr', '.2g'):>9} "
-                  f"{cell(r, 'kl_p99', '.4g'):>9} {cell(r, 'top1_agreement', '.3f'):>6} "
-                  f"{cell(r, 'ppl', '.4g'):>10} {cell(r, 'mc_agreement', '.3f'):>6} "
-                  f"{cell(r, 'first_divergence_mean', '.2f'):>7}" + ("  collapsed" if r["collapsed"] else ""))
+            print(
+                f"{r['grid']['method']:<10} {s:<28} {cell(r, 'kl', '.4g'):>9} {cell(r, 'kl_stderr', '.2g'):>9} "
+                f"{cell(r, 'kl_p99', '.4g'):>9} {cell(r, 'top1_agreement', '.3f'):>6} "
+                f"{cell(r, 'ppl', '.4g'):>10} {cell(r, 'mc_agreement', '.3f'):>6} "
+                f"{cell(r, 'first_divergence_mean', '.2f'):>7}" + ("  collapsed" if r["collapsed"] else "")
+            )
         if any(r.get("not_computable") for r in rows):
             print("n/c: not computable (null in the row, its reason under not_computable)")
         print(f"{len(rows)} rows in {out} ({res['done_before']} from before, {res['computed']} new)")
     if res["failed"]:
         for method, settings, err in res["failed"]:
             print(f"hemorrhage: sweep: {method} {settings} failed: {err}", file=sys.stderr)
-        print(f"hemorrhage: sweep: {len(res['failed'])} settings failed (not written; a rerun retries them)",
-              file=sys.stderr)
+        print(
+            f"hemorrhage: sweep: {len(res['failed'])} settings failed (not written; a rerun retries them)",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -2,8 +2,9 @@
 
 JAX's CPU Cholesky / triangular solves call the OpenBLAS bundled with scipy and numpy.
 Its worker threads spin while waiting; on a small shared machine (2 cores, other jobs
-running) a 576×576 Cholesky then costs ~0.2 s of CPU instead of ~3 ms.  GPTQ and
-SparseGPT factor one Hessian per group of linears (4 per block), so this matters.
+running) a threaded Cholesky then costs far more CPU than the serial one (bench/README.md,
+"Numbers moved out of docstrings").  GPTQ and SparseGPT factor one Hessian per group of
+linears (4 per block), and the predictor one per input, so this matters.
 `single_thread_blas()` sets every loaded OpenBLAS to one thread (what threadpoolctl
 does, without the dependency) and restores the previous count afterwards.  XLA's own
 matmuls use their own thread pool and are not affected.

@@ -48,8 +48,7 @@ from flax import nnx
 from hemorrhage.errors import UserError
 
 # linears that read the same input, in forward order: (branch, attributes)
-GROUPS = (("attn", ("q", "k", "v", "qkv")), ("attn", ("o",)), ("mlp", ("gate", "up", "fc")),
-          ("mlp", ("down", "proj")))
+GROUPS = (("attn", ("q", "k", "v", "qkv")), ("attn", ("o",)), ("mlp", ("gate", "up", "fc")), ("mlp", ("down", "proj")))
 
 
 # expert paths a calibrated method had no routed token for (collected per `compress` call)
@@ -190,8 +189,11 @@ def _run_block(graphdef, state, h, pos, record: tuple[str, ...], want_out: bool,
     for key, x in sink.items():
         x2 = x.reshape(-1, x.shape[-1]).astype(jnp.float32)  # Hessians in fp32 whatever the model's dtype
         # rows that are not all zero: an expert's routed tokens (its input is zeroed elsewhere)
-        stats[key] = (jnp.einsum("ni,nj->ij", x2, x2, precision="highest"), jnp.sum(jnp.abs(x2), axis=0),
-                      jnp.sum(jnp.any(x2 != 0, axis=-1)))
+        stats[key] = (
+            jnp.einsum("ni,nj->ij", x2, x2, precision="highest"),
+            jnp.sum(jnp.abs(x2), axis=0),
+            jnp.sum(jnp.any(x2 != 0, axis=-1)),
+        )
     cos = None
     if want_cos:
         mid = h + branch["attn"]
@@ -226,8 +228,10 @@ class Sequential:
         if self.mesh is not None:  # whole samples per device: a multiple of the data axis
             d = shard.axis_size(self.mesh, "data")
             per = max(d, per - per % d)
-        self.h = [_embed(model, shard.place_rows(np.asarray(tokens[i:i + per], np.int32), self.mesh), self.pos)
-                  for i in range(0, n, per)]
+        self.h = [
+            _embed(model, shard.place_rows(np.asarray(tokens[i : i + per], np.int32), self.mesh), self.pos)
+            for i in range(0, n, per)
+        ]
         self.n_tokens = n * T
         self.history = [self.h] if keep_history else None
 

@@ -157,8 +157,12 @@ class Drop:
                 block.attn = ZeroAttention(block.attn)
             if self.part in ("block", "mlp") and not getattr(block.mlp, "dropped", False):
                 block.mlp = ZeroMLP(block.mlp)
-        rec = {"dropped": chosen, "part": self.part, "rank": self.rank,
-               "dropped_share_of_layers": len(chosen) / len(model.layers)}
+        rec = {
+            "dropped": chosen,
+            "part": self.part,
+            "rank": self.rank,
+            "dropped_share_of_layers": len(chosen) / len(model.layers),
+        }
         if scores is not None:
             rec["scores"] = [float(s) for s in scores]
         return rec

@@ -18,20 +18,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from hemorrhage.errors import UserError
+from hemorrhage.sim.outputs import jsonable
 
 _SKIP = {"model.safetensors.index.json", "hemorrhage_compression.json", "hemorrhage.json"}
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".gguf", ".pth", ".ckpt", ".h5", ".msgpack"}
-
-
-def _jsonable(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return str(x)
 
 
 def check_export_out(src_dir, out_dir, *, overwrite: bool = False) -> Path:
@@ -55,6 +46,8 @@ def export_hf(model, src_dir, out_dir, record: dict, *, overwrite: bool = False)
     if not (src / "config.json").is_file():
         raise UserError(f"{src} has no config.json to copy into the exported folder")
     out = check_export_out(src, out_dir, overwrite=overwrite)
+    if record.get("export_refusal"):  # shapes a transformers config cannot describe: refused before writing
+        raise UserError(f"cannot export: {record['export_refusal']}")
     tensors = export_state(model)
     with owned_dir(out, command="export_hf", overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -63,19 +56,29 @@ def export_hf(model, src_dir, out_dir, record: dict, *, overwrite: bool = False)
                 shutil.copy2(f, tmp / f.name)
         cfg = json.loads((src / "config.json").read_text())
         cfg.pop("quantization_config", None)
+        # a method that changes the shape (expand) says which fields change; in Gemma 3's text_config where nested
+        (cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg).update(record.get("hf_config") or {})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         prov = {}
         if (src / "hemorrhage.json").is_file():
             prov = json.loads((src / "hemorrhage.json").read_text())
         base_note = prov.get("base_note") or record.get("base_note") or "base precision as stored"
         summary = record.get("method", "?")
-        prov.update({"base_note": f"{base_note}; then compressed by hemorrhage ({summary}, "
-                                  "see hemorrhage_compression.json)", "compressed_from": str(src)})
-        (tmp / "hemorrhage.json").write_text(json.dumps(prov, indent=2, default=_jsonable) + "\n")
+        prov.update(
+            {
+                "base_note": f"{base_note}; then compressed by hemorrhage ({summary}, see hemorrhage_compression.json)",
+                "compressed_from": str(src),
+            }
+        )
+        (tmp / "hemorrhage.json").write_text(json.dumps(prov, indent=2, default=jsonable) + "\n")
         from hemorrhage.sim.timings import without_timings  # the file is the same bytes for the same plan
 
-        full = {**without_timings(record), "source": str(src),
-                "weights": "dense fp32 effective weights (dequantized / masked)"}
+        full = {
+            **without_timings(record),
+            "source": str(src),
+            "weights": "dense fp32 effective weights (dequantized / masked)",
+        }
         (tmp / "hemorrhage_compression.json").write_text(
-            json.dumps(full, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n")
+            json.dumps(full, indent=2, sort_keys=True, default=jsonable, allow_nan=True) + "\n"
+        )
     return out

@@ -43,6 +43,16 @@ def _revive(h):
     return h + jnp.diag(dead.astype(h.dtype)), dead, jnp.all(jnp.isfinite(h))
 
 
+def dampening_schedule(damp: float) -> list[float]:
+    """The λ tried in turn until H + λ·mean(diag H)·I factors: `damp`, then ×10 at a time (from
+    1e-6 when `damp` is 0).  The predictor's host factorisation (sim.predict.obs_factor) tries
+    the same."""
+    lam = float(damp)
+    return (
+        [lam] + [max(lam, 1e-6) * 10**k for k in range(1, 10)] if lam > 0 else [0.0] + [10.0**k for k in range(-6, 3)]
+    )
+
+
 def factor(h, damp: float):
     """(U, dead, λ used) for one calibration Hessian H [in in] (shared by the linears
     that read the same input): dead inputs (H_jj = 0) get H_jj = 1, the dampening grows
@@ -50,9 +60,7 @@ def factor(h, damp: float):
     h, dead, finite = _revive(jnp.asarray(h, jnp.float32))
     if not bool(finite):
         raise UserError("calibration produced non-finite activations (the model overflows on this text)")
-    lam = float(damp)
-    tries = [lam] + [max(lam, 1e-6) * 10 ** k for k in range(1, 10)] if lam > 0 else [0.0] + [10.0 ** k for k in range(-6, 3)]
-    for lam in tries:
+    for lam in dampening_schedule(damp):
         u, ok = _factor(h, lam)
         if bool(ok):
             return u, dead, lam
@@ -99,7 +107,7 @@ def smallest_k(score, k):
         ok = jnp.sum(bits <= mid) >= k
         return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
 
-    _, t = jax.lax.fori_loop(0, 32, step, (jnp.int32(0), jnp.int32(2 ** 31 - 1)))
+    _, t = jax.lax.fori_loop(0, 32, step, (jnp.int32(0), jnp.int32(2**31 - 1)))
     below = bits < t
     tie = bits == t
     need = k - jnp.sum(below)
@@ -116,6 +124,7 @@ def rank_in_rows(score):
 
 # Both solvers work on Wᵀ [in out] internally: the column being fixed is then a contiguous
 # row, which makes the per-column step several times faster on CPU.
+
 
 @partial(jax.jit, static_argnames=("bs", "n", "m"))
 def sparsegpt(w, u, k_blocks, *, bs: int, n: int | None, m: int | None):
@@ -139,11 +148,13 @@ def sparsegpt(w, u, k_blocks, *, bs: int, n: int | None, m: int | None):
         def col(j, c):
             w1, prune1, err1 = c
             if n is not None:
+
                 def select(p):
                     seg = jax.lax.dynamic_slice(w1, (j, 0), (m, out))
                     dseg = jax.lax.dynamic_slice(dg, (j,), (m,))
                     r = rank_in_rows(((seg / dseg[:, None]) ** 2).T).T
                     return jax.lax.dynamic_update_slice(p, r < (m - n), (j, 0))
+
                 prune1 = jax.lax.cond(j % m == 0, select, lambda p: p, prune1)
             wj, pj = w1[j], prune1[j]
             q = jnp.where(pj, 0.0, wj)
@@ -175,8 +186,7 @@ def gptq(w, u, scale_col, zero_col, *, bs: int, g: int, bits: int, symmetric: bo
     sym = symmetric
     gpb = 1 if static else bs // g  # groups per block (dynamic grids)
     if static:
-        xs = (jnp.arange(nb), scale_col.T.reshape(nb, bs, out),
-              None if sym else zero_col.T.reshape(nb, bs, out))
+        xs = (jnp.arange(nb), scale_col.T.reshape(nb, bs, out), None if sym else zero_col.T.reshape(nb, bs, out))
     else:
         xs = (jnp.arange(nb), None, None)
 
@@ -192,6 +202,7 @@ def gptq(w, u, scale_col, zero_col, *, bs: int, g: int, bits: int, symmetric: bo
             if static:
                 s, z = s_blk[j], (None if sym else z_blk[j])
             else:
+
                 def fit(szg):
                     sg, zg = szg
                     s_new, z_new = qparams(jax.lax.dynamic_slice(w1, (j, 0), (g, out)).T, bits, sym)
@@ -199,6 +210,7 @@ def gptq(w, u, scale_col, zero_col, *, bs: int, g: int, bits: int, symmetric: bo
                     if not sym:
                         zg = zg.at[j // g].set(z_new)
                     return sg, zg
+
                 sg, zg = jax.lax.cond(j % g == 0, fit, lambda szg: szg, (sg, zg))
                 s, z = sg[j // g], (None if sym else zg[j // g])
             wj = w1[j]
@@ -211,8 +223,13 @@ def gptq(w, u, scale_col, zero_col, *, bs: int, g: int, bits: int, symmetric: bo
             c1 = c1.at[j].set(cj)
             return w1, err1, c1, sg, zg
 
-        init = (w1, jnp.zeros((bs, out), jnp.float32), jnp.zeros((bs, out), jnp.int32),
-                jnp.ones((gpb, out), jnp.float32), jnp.zeros((gpb, out), jnp.float32))
+        init = (
+            w1,
+            jnp.zeros((bs, out), jnp.float32),
+            jnp.zeros((bs, out), jnp.int32),
+            jnp.ones((gpb, out), jnp.float32),
+            jnp.zeros((gpb, out), jnp.float32),
+        )
         w1, err1, c1, sg, zg = jax.lax.fori_loop(0, bs, col, init)
         wt = jax.lax.dynamic_update_slice(wt, w1, (i1, 0))
         wt = _trailing(wt, err1, u, i1, bs)

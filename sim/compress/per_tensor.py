@@ -70,8 +70,7 @@ class PerTensor:
         return rec
 
 
-def compress_plan(loaded, plan: dict, *, calib_samples: int = 16, calib_seqlen: int = 128, seed: int = 0,
-                  mesh=None):
+def compress_plan(loaded, plan: dict, *, calib_samples: int = 16, calib_seqlen: int = 128, seed: int = 0, mesh=None):
     """(compressed model, record) of a plan (sim.plan.read_plan's dict) on `loaded`: the
     plan checked against the model first (sim.plan.check_plan: fingerprint, tensors), then
     calibration text drawn if the method needs it (as compress_from_args)."""
@@ -86,10 +85,16 @@ def compress_plan(loaded, plan: dict, *, calib_samples: int = 16, calib_seqlen: 
         tokens = calibration_tokens_for(loaded, calib_samples=calib_samples, calib_seqlen=calib_seqlen, seed=seed)
     model, record = compress(loaded.model, method, tokens, mesh=mesh)
     if tokens is not None:
-        record["calibration"] = {"source": "wiki", "samples": int(tokens.shape[0]), "seqlen": int(tokens.shape[1]),
-                                 "seed": int(seed)}
-    record["plan"] = {k: plan.get(k) for k in ("model", "fingerprint", "method", "axis", "constraint",
-                                               "predicted_kl", "predicted_top1", "bytes")}
+        record["calibration"] = {
+            "source": "wiki",
+            "samples": int(tokens.shape[0]),
+            "seqlen": int(tokens.shape[1]),
+            "seed": int(seed),
+        }
+    record["plan"] = {
+        k: plan.get(k)
+        for k in ("model", "fingerprint", "method", "axis", "constraint", "predicted_kl", "predicted_top1", "bytes")
+    }
     record["model"] = getattr(loaded, "name", "")
     record["base_note"] = getattr(loaded, "base_note", "")
     return model, record

@@ -32,7 +32,7 @@ from hemorrhage.errors import UserError
 from hemorrhage.sim.compress import obs
 from hemorrhage.sim.compress.calib import Sequential, input_groups
 from hemorrhage.sim.compress.registry import linears, register
-from hemorrhage.sim.compress.storage import MaskedLinear, NMSparseLinear, _bias
+from hemorrhage.sim.compress.storage import MaskedLinear, NMSparseLinear, bias_param
 
 
 def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
@@ -127,13 +127,12 @@ def _resolve_sparsity(obj, allow_pattern: bool = True):
 def _check_nm(model, nm):
     if nm is None:
         return
-    from hemorrhage.sim.compress.storage import _shape
+    from hemorrhage.sim.compress.storage import linear_shape
 
     for path, _, _, layer in linears(model):
-        d = _shape(layer)[1]
+        d = linear_shape(layer)[1]
         if d % nm[1]:
-            raise UserError(f"N:M pattern {nm[0]}:{nm[1]} needs input dimensions divisible by {nm[1]}; "
-                            f"{path} has {d}")
+            raise UserError(f"N:M pattern {nm[0]}:{nm[1]} needs input dimensions divisible by {nm[1]}; {path} has {d}")
 
 
 class _Counter:
@@ -155,7 +154,7 @@ class _Counter:
 
 def _replace(parent, attr, layer, w, keep, nm):
     """Put the pruned layer in place: computed in fp32, stored in the layer's dtype (the model's)."""
-    bias, dtype = _bias(layer), layer.weight().dtype
+    bias, dtype = bias_param(layer), layer.weight().dtype
     new = NMSparseLinear(w, keep, nm[0], nm[1], bias, dtype=dtype) if nm else MaskedLinear(w, keep, bias, dtype=dtype)
     setattr(parent, attr, new)
 
@@ -164,12 +163,11 @@ def _block_of(path: str) -> int:
     return int(path.split(".")[1])
 
 
-# ------------------------------------------------------------------ magnitude
-@register
 @dataclass(frozen=True)
-class Magnitude:
-    name = "magnitude"
-    needs_calibration = False
+class MaskSettings:
+    """What magnitude, Wanda and SparseGPT are told: a share of weights to prune (`sparsity`)
+    or an N:M `pattern`, checked once here."""
+
     sparsity: float | None = None
     pattern: str | None = None
 
@@ -178,6 +176,14 @@ class Magnitude:
 
     def check(self, model):
         _check_nm(model, parse_pattern(self.pattern))
+
+
+# ------------------------------------------------------------------ magnitude
+@register
+@dataclass(frozen=True)
+class Magnitude(MaskSettings):
+    name = "magnitude"
+    needs_calibration = False
 
     def apply(self, model, calib_tokens=None, layer_sparsity=None, tensor_sparsity=None) -> dict:
         """layer_sparsity [blocks] (OWL) or tensor_sparsity {path: s} (sim.plan) override self.sparsity."""
@@ -198,17 +204,9 @@ class Magnitude:
 # ------------------------------------------------------------------ wanda
 @register
 @dataclass(frozen=True)
-class Wanda:
+class Wanda(MaskSettings):
     name = "wanda"
     needs_calibration = True
-    sparsity: float | None = None
-    pattern: str | None = None
-
-    def __post_init__(self):
-        _resolve_sparsity(self)
-
-    def check(self, model):
-        _check_nm(model, parse_pattern(self.pattern))
 
     def apply(self, model, calib_tokens, layer_sparsity=None, tensor_sparsity=None) -> dict:
         """layer_sparsity [blocks] (OWL) or tensor_sparsity {path: s} (sim.plan) override self.sparsity."""
@@ -242,19 +240,14 @@ def _check_damp(damp):
 
 @register
 @dataclass(frozen=True)
-class SparseGPT:
+class SparseGPT(MaskSettings):
     name = "sparsegpt"
     needs_calibration = True
-    sparsity: float | None = None
-    pattern: str | None = None
     damp: float = 0.01
 
     def __post_init__(self):
-        _resolve_sparsity(self)
+        super().__post_init__()
         _check_damp(self.damp)
-
-    def check(self, model):
-        _check_nm(model, parse_pattern(self.pattern))
 
     def apply(self, model, calib_tokens, tensor_sparsity=None) -> dict:
         """tensor_sparsity {path: s} (sim.plan) overrides self.sparsity."""

@@ -31,10 +31,9 @@ import numpy as np
 from hemorrhage.errors import UserError
 from hemorrhage.sim.compress import obs
 from hemorrhage.sim.compress.calib import Sequential, input_groups
-from hemorrhage.sim.compress.quantizer import (check_bits, check_divides, check_group_size, grid_check,
-                                               qparams, rtn)
+from hemorrhage.sim.compress.quantizer import check_bits, check_divides, check_group_size, grid_check, qparams, rtn
 from hemorrhage.sim.compress.registry import linears, register
-from hemorrhage.sim.compress.storage import ActQuantLinear, PackedLinear, _bias, _shape, decode
+from hemorrhage.sim.compress.storage import ActQuantLinear, PackedLinear, bias_param, linear_shape, decode
 
 
 def _check_bool(name, v):
@@ -59,14 +58,14 @@ class _Quant:
         return {"grid_check": g, "warnings": [g["warning"]] if "warning" in g else []}
 
     def _record(self, model, extra=None) -> dict:
-        n = sum(int(np.prod(_shape(layer))) for _, _, _, layer in linears(model))
+        n = sum(int(np.prod(linear_shape(layer))) for _, _, _, layer in linears(model))
         rec = {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "n_weights": n}
         rec.update(extra or {})
         return rec
 
 
 def _packed(layer, codes, scale, zero, bits, group_size, in_scale=None):
-    return PackedLinear(codes, scale, zero, bits=bits, group_size=group_size, bias=_bias(layer), in_scale=in_scale)
+    return PackedLinear(codes, scale, zero, bits=bits, group_size=group_size, bias=bias_param(layer), in_scale=in_scale)
 
 
 # ------------------------------------------------------------------ RTN
@@ -87,8 +86,7 @@ class RTN(_Quant):
         grid = self._grid(model)
         for path, parent, attr, layer in list(linears(model)):
             bits = int((tensor_bits or {}).get(path, self.bits))
-            codes, scale, zero = rtn(layer.weight(), bits=bits, group_size=self.group_size,
-                                     symmetric=self.symmetric)
+            codes, scale, zero = rtn(layer.weight(), bits=bits, group_size=self.group_size, symmetric=self.symmetric)
             setattr(parent, attr, _packed(layer, codes, scale, zero, bits, self.group_size))
         return self._record(model, grid)
 
@@ -171,8 +169,16 @@ class GPTQ(_Quant):
         """(codes, scale [out G], zero [out G] | None, λ used) for W [out in] and H [in in].
         `factored` = (perm, U, dead, λ) reuses a factorization of H."""
         perm, u, dead, lam = factored or self.factor(h)
-        (res,) = _gptq_group((jnp.asarray(w, jnp.float32),), u, perm, dead, bits=self.bits,
-                             group_size=self.group_size, symmetric=self.symmetric, act_order=self.act_order)
+        (res,) = _gptq_group(
+            (jnp.asarray(w, jnp.float32),),
+            u,
+            perm,
+            dead,
+            bits=self.bits,
+            group_size=self.group_size,
+            symmetric=self.symmetric,
+            act_order=self.act_order,
+        )
         return (*res, lam)
 
     def factor(self, h):
@@ -186,8 +192,16 @@ class GPTQ(_Quant):
         solved as one stacked matrix (one kernel, one factorization).  [(codes, scale, zero)], λ."""
         perm, u, dead, lam = self.factor(h)
         ws = tuple(jnp.asarray(w, jnp.float32) for w in ws)  # the OBS updates in fp32 whatever the model's dtype
-        res = _gptq_group(ws, u, perm, dead, bits=self.bits, group_size=self.group_size,
-                          symmetric=self.symmetric, act_order=self.act_order)
+        res = _gptq_group(
+            ws,
+            u,
+            perm,
+            dead,
+            bits=self.bits,
+            group_size=self.group_size,
+            symmetric=self.symmetric,
+            act_order=self.act_order,
+        )
         return res, lam
 
     def apply(self, model, calib_tokens, tensor_bits=None) -> dict:
@@ -242,8 +256,9 @@ def _awq_scale(x_mean, alpha):
 @partial(jax.jit, static_argnames=("bits", "group_size", "symmetric", "n_grid"))
 def _awq_layer(w, abs_sum, xtx, count, *, bits, group_size, symmetric, n_grid):
     x_mean = abs_sum / count
-    alphas, errs = _awq_search(w, x_mean, xtx / count, bits=bits, group_size=group_size, symmetric=symmetric,
-                               n_grid=n_grid)
+    alphas, errs = _awq_search(
+        w, x_mean, xtx / count, bits=bits, group_size=group_size, symmetric=symmetric, n_grid=n_grid
+    )
     alpha = alphas[jnp.argmin(errs)]
     s = _awq_scale(x_mean, alpha)
     codes, scale, zero = rtn(w * s[None, :], bits=bits, group_size=group_size, symmetric=symmetric)
@@ -267,10 +282,16 @@ class AWQ(_Quant):
 
     def quantize_layer(self, w, stats):
         """(codes, scale, zero, s, α) for W and the statistics of its input."""
-        codes, scale, zero, s, alpha = _awq_layer(jnp.asarray(w, jnp.float32), stats.abs_sum, stats.xtx,
-                                                  jnp.float32(max(stats.count, 1)), bits=self.bits,
-                                                  group_size=self.group_size, symmetric=self.symmetric,
-                                                  n_grid=self.n_grid)
+        codes, scale, zero, s, alpha = _awq_layer(
+            jnp.asarray(w, jnp.float32),
+            stats.abs_sum,
+            stats.xtx,
+            jnp.float32(max(stats.count, 1)),
+            bits=self.bits,
+            group_size=self.group_size,
+            symmetric=self.symmetric,
+            n_grid=self.n_grid,
+        )
         return codes, scale, zero, s, float(alpha)
 
     def apply(self, model, calib_tokens) -> dict:
@@ -308,6 +329,8 @@ class W8A8(_Quant):
             setattr(parent, attr, ActQuantLinear(_packed(layer, codes, scale, None, 8, None)))
         rec = self._record(model, grid)
         rec["activations"] = "int8, symmetric, per token, dynamic (scale = max|x|/127); int32 accumulation"
-        rec["export_note"] = ("the Hugging Face export holds the int8 weights dequantized; transformers does not "
-                              "quantize activations, so its logits differ from hemorrhage's W8A8 forward")
+        rec["export_note"] = (
+            "the Hugging Face export holds the int8 weights dequantized; transformers does not "
+            "quantize activations, so its logits differ from hemorrhage's W8A8 forward"
+        )
         return rec

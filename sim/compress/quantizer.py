@@ -46,20 +46,22 @@ def check_divides(model, group_size: int | None, what: str = "group size") -> No
 
     if group_size is None:
         return
-    from hemorrhage.sim.compress.storage import _shape
+    from hemorrhage.sim.compress.storage import linear_shape
 
-    dims = sorted({_shape(layer)[1] for _, _, _, layer in linears(model)})
+    dims = sorted({linear_shape(layer)[1] for _, _, _, layer in linears(model)})
     bad = [d for d in dims if d % group_size]
     if bad:
         common = sorted(set.intersection(*[{k for k in range(1, d + 1) if d % k == 0} for d in dims]))
         hint = ", ".join(str(k) for k in common if k >= 8) or "none >= 8"
-        raise UserError(f"{what} {group_size} does not divide the input dimension {bad[0]} "
-                        f"(input dimensions: {', '.join(map(str, dims))}; sizes that divide all: {hint})")
+        raise UserError(
+            f"{what} {group_size} does not divide the input dimension {bad[0]} "
+            f"(input dimensions: {', '.join(map(str, dims))}; sizes that divide all: {hint})"
+        )
 
 
 def levels(bits: int, symmetric: bool) -> int:
     """Highest code."""
-    return 2 ** bits - 2 if symmetric else 2 ** bits - 1
+    return 2**bits - 2 if symmetric else 2**bits - 1
 
 
 def qparams(w, bits: int, symmetric: bool):
@@ -69,7 +71,7 @@ def qparams(w, bits: int, symmetric: bool):
         amax = jnp.max(jnp.abs(w), axis=-1)
         return jnp.where(amax > 0, amax / c0, 1.0), None
     lo, hi = jnp.min(w, axis=-1), jnp.max(w, axis=-1)
-    return jnp.where(hi > lo, (hi - lo) / (2 ** bits - 1), 1.0), lo
+    return jnp.where(hi > lo, (hi - lo) / (2**bits - 1), 1.0), lo
 
 
 def encode(w, scale, zero, bits: int):
@@ -77,12 +79,13 @@ def encode(w, scale, zero, bits: int):
     if zero is None:
         c0 = 2 ** (bits - 1) - 1
         return jnp.clip(jnp.round(w / scale), -c0, c0).astype(jnp.int32) + c0
-    return jnp.clip(jnp.round((w - zero) / scale), 0, 2 ** bits - 1).astype(jnp.int32)
+    return jnp.clip(jnp.round((w - zero) / scale), 0, 2**bits - 1).astype(jnp.int32)
 
 
 def dequant(codes, scale, zero, bits: int):
+    """The grid values of `codes`; with encode, `bits` may be a traced number (the predictor's)."""
     if zero is None:
-        return (codes.astype(jnp.float32) - float(2 ** (bits - 1) - 1)) * scale
+        return (codes.astype(jnp.float32) - (2 ** (bits - 1) - 1)) * scale
     return codes.astype(jnp.float32) * scale + zero
 
 
@@ -118,7 +121,7 @@ def _grid_stats(w, rows, *, bits, group_size, symmetric):
     step = jnp.sum(scale) * g
     srt = jnp.sort(wg, axis=-1)
     distinct = 1 + jnp.sum(jnp.diff(srt, axis=-1) != 0, axis=-1)
-    return err, step, jnp.sum(distinct <= 2 ** bits)
+    return err, step, jnp.sum(distinct <= 2**bits)
 
 
 def grid_check(model, bits: int, group_size: int | None, symmetric: bool, *, rows: int = 64) -> dict:
@@ -146,7 +149,7 @@ def grid_check(model, bits: int, group_size: int | None, symmetric: bool, *, row
         exact = 1 if symmetric else 2
         err_num, err_den = err_num + float(e), err_den + float(st)
         expect_num += 0.25 * max(1 - exact / g, 0.0) * float(st)
-        if g > 2 ** bits:
+        if g > 2**bits:
             few, total = few + int(f), total + take.size * (w.shape[1] // g)
     err = err_num / err_den if err_den else 0.0
     expected = expect_num / err_den if err_den else 0.25
@@ -154,16 +157,26 @@ def grid_check(model, bits: int, group_size: int | None, symmetric: bool, *, row
     share = few / total if total else None
     coincides = bool(ratio < 0.1)
     partial = bool(not coincides and ratio < 0.85)
-    res = {"error_per_step": err, "expected_off_grid": expected, "ratio": ratio, "groups_within_levels": share,
-           "coincides": coincides, "partial": partial}
+    res = {
+        "error_per_step": err,
+        "expected_off_grid": expected,
+        "ratio": ratio,
+        "groups_within_levels": share,
+        "coincides": coincides,
+        "partial": partial,
+    }
     layout = f"groups of {group_size}" if group_size else "per channel"
     numbers = f"RTN error {err:.3f} steps vs {expected:.3f} for weights on no grid"
     if coincides:
-        res["warning"] = (f"the base weights already lie on this {bits}-bit grid ({layout}; {numbers}): this "
-                          "quantization is close to lossless because the base is already GGUF-quantized; "
-                          "choose other bits or group size")
+        res["warning"] = (
+            f"the base weights already lie on this {bits}-bit grid ({layout}; {numbers}): this "
+            "quantization is close to lossless because the base is already GGUF-quantized; "
+            "choose other bits or group size"
+        )
     elif partial:
-        res["warning"] = (f"part of the base weights already lie on a {bits}-bit grid ({layout}; {numbers}): "
-                          "the base is already GGUF-quantized, so this quantization looks milder than it "
-                          "would on full-precision weights")
+        res["warning"] = (
+            f"part of the base weights already lie on a {bits}-bit grid ({layout}; {numbers}): "
+            "the base is already GGUF-quantized, so this quantization looks milder than it "
+            "would on full-precision weights"
+        )
     return res

@@ -45,12 +45,13 @@ def make_method(name: str, **settings: Any):
         raise UserError(f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
     fields = {f.name for f in dataclasses.fields(cls)}
-    given = {ALIASES.get(k, k) if ALIASES.get(k) in fields else k: v
-             for k, v in settings.items() if v is not None}
+    given = {ALIASES.get(k, k) if ALIASES.get(k) in fields else k: v for k, v in settings.items() if v is not None}
     unknown = set(given) - fields
     if unknown:
-        raise UserError(f"method {name!r} takes no setting {', '.join(sorted(unknown))}; "
-                        f"it takes: {', '.join(sorted(fields)) or 'none'}")
+        raise UserError(
+            f"method {name!r} takes no setting {', '.join(sorted(unknown))}; "
+            f"it takes: {', '.join(sorted(fields)) or 'none'}"
+        )
     return cls(**given)  # each dataclass validates itself in __post_init__
 
 
@@ -114,12 +115,15 @@ def compress(model, method, calib_tokens=None, *, mesh=None):
     out = {"method": method.name, "settings": dataclasses.asdict(method), **record}
     routers = [b.mlp for b in model.layers if getattr(b.mlp, "experts", None) is not None]
     if routers:
-        out["moe"] = {"router": "compressed" if any(getattr(r, "router_compressible", False) for r in routers)
-                      else "dense (not compressed)",
-                      "expert_calibration": "each expert on the tokens routed to it, unweighted by the routing "
-                                            "weight; an expert no token reaches uses isotropic statistics "
-                                            "(its method's calibration-free form)",
-                      "uncalibrated_experts": sorted(missed)}
+        out["moe"] = {
+            "router": "compressed"
+            if any(getattr(r, "router_compressible", False) for r in routers)
+            else "dense (not compressed)",
+            "expert_calibration": "each expert on the tokens routed to it, unweighted by the routing "
+            "weight; an expert no token reaches uses isotropic statistics "
+            "(its method's calibration-free form)",
+            "uncalibrated_experts": sorted(missed),
+        }
     out["memory"] = memory_report(small)
     out["timings"] = {"seconds": round(time.perf_counter() - t0, 3)}  # sim.timings: not in --json or files
     return small, out
@@ -147,23 +151,34 @@ def check_calibration(**calib) -> None:
         raise UserError(f"calib_source must be one of {', '.join(TEXT_SOURCES)}, got {src!r}")
 
 
-def calibration_tokens_for(loaded, *, calib_samples: int = 16, calib_seqlen: int = 128, seed: int = 0,
-                           calib_source: str = "wiki"):
+def calibration_tokens_for(
+    loaded, *, calib_samples: int = 16, calib_seqlen: int = 128, seed: int = 0, calib_source: str = "wiki"
+):
     """[calib_samples, calib_seqlen] int32 of the train split (sim.data.calibration_tokens),
     memoised per tokenizer and settings (a read-only array: callers must not write into it)."""
-    from hemorrhage.sim.data import calibration_tokens
+    from hemorrhage.sim.windows import calibration_tokens
 
-    check_calibration(calib_samples=calib_samples, calib_seqlen=calib_seqlen, seed=seed,
-                      calib_source=calib_source)
-    key = (id(loaded.tokenizer), int(calib_samples), int(calib_seqlen), int(seed), calib_source,
-           os.environ.get("HEMORRHAGE_CACHE"))  # another cache folder may hold other text
+    check_calibration(calib_samples=calib_samples, calib_seqlen=calib_seqlen, seed=seed, calib_source=calib_source)
+    key = (
+        id(loaded.tokenizer),
+        int(calib_samples),
+        int(calib_seqlen),
+        int(seed),
+        calib_source,
+        os.environ.get("HEMORRHAGE_CACHE"),
+    )  # another cache folder may hold other text
     with _CALIB_LOCK:  # sweep workers share one tokenizer: draw under the lock
         hit = _CALIB_MEMO.get(key)
         if hit is not None and hit[0] is loaded.tokenizer:
             CALIB_STATS["reused"] += 1
             return hit[1]
-        tokens = calibration_tokens(loaded.tokenizer, source=calib_source, n_samples=int(calib_samples),
-                                    seqlen=int(calib_seqlen), seed=int(seed))
+        tokens = calibration_tokens(
+            loaded.tokenizer,
+            source=calib_source,
+            n_samples=int(calib_samples),
+            seqlen=int(calib_seqlen),
+            seed=int(seed),
+        )
         tokens.setflags(write=False)
         while len(_CALIB_MEMO) >= 8:
             _CALIB_MEMO.pop(next(iter(_CALIB_MEMO)))
@@ -201,8 +216,12 @@ def compress_from_args(loaded, method_name: str, *, mesh=None, **settings):
         tokens = calibration_tokens_for(loaded, **calib)
     model, record = compress(loaded.model, method, tokens, mesh=mesh)
     if tokens is not None:
-        record["calibration"] = {"source": calib["calib_source"], "samples": int(tokens.shape[0]),
-                                 "seqlen": int(tokens.shape[1]), "seed": int(calib["seed"])}
+        record["calibration"] = {
+            "source": calib["calib_source"],
+            "samples": int(tokens.shape[0]),
+            "seqlen": int(tokens.shape[1]),
+            "seed": int(calib["seed"]),
+        }
     record["model"] = getattr(loaded, "name", "")
     record["base_note"] = getattr(loaded, "base_note", "")
     return model, record

@@ -3,6 +3,8 @@
 Every class here is an nnx.Module that replaces a `Linear` in place (same `__call__(x)`, a
 `weight()` returning the dense effective weight [out in], a `b` bias or None, `nbytes()`),
 so the model class never changes and `export_state` writes exactly what the model runs.
+`StoredLinear` states that contract; tests/test_storage_protocol.py checks every class that
+stands in for a Linear in sim/compress against it.
 
     PackedLinear     b-bit codes packed into uint8 (two 4-bit codes a byte; 1/2/8 bits
                      likewise; other widths as b bit-planes), fp32 scale and zero point
@@ -27,6 +29,7 @@ Integer storage uses the `Codes` variable type (not nnx.Param), so gradients ove
 from __future__ import annotations
 
 from functools import partial
+from typing import Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +37,27 @@ import numpy as np
 from flax import nnx
 
 from hemorrhage.sim.models.layers import Linear
+
+
+@runtime_checkable
+class StoredLinear(Protocol):
+    """A layer swapped in for a `Linear` by a compression method: the model calls it as the
+    Linear it replaces, the export writes its dense effective weight and bias, the memory
+    report reads its storage."""
+
+    b: nnx.Param | None  # the bias, or None (the export writes it beside weight())
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """y = x·Wᵀ + b, in x's dtype, [..., d_in] -> [..., d_out]."""
+
+    def weight(self) -> jax.Array:
+        """The dense effective weight W [d_out d_in] (fp32): what the layer computes with."""
+
+    def storage(self) -> dict:
+        """Bytes held: {"values": ..., "meta": ...} (codes, kept values; scales, masks)."""
+
+    def nbytes(self) -> int:
+        """All bytes the layer holds (values + meta)."""
 
 
 class Codes(nnx.Variable):
@@ -98,7 +122,8 @@ def decode(codes, scale, zero, bits: int, group_size: int):
     return w.reshape(out, d)
 
 
-def _bias(layer):
+def bias_param(layer):
+    """The layer's bias as a new Param for its replacement (None without one)."""
     b = getattr(layer, "b", None)
     return None if b is None else nnx.Param(jnp.asarray(b[...]))  # in the layer's dtype
 
@@ -118,8 +143,7 @@ def _as_groups(x, d_out: int, n_groups: int):
 class PackedLinear(nnx.Module):
     """y = x · dequant(codes)ᵀ + b, the codes bit-packed in uint8 (see the module doc)."""
 
-    def __init__(self, codes, scale, zero, *, bits: int, group_size: int | None, bias=None,
-                 in_scale=None):
+    def __init__(self, codes, scale, zero, *, bits: int, group_size: int | None, bias=None, in_scale=None):
         codes = jnp.asarray(codes)
         self.d_out, self.d_in = (int(s) for s in codes.shape)
         self.bits = int(bits)
@@ -258,8 +282,7 @@ class ActQuantLinear(nnx.Module):
         sx = jnp.where(amax > 0, amax / 127.0, 1.0)
         xq = jnp.clip(jnp.round(x / sx), -127, 127).astype(jnp.int8)
         wq = (self.inner.codes() - 127).astype(jnp.int8)  # [out in]
-        acc = jax.lax.dot_general(xq, wq, (((x.ndim - 1,), (1,)), ((), ())),
-                                  preferred_element_type=jnp.int32)
+        acc = jax.lax.dot_general(xq, wq, (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
         y = acc.astype(jnp.float32) * sx * self.inner.scale[...][:, 0]
         return (y if self.b is None else y + self.b[...]).astype(dtype)
 
@@ -278,7 +301,7 @@ class ZeroLinear(nnx.Module):
     dropped = True
 
     def __init__(self, layer):
-        self.d_out, self.d_in = _shape(layer)
+        self.d_out, self.d_in = linear_shape(layer)
         self.b = None if getattr(layer, "b", None) is None else nnx.Param(jnp.zeros((self.d_out,), jnp.float32))
 
     def weight(self):
@@ -321,6 +344,8 @@ class ZeroAttention(nnx.Module):
         if trace:
             B, T = x.shape[:2]
             self.sow(nnx.Intermediate, "attn_entropy", jnp.zeros((B, self.K, self.H // self.K, T), jnp.float32))
+            if trace == "attn_probs":  # no attention rows exist: NaN, so their statistics read "not computable"
+                self.sow(nnx.Intermediate, "attn_probs", jnp.full((B, self.H, T, T), jnp.nan, jnp.float32))
         return jnp.zeros_like(x), cache
 
     def empty_cache(self, batch: int, length: int):
@@ -343,7 +368,7 @@ class ZeroMLP(nnx.Module):
             self.experts = nnx.List([ZeroMLP(e) for e in mlp.experts])
         self.act = mlp.act
         self.gated = hasattr(mlp, "gate") and getattr(mlp, "sows_gate", True)
-        self.d_ff = _shape(mlp.gate)[0] if self.gated else None
+        self.d_ff = linear_shape(mlp.gate)[0] if self.gated else None
 
     def __call__(self, x, *, trace: bool = False):
         if trace and self.gated:
@@ -357,7 +382,7 @@ class ZeroMLP(nnx.Module):
 def layer_storage(layer) -> dict:
     if hasattr(layer, "storage"):
         return layer.storage()
-    d_out, d_in = _shape(layer)
+    d_out, d_in = linear_shape(layer)
     return {"values": d_out * d_in * 4, "meta": 0}
 
 
@@ -378,19 +403,26 @@ def memory_report(model) -> dict:
     fp32 = values = meta = 0
     kinds: dict[str, int] = {}
     for _, layer in all_linears(model):
-        d_out, d_in = _shape(layer)
+        d_out, d_in = getattr(layer, "full_shape", None) or linear_shape(layer)  # a sliced layer: its shape before
         fp32 += d_out * d_in * 4
         s = layer_storage(layer)
         values += s["values"]
         meta += s["meta"]
         kinds[type(layer).__name__] = kinds.get(type(layer).__name__, 0) + 1
     total = values + meta
-    return {"fp32_bytes": int(fp32), "bytes": int(total), "value_bytes": int(values), "meta_bytes": int(meta),
-            "ratio": total / fp32 if fp32 else float("nan"),
-            "value_ratio": values / fp32 if fp32 else float("nan"), "layers": kinds}
+    return {
+        "fp32_bytes": int(fp32),
+        "bytes": int(total),
+        "value_bytes": int(values),
+        "meta_bytes": int(meta),
+        "ratio": total / fp32 if fp32 else float("nan"),
+        "value_ratio": values / fp32 if fp32 else float("nan"),
+        "layers": kinds,
+    }
 
 
-def _shape(layer) -> tuple[int, int]:
+def linear_shape(layer) -> tuple[int, int]:
+    """(d_out, d_in) of a linear layer, plain or compressed."""
     if hasattr(layer, "d_out"):
         return layer.d_out, layer.d_in
     if isinstance(layer, ActQuantLinear):

@@ -88,6 +88,12 @@ class Trace:
     mlp_hoyer: Float[Array, "L B T"] | None = None  # Hoyer sparsity of the MLP's hidden activation
 
 
+# A block's computation has collapsed (validate.diagnose's rule, the predictor's
+# collapse_signature) when more than this share of its gates flip sign, or its mean normalised
+# attention entropy rises by more than this, against the base on the same tokens.
+GATE_FLIP_MAX, ENTROPY_SHIFT_MAX = 0.25, 0.15
+
+
 class CausalLM(nnx.Module):
     """Base class: a family sets self.cfg, self.layers (nnx.List of blocks), self.norm,
     self.embed and optionally self.lm_head, and implements `embed_tokens`."""
@@ -114,15 +120,32 @@ class CausalLM(nnx.Module):
     # every block weight, and the scanned prefill ran slower than the unrolled one (bench/README.md)
     scan_layers = False
 
-    def __call__(self, tokens: Int[Array, "B T"], *, pos0=0, cache=None, perturb: Perturb = None,
-                 trace: bool = False, collect_h: bool = False):
+    def __call__(
+        self,
+        tokens: Int[Array, "B T"],
+        *,
+        pos0=0,
+        cache=None,
+        perturb: Perturb = None,
+        trace: bool = False,
+        collect_h: bool = False,
+    ):
         """Returns (z [B T vocab], new cache or None, [h_0..h_L] if collect_h)."""
-        z, new_cache, hs, _ = self.run(tokens, pos0=pos0, cache=cache, perturb=perturb, trace=trace,
-                                       collect_h=collect_h)
+        z, new_cache, hs, _ = self.run(
+            tokens, pos0=pos0, cache=cache, perturb=perturb, trace=trace, collect_h=collect_h
+        )
         return z, new_cache, (None if hs is None else list(hs))
 
-    def run(self, tokens: Int[Array, "B T"], *, pos0=0, cache=None, perturb: Perturb = None,
-            trace: bool = False, collect_h: bool = False):
+    def run(
+        self,
+        tokens: Int[Array, "B T"],
+        *,
+        pos0=0,
+        cache=None,
+        perturb: Perturb = None,
+        trace: bool = False,
+        collect_h: bool = False,
+    ):
         """(z, new cache or None, h [L+1 B T d] if collect_h, {sown name: [L ...]} if trace).
 
         The blocks run as one scan (sim/models/scan.py) where they are uniform and
@@ -146,8 +169,12 @@ class CausalLM(nnx.Module):
             hs.append(h)
             for name, v in (_sown(block) if trace else {}).items():
                 sown.setdefault(name, []).append(v)
-        return (h, None if cache is None else tuple(new_cache), jnp.stack(hs) if collect_h else None,
-                {k: jnp.stack(v) for k, v in sown.items()})
+        return (
+            h,
+            None if cache is None else tuple(new_cache),
+            jnp.stack(hs) if collect_h else None,
+            {k: _stack(v) for k, v in sown.items()},
+        )
 
     def _scanned(self, h, pos, cache, perturb, trace, collect_h, how: scan.Plan):
         gd, params = scan.stack_states(self.layers)
@@ -182,10 +209,37 @@ class CausalLM(nnx.Module):
 def _trace(model: CausalLM, tokens, perturb):
     z, _, h, sown = model.run(tokens, perturb=perturb, trace=True, collect_h=True)
     ent = sown.get("attn_entropy")
-    if ent is not None:  # [L B K G T] -> mean over heads [L B T]
-        ent = ent.mean(axis=(2, 3))
-    return Trace(h=h.astype(jnp.float32), logits=z, attn_entropy=ent, gate_pos=sown.get("gate_pos"),
-                 attn_out=sown.get("attn_out"), mlp_out=sown.get("mlp_out"), mlp_hoyer=sown.get("mlp_hoyer"))
+    if ent is not None:  # [L B K G T] -> mean over heads [L B T]; per layer where head counts differ
+        ent = jnp.stack([e.mean(axis=(1, 2)) for e in ent]) if isinstance(ent, tuple) else ent.mean(axis=(2, 3))
+    return Trace(
+        h=h.astype(jnp.float32),
+        logits=z,
+        attn_entropy=ent,
+        gate_pos=sown.get("gate_pos"),
+        attn_out=sown.get("attn_out"),
+        mlp_out=sown.get("mlp_out"),
+        mlp_hoyer=sown.get("mlp_hoyer"),
+    )
+
+
+def _stack(per_layer: list):
+    """One array [L ...] of what each layer sowed; a tuple where the layers' shapes differ
+    (attention rows of layers with different head counts)."""
+    if len({tuple(v.shape) for v in per_layer}) > 1:
+        return tuple(per_layer)
+    return jnp.stack(per_layer)
+
+
+@nnx.jit
+def attention_probs(model: CausalLM, tokens: Int[Array, "B T"]) -> tuple:
+    """The traced forward that also returns every layer's attention probabilities: a tuple of
+    [B H T T] (query rows, key columns; H may differ per layer), NaN for a dropped attention.
+    Not part of `trace` or `forward`, which never materialise them."""
+    from hemorrhage.sim.models.layers import ATTN_PROBS
+
+    _, _, _, sown = model.run(tokens, trace=ATTN_PROBS)
+    probs = sown["attn_probs"]
+    return tuple(probs) if isinstance(probs, tuple) else tuple(probs[i] for i in range(probs.shape[0]))
 
 
 @nnx.jit(static_argnums=(2,))

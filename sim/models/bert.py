@@ -80,17 +80,28 @@ class BertConfig:
             raise UserError(f"hidden_act {hf['hidden_act']!r} is not implemented for BERT")
         try:
             d, H = int(hf["hidden_size"]), int(hf["num_attention_heads"])
-            sizes = dict(vocab_size=int(hf["vocab_size"]), d_model=d, n_layers=int(hf["num_hidden_layers"]),
-                         n_heads=H, d_ff=int(hf["intermediate_size"]),
-                         max_positions=int(hf.get("max_position_embeddings", 512)),
-                         type_vocab_size=int(hf.get("type_vocab_size", 2)))
+            sizes = dict(
+                vocab_size=int(hf["vocab_size"]),
+                d_model=d,
+                n_layers=int(hf["num_hidden_layers"]),
+                n_heads=H,
+                d_ff=int(hf["intermediate_size"]),
+                max_positions=int(hf.get("max_position_embeddings", 512)),
+                type_vocab_size=int(hf.get("type_vocab_size", 2)),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"BERT config: missing or malformed size field ({e})") from None
         if min(sizes.values()) < 1 or d % H:
             raise UserError(f"BERT config: sizes must be >= 1 and heads must divide hidden_size: {sizes}")
         pool, norm, max_len = pooling or ("cls", False, sizes["max_positions"])
-        return cls(**sizes, norm_eps=float(hf.get("layer_norm_eps", 1e-12)), act=acts[hf.get("hidden_act", "gelu")],
-                   pooling=pool, normalize=norm, max_seq_length=min(max_len, sizes["max_positions"]))
+        return cls(
+            **sizes,
+            norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+            act=acts[hf.get("hidden_act", "gelu")],
+            pooling=pool,
+            normalize=norm,
+            max_seq_length=min(max_len, sizes["max_positions"]),
+        )
 
 
 def read_pooling(folder: Path) -> tuple[str, bool, int] | None:
@@ -107,13 +118,27 @@ def read_pooling(folder: Path) -> tuple[str, bool, int] | None:
         pooling = "cls"
         if pool_mod is not None:
             pc = json.loads((folder / pool_mod.get("path", "1_Pooling") / "config.json").read_text())
-            chosen = [m for m, k in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"),
-                                     ("max", "pooling_mode_max_tokens")) if pc.get(k)]
-            others = [k for k, v in pc.items() if k.startswith("pooling_mode") and v and k not in (
-                "pooling_mode_mean_tokens", "pooling_mode_cls_token", "pooling_mode_max_tokens")]
+            chosen = [
+                m
+                for m, k in (
+                    ("mean", "pooling_mode_mean_tokens"),
+                    ("cls", "pooling_mode_cls_token"),
+                    ("max", "pooling_mode_max_tokens"),
+                )
+                if pc.get(k)
+            ]
+            others = [
+                k
+                for k, v in pc.items()
+                if k.startswith("pooling_mode")
+                and v
+                and k not in ("pooling_mode_mean_tokens", "pooling_mode_cls_token", "pooling_mode_max_tokens")
+            ]
             if len(chosen) != 1 or others:
-                raise UserError(f"{folder}: pooling {sorted(k for k, v in pc.items() if v is True)} is not "
-                                f"implemented (one of mean, cls, max)")
+                raise UserError(
+                    f"{folder}: pooling {sorted(k for k, v in pc.items() if v is True)} is not "
+                    f"implemented (one of mean, cls, max)"
+                )
             pooling = chosen[0]
         st = folder / "sentence_bert_config.json"
         max_len = int(json.loads(st.read_text()).get("max_seq_length", 512)) if st.is_file() else 512
@@ -172,8 +197,9 @@ class BertBlock(nnx.Module):
         self.mlp = BertMLP(cfg, rngs)
         self.mlp_norm = LayerNorm(cfg.d_model, cfg.norm_eps)
 
-    def __call__(self, h, pos=None, cache=None, *, perturb: Perturb = None, layer: int = 0, trace: bool = False,
-                 mask=None):
+    def __call__(
+        self, h, pos=None, cache=None, *, perturb: Perturb = None, layer: int = 0, trace: bool = False, mask=None
+    ):
         """(h_l, None): the causal blocks' signature; `pos` and `cache` are unused (learned
         positions enter at the embedding, an encoder keeps no cache).  A dropped branch
         (sim/compress ZeroAttention / ZeroMLP) takes the attention's (x, pos, cache) call."""
@@ -197,8 +223,7 @@ class BertEncoder(nnx.Module):
     def embed_tokens(self, tokens: Int[Array, "B T"], pos: Int[Array, "T"]) -> Float[Array, "B T d"]:
         return self.embed(tokens, pos)
 
-    def hidden(self, tokens: Int[Array, "B T"], mask: Float[Array, "B T"] | None = None
-               ) -> Float[Array, "L1 B T d"]:
+    def hidden(self, tokens: Int[Array, "B T"], mask: Float[Array, "B T"] | None = None) -> Float[Array, "L1 B T d"]:
         """h_0..h_L (every token, padding included; pool with the mask)."""
         pos = jnp.arange(tokens.shape[1], dtype=jnp.int32)
         h = self.embed_tokens(tokens, pos)
@@ -236,12 +261,23 @@ def encode(model: BertEncoder, tokens, mask):
 
 def _hf_names(cfg: BertConfig) -> dict[str, str]:
     """our parameter path -> HF BertModel tensor name."""
-    out = {"embed.tok.w": "embeddings.word_embeddings.weight", "embed.pos.w": "embeddings.position_embeddings.weight",
-           "embed.type.w": "embeddings.token_type_embeddings.weight", "embed.norm.w": "embeddings.LayerNorm.weight",
-           "embed.norm.b": "embeddings.LayerNorm.bias"}
-    parts = {"attn.q": "attention.self.query", "attn.k": "attention.self.key", "attn.v": "attention.self.value",
-             "attn.o": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
-             "mlp.fc": "intermediate.dense", "mlp.proj": "output.dense", "mlp_norm": "output.LayerNorm"}
+    out = {
+        "embed.tok.w": "embeddings.word_embeddings.weight",
+        "embed.pos.w": "embeddings.position_embeddings.weight",
+        "embed.type.w": "embeddings.token_type_embeddings.weight",
+        "embed.norm.w": "embeddings.LayerNorm.weight",
+        "embed.norm.b": "embeddings.LayerNorm.bias",
+    }
+    parts = {
+        "attn.q": "attention.self.query",
+        "attn.k": "attention.self.key",
+        "attn.v": "attention.self.value",
+        "attn.o": "attention.output.dense",
+        "attn_norm": "attention.output.LayerNorm",
+        "mlp.fc": "intermediate.dense",
+        "mlp.proj": "output.dense",
+        "mlp_norm": "output.LayerNorm",
+    }
     for i in range(cfg.n_layers):
         for ours, hf in parts.items():
             for p, suffix in (("w", "weight"), ("b", "bias")):
@@ -270,7 +306,12 @@ def is_bert_folder(path: Path) -> bool:
     f = Path(path) / "config.json"
     try:
         return f.is_file() and json.loads(f.read_text()).get("model_type") == "bert"
-    except (OSError, ValueError, AttributeError, RecursionError):  # not UTF-8, not JSON, not an object: the loader names it
+    except (
+        OSError,
+        ValueError,
+        AttributeError,
+        RecursionError,
+    ):  # not UTF-8, not JSON, not an object: the loader names it
         return False
 
 

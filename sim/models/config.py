@@ -101,9 +101,7 @@ class ModelConfig:
         if not self.layer_types:
             object.__setattr__(self, "layer_types", ("full",) * self.n_layers)
         if len(self.layer_types) != self.n_layers:
-            raise UserError(
-                f"config: {len(self.layer_types)} layer_types for {self.n_layers} layers"
-            )
+            raise UserError(f"config: {len(self.layer_types)} layer_types for {self.n_layers} layers")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
             if int(getattr(self, name)) <= 0:
                 raise UserError(f"config: {name} must be a positive integer, got {getattr(self, name)!r}")
@@ -155,9 +153,7 @@ class ModelConfig:
             hf = {**hf["text_config"], "model_type": "gemma3_text"}
         mt = hf.get("model_type")
         if mt not in MODEL_TYPES:
-            raise UserError(
-                f"unsupported model_type {mt!r}; supported: {', '.join(sorted(MODEL_TYPES))}"
-            )
+            raise UserError(f"unsupported model_type {mt!r}; supported: {', '.join(sorted(MODEL_TYPES))}")
         family = MODEL_TYPES[mt]
         if family in _OWN_PARSER:
             import importlib
@@ -178,12 +174,24 @@ class ModelConfig:
         if d % nh:
             raise UserError(f"config: n_embd={d} is not divisible by n_head={nh}")
         return cls(
-            family="gpt2", model_type="gpt2", vocab_size=int(hf["vocab_size"]), d_model=d,
-            n_layers=int(hf["n_layer"]), n_heads=nh, n_kv_heads=nh, head_dim=d // nh,
-            d_ff=int(hf.get("n_inner") or 4 * d), norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-            act="gelu_tanh", qkv_bias=True, o_bias=True, mlp_bias=True, tie_embeddings=True,
+            family="gpt2",
+            model_type="gpt2",
+            vocab_size=int(hf["vocab_size"]),
+            d_model=d,
+            n_layers=int(hf["n_layer"]),
+            n_heads=nh,
+            n_kv_heads=nh,
+            head_dim=d // nh,
+            d_ff=int(hf.get("n_inner") or 4 * d),
+            norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            act="gelu_tanh",
+            qkv_bias=True,
+            o_bias=True,
+            mlp_bias=True,
+            tie_embeddings=True,
             max_positions=int(hf.get("n_positions", 1024)),
-            bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=hf.get("eos_token_id"),
         )
 
     @classmethod
@@ -199,8 +207,7 @@ class ModelConfig:
         if mt in ("qwen2", "qwen3", "smollm3") and not hf.get("use_sliding_window"):
             window = None  # their configs keep a window size that only use_sliding_window switches on
         if hf.get("layer_types"):
-            layer_types = tuple("sliding" if t == "sliding_attention" and window else "full"
-                                for t in hf["layer_types"])
+            layer_types = tuple("sliding" if t == "sliding_attention" and window else "full" for t in hf["layer_types"])
         elif family in ("gemma3", "gemma2"):
             every = int(hf.get("sliding_window_pattern", 6 if family == "gemma3" else 2))
             layer_types = tuple("full" if (i + 1) % every == 0 else "sliding" for i in range(n_layers))
@@ -219,33 +226,49 @@ class ModelConfig:
             raise UserError(f"unsupported activation {act!r}")
         nope = ()
         if mt == "smollm3":  # no_rope_layers[i] = 1 where layer i uses RoPE
-            flags = hf.get("no_rope_layers") or [int((i + 1) % int(hf.get("no_rope_layer_interval", 4)) != 0)
-                                                 for i in range(n_layers)]
+            flags = hf.get("no_rope_layers") or [
+                int((i + 1) % int(hf.get("no_rope_layer_interval", 4)) != 0) for i in range(n_layers)
+            ]
             nope = tuple(not bool(f) for f in flags)
         eos = hf.get("eos_token_id")
         bias = bool(hf.get("attention_bias", False))
         return cls(
-            family=family, model_type=mt, vocab_size=int(hf["vocab_size"]), d_model=d,
-            n_layers=n_layers, n_heads=nh, n_kv_heads=int(hf.get("num_key_value_heads") or nh),
-            head_dim=head_dim, d_ff=int(hf["intermediate_size"]),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), act=acts[act],
+            family=family,
+            model_type=mt,
+            vocab_size=int(hf["vocab_size"]),
+            d_model=d,
+            n_layers=n_layers,
+            n_heads=nh,
+            n_kv_heads=int(hf.get("num_key_value_heads") or nh),
+            head_dim=head_dim,
+            d_ff=int(hf["intermediate_size"]),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            act=acts[act],
             rope=rope_from_hf(rope, head_dim, max_pos, original_max=omax, partial_rotary=mt == "phi3"),
-            rope_local=None if local is None else rope_from_hf(local, head_dim, max_pos, original_max=omax,
-                                                               where="rope_parameters.sliding_attention"),
-            nope_layers=nope, qk_norm=_QK_NORM.get(mt, "none"), norm_plus_one=gemma, post_norms=mt == "olmo2",
+            rope_local=None
+            if local is None
+            else rope_from_hf(local, head_dim, max_pos, original_max=omax, where="rope_parameters.sliding_attention"),
+            nope_layers=nope,
+            qk_norm=_QK_NORM.get(mt, "none"),
+            norm_plus_one=gemma,
+            post_norms=mt == "olmo2",
             attn_softcap=_opt_float(hf.get("attn_logit_softcapping")) if gemma else None,
             final_softcap=_opt_float(hf.get("final_logit_softcapping")) if gemma else None,
             embed_scale=d**0.5 if gemma else float(hf.get("embedding_multiplier", 1.0)),
             residual_scale=float(hf.get("residual_multiplier", 1.0)),
             attn_multiplier=_opt_float(hf.get("attention_multiplier")),
-            logit_divisor=float(hf.get("logits_scaling", 1.0)), fused_hf=mt == "phi3",
-            sliding_window=int(window) if window else None, layer_types=layer_types,
+            logit_divisor=float(hf.get("logits_scaling", 1.0)),
+            fused_hf=mt == "phi3",
+            sliding_window=int(window) if window else None,
+            layer_types=layer_types,
             # Qwen2 hard-codes q/k/v biases; elsewhere attention_bias covers q, k, v and o.
-            qkv_bias=mt == "qwen2" or bias, o_bias=mt != "qwen2" and bias,
+            qkv_bias=mt == "qwen2" or bias,
+            o_bias=mt != "qwen2" and bias,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             query_pre_attn_scalar=hf.get("query_pre_attn_scalar") if gemma else None,
-            max_positions=max_pos, bos_token_id=hf.get("bos_token_id"),
+            max_positions=max_pos,
+            bos_token_id=hf.get("bos_token_id"),
             eos_token_id=eos[0] if isinstance(eos, list) else eos,
         )
 
@@ -261,11 +284,16 @@ _QK_NORM = {"qwen3": "head", "gemma3_text": "head", "olmo2": "proj"}
 # transformers' defaults where they differ from the reader's fallbacks (a config.json that
 # leaves the field out runs with these)
 _DEFAULTS = {
-    "gemma2": {"tie_word_embeddings": True, "query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0,
-               "final_logit_softcapping": 30.0},
+    "gemma2": {
+        "tie_word_embeddings": True,
+        "query_pre_attn_scalar": 256,
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+    },
     "gemma3_text": {"tie_word_embeddings": True, "query_pre_attn_scalar": 256},
     "smollm3": {"tie_word_embeddings": True},
-    "olmo2": {"rms_norm_eps": 1e-5}, "phi3": {"rms_norm_eps": 1e-5},
+    "olmo2": {"rms_norm_eps": 1e-5},
+    "phi3": {"rms_norm_eps": 1e-5},
 }
 
 
@@ -284,10 +312,14 @@ def _rope_params(hf: dict) -> tuple[dict, dict | None]:
         norm = [{("rope_type" if k == "type" else k): v for k, v in x.items()} for x in (rp, rs)]
         for k in sorted(set(norm[0]) | set(norm[1]), key=lambda k: (k != "rope_type", k)):  # the kind first
             if k != "rope_theta" and norm[0].get(k) != norm[1].get(k):
-                raise UserError(f"config.json: rope_parameters.{k}={norm[0].get(k)!r} disagrees with "
-                                f"rope_scaling.{k}={norm[1].get(k)!r}; keep one spelling")
+                raise UserError(
+                    f"config.json: rope_parameters.{k}={norm[0].get(k)!r} disagrees with "
+                    f"rope_scaling.{k}={norm[1].get(k)!r}; keep one spelling"
+                )
     merged = dict(rp or rs)
-    nested = {k: dict(merged.pop(k)) for k in ("full_attention", "sliding_attention") if isinstance(merged.get(k), dict)}
+    nested = {
+        k: dict(merged.pop(k)) for k in ("full_attention", "sliding_attention") if isinstance(merged.get(k), dict)
+    }
     glob = nested.get("full_attention", merged)
     local = nested.get("sliding_attention")
     if local is None and hf.get("model_type") == "gemma3_text":
@@ -306,43 +338,90 @@ def _rope_params(hf: dict) -> tuple[dict, dict | None]:
 # ---------------------------------------------------------------------- presets
 def tiny(model_type: str, **overrides) -> dict:
     """A small random HF config dict of each variant, for the equality tests."""
-    base = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    base = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    )
     presets = {
         "llama": dict(model_type="llama", rope_theta=10000.0),
         "mistral": dict(model_type="mistral", rope_theta=10000.0, sliding_window=6),
         "qwen2": dict(model_type="qwen2", rope_theta=10000.0),
-        "gemma3_text": dict(model_type="gemma3_text", num_key_value_heads=1, head_dim=16,
-                            query_pre_attn_scalar=16, sliding_window=5, tie_word_embeddings=True,
-                            rope_theta=10000.0, rope_local_base_freq=1000.0,
-                            hidden_activation="gelu_pytorch_tanh",
-                            layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+        "gemma3_text": dict(
+            model_type="gemma3_text",
+            num_key_value_heads=1,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=5,
+            tie_word_embeddings=True,
+            rope_theta=10000.0,
+            rope_local_base_freq=1000.0,
+            hidden_activation="gelu_pytorch_tanh",
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        ),
         # RoPE schedules: original context 16 < the tests' 24-token windows and 17-token decodes,
         # so Llama 3's blend, YaRN's ramp and LongRoPE's switch to its long factors all act
-        "llama3_rope": dict(model_type="llama", rope_parameters=dict(
-            rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-            original_max_position_embeddings=16)),
-        "yarn": dict(model_type="qwen3", rope_parameters=dict(
-            rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=16)),
+        "llama3_rope": dict(
+            model_type="llama",
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=10000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            ),
+        ),
+        "yarn": dict(
+            model_type="qwen3",
+            rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=16),
+        ),
         "qwen3": dict(model_type="qwen3", rope_theta=10000.0),
         "olmo2": dict(model_type="olmo2", rope_theta=10000.0),
-        "gemma2": dict(model_type="gemma2", num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
-                       sliding_window=5, tie_word_embeddings=True, rope_theta=10000.0,
-                       hidden_activation="gelu_pytorch_tanh", attn_logit_softcapping=4.0,
-                       final_logit_softcapping=2.5),
-        "phi3": dict(model_type="phi3", rope_theta=10000.0, partial_rotary_factor=0.5, head_dim=None,
-                     pad_token_id=0),
-        "phi3_longrope": dict(model_type="phi3", head_dim=None, original_max_position_embeddings=16,
-                              pad_token_id=0,
-                              rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,
-                                                   short_factor=[1.0, 1.5, 2.0, 3.0],
-                                                   long_factor=[2.0, 4.0, 8.0, 16.0])),
-        "granite": dict(model_type="granite", rope_theta=10000.0, embedding_multiplier=3.0,
-                        residual_multiplier=0.6, attention_multiplier=0.2, logits_scaling=2.5),
+        "gemma2": dict(
+            model_type="gemma2",
+            num_key_value_heads=1,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=5,
+            tie_word_embeddings=True,
+            rope_theta=10000.0,
+            hidden_activation="gelu_pytorch_tanh",
+            attn_logit_softcapping=4.0,
+            final_logit_softcapping=2.5,
+        ),
+        "phi3": dict(model_type="phi3", rope_theta=10000.0, partial_rotary_factor=0.5, head_dim=None, pad_token_id=0),
+        "phi3_longrope": dict(
+            model_type="phi3",
+            head_dim=None,
+            original_max_position_embeddings=16,
+            pad_token_id=0,
+            rope_parameters=dict(
+                rope_type="longrope",
+                rope_theta=10000.0,
+                short_factor=[1.0, 1.5, 2.0, 3.0],
+                long_factor=[2.0, 4.0, 8.0, 16.0],
+            ),
+        ),
+        "granite": dict(
+            model_type="granite",
+            rope_theta=10000.0,
+            embedding_multiplier=3.0,
+            residual_multiplier=0.6,
+            attention_multiplier=0.2,
+            logits_scaling=2.5,
+        ),
         "smollm3": dict(model_type="smollm3", rope_theta=10000.0, no_rope_layers=[1, 0, 1], pad_token_id=0),
-        "gpt2": dict(model_type="gpt2", vocab_size=97, n_embd=32, n_layer=3, n_head=4,
-                     n_positions=128, layer_norm_epsilon=1e-5),
+        "gpt2": dict(
+            model_type="gpt2", vocab_size=97, n_embd=32, n_layer=3, n_head=4, n_positions=128, layer_norm_epsilon=1e-5
+        ),
     }
     if model_type == "gpt2":
         return {**presets["gpt2"], **overrides}

@@ -58,9 +58,12 @@ def hf_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
         names["lm_head.w"] = "lm_head.weight"
     for i in range(cfg.n_layers):
         p, q = f"layers.{i}", f"model.layers.{i}"
-        for ours, theirs in (("in_norm", "input_layernorm"), ("post_attn_norm", "post_attention_layernorm"),
-                             ("pre_mlp_norm", "pre_feedforward_layernorm"),
-                             ("post_mlp_norm", "post_feedforward_layernorm")):
+        for ours, theirs in (
+            ("in_norm", "input_layernorm"),
+            ("post_attn_norm", "post_attention_layernorm"),
+            ("pre_mlp_norm", "pre_feedforward_layernorm"),
+            ("post_mlp_norm", "post_feedforward_layernorm"),
+        ):
             names[f"{p}.{ours}.w"] = f"{q}.{theirs}.weight"
         for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
             names[f"{p}.attn.{ours}.w"] = f"{q}.self_attn.{theirs}.weight"

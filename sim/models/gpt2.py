@@ -43,15 +43,23 @@ class GPT2(CausalLM):
 
 
 def hf_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
-    names = {"embed.w": ("transformer.wte.weight", False), "pos_embed": ("transformer.wpe.weight", False),
-             "norm.w": ("transformer.ln_f.weight", False), "norm.b": ("transformer.ln_f.bias", False)}
+    names = {
+        "embed.w": ("transformer.wte.weight", False),
+        "pos_embed": ("transformer.wpe.weight", False),
+        "norm.w": ("transformer.ln_f.weight", False),
+        "norm.b": ("transformer.ln_f.bias", False),
+    }
     for i in range(cfg.n_layers):
         p, q = f"layers.{i}", f"transformer.h.{i}"
         for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
             names[f"{p}.{ours}.w"] = (f"{q}.{theirs}.weight", False)
             names[f"{p}.{ours}.b"] = (f"{q}.{theirs}.bias", False)
-        for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.o", "attn.c_proj"),
-                             ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+        for ours, theirs in (
+            ("attn.qkv", "attn.c_attn"),
+            ("attn.o", "attn.c_proj"),
+            ("mlp.fc", "mlp.c_fc"),
+            ("mlp.proj", "mlp.c_proj"),
+        ):
             names[f"{p}.{ours}.w"] = (f"{q}.{theirs}.weight", True)  # Conv1D: [in out]
             names[f"{p}.{ours}.b"] = (f"{q}.{theirs}.bias", False)
     return names

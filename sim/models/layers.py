@@ -86,8 +86,12 @@ class LayerNorm(nnx.Module):
 
 
 def activation(name: str):
-    return {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-            "gelu": lambda x: jax.nn.gelu(x, approximate=False), "relu": jax.nn.relu}[name]
+    return {
+        "silu": jax.nn.silu,
+        "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "relu": jax.nn.relu,
+    }[name]
 
 
 def hoyer(a: Float[Array, "... n"]) -> Float[Array, "..."]:
@@ -150,6 +154,11 @@ def attention_mask(q_pos: Int[Array, "T"], k_pos: Int[Array, "S"], window: int |
     return m
 
 
+# `trace=ATTN_PROBS` (instead of True): the traced forward also sows every layer's attention
+# probabilities (sim.models.base.attention_probs); the default forward and trace never hold them
+ATTN_PROBS = "attn_probs"
+
+
 class Attention(nnx.Module):
     """Multi-head attention with GQA; what varies is read from the config, per layer:
 
@@ -163,6 +172,8 @@ class Attention(nnx.Module):
 
     GPT-2 uses one fused `qkv` projection (its c_attn); the others use q, k, v (Phi-3's
     fused qkv_proj is split into them at load: sim/models/llama.py).
+    The head counts H, K are this layer's own fields (from the config at build): structured
+    head removal (sim/compress/structured.py) lowers them per layer with its sliced q/k/v/o.
     """
 
     def __init__(self, cfg, layer: int, *, fused_qkv: bool = False, rope: bool = True, rngs: nnx.Rngs):
@@ -230,6 +241,8 @@ class Attention(nnx.Module):
             n_keys = jnp.maximum(mask.sum(-1), 1).astype(jnp.float32)
             # normalised entropy in [0, 1]: 1 = uniform over the visible keys
             self.sow(nnx.Intermediate, "attn_entropy", ent / jnp.maximum(jnp.log(n_keys), 1e-9))
+            if trace == ATTN_PROBS:  # the rows themselves, only when asked: [B H T S] per layer
+                self.sow(nnx.Intermediate, "attn_probs", a.reshape(B, H, T, a.shape[-1]))
         o = jnp.einsum("bkgts,bskd->btkgd", a.astype(v_all.dtype), v_all).reshape(B, T, H * D)
         return self.o(o), new_cache
 

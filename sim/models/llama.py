@@ -81,8 +81,11 @@ def hf_names(cfg: ModelConfig) -> dict[str, tuple]:
     H, K, F = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
     for i in range(cfg.n_layers):
         p, q = f"layers.{i}", f"model.layers.{i}"
-        norms = ((("post_attn_norm", "post_attention_layernorm"), ("post_mlp_norm", "post_feedforward_layernorm"))
-                 if cfg.post_norms else (("norm1", "input_layernorm"), ("norm2", "post_attention_layernorm")))
+        norms = (
+            (("post_attn_norm", "post_attention_layernorm"), ("post_mlp_norm", "post_feedforward_layernorm"))
+            if cfg.post_norms
+            else (("norm1", "input_layernorm"), ("norm2", "post_attention_layernorm"))
+        )
         for ours, theirs in norms:
             names[f"{p}.{ours}.w"] = (f"{q}.{theirs}.weight", False)
         if cfg.qk_norm != "none":

@@ -16,10 +16,15 @@ from hemorrhage.sim.models.weights import DictReader, TensorReader, np_dtype, re
 
 _TORCH_TAGS = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}  # numpy's names
 
-FAMILY_MODULES = {"llama": (llama.Llama, llama.hf_names), "gemma3": (gemma3.Gemma3, gemma3.hf_names),
-                  "gpt2": (gpt2.GPT2, gpt2.hf_names), "neox": (neox.NeoX, neox.hf_names),
-                  "opt": (opt.OPT, opt.hf_names), "moe": (moe.MoE, moe.hf_names),
-                  "gemma2": (gemma3.Gemma3, gemma3.hf_names)}
+FAMILY_MODULES = {
+    "llama": (llama.Llama, llama.hf_names),
+    "gemma3": (gemma3.Gemma3, gemma3.hf_names),
+    "gpt2": (gpt2.GPT2, gpt2.hf_names),
+    "neox": (neox.NeoX, neox.hf_names),
+    "opt": (opt.OPT, opt.hf_names),
+    "moe": (moe.MoE, moe.hf_names),
+    "gemma2": (gemma3.Gemma3, gemma3.hf_names),
+}
 
 
 def build(cfg: ModelConfig, seed: int = 0):
@@ -49,7 +54,7 @@ def load_state(model, tensors, dtype: str = "float32") -> None:
     for ours, (theirs, transposed, *rows) in names(cfg).items():
         t = tensors.get(theirs)
         if t is None and theirs.startswith("transformer."):  # GPT-2 saved without the prefix
-            t = tensors.get(theirs[len("transformer."):])
+            t = tensors.get(theirs[len("transformer.") :])
         if t is None:
             raise UserError(f"checkpoint lacks the tensor {theirs!r}")
         if transposed:
@@ -97,8 +102,10 @@ def checkpoint_files(path: Path, allow_pickle: bool = False) -> list[Path]:
         return files
     pickles = sorted(path.glob("*.bin")) + sorted(path.glob("*.pt"))
     if pickles and not allow_pickle:
-        raise UserError(f"{path} holds only pickle weights ({pickles[0].name}); pickle can run code: "
-                        "pass --allow-pickle to load it anyway, or convert to safetensors")
+        raise UserError(
+            f"{path} holds only pickle weights ({pickles[0].name}); pickle can run code: "
+            "pass --allow-pickle to load it anyway, or convert to safetensors"
+        )
     if pickles:
         return pickles
     raise UserError(f"{path} is not a checkpoint: no *.safetensors weights")
@@ -115,8 +122,12 @@ def read_tensors(files: list[Path]) -> dict[str, np.ndarray]:
         except Exception as e:  # a truncated or corrupt file: say which and why, in one line
             raise UserError(f"cannot read weights {f.name}: {str(e).splitlines()[0][:200]}") from None
         # numpy has no bfloat16 through torch: its bits, viewed as ml_dtypes' bfloat16
-        tensors.update({k: v.view(torch.int16).numpy().view(np_dtype("bfloat16")) if v.dtype == torch.bfloat16
-                        else v.numpy() for k, v in sd.items()})
+        tensors.update(
+            {
+                k: v.view(torch.int16).numpy().view(np_dtype("bfloat16")) if v.dtype == torch.bfloat16 else v.numpy()
+                for k, v in sd.items()
+            }
+        )
     return tensors
 
 
@@ -150,7 +161,7 @@ def _loaded_tags(cfg: ModelConfig, tags: dict[str, str]) -> set[str]:
     for theirs, *_ in names(cfg).values():
         tag = tags.get(theirs)
         if tag is None and theirs.startswith("transformer."):  # GPT-2 saved without the prefix
-            tag = tags.get(theirs[len("transformer."):])
+            tag = tags.get(theirs[len("transformer.") :])
         if tag is not None:
             out.add(tag)
     return out

@@ -70,18 +70,35 @@ def config_from_hf(cls, hf: dict) -> ModelConfig:
     if partial != 1.0:
         raise UserError(f"config.json for {mt}: partial_rotary_factor={partial} is not implemented")
     head_dim = F.pos_int(hf, "head_dim", 0, lo=0) or d // nh
-    return cls(family="moe", model_type=mt, vocab_size=F.pos_int(hf, "vocab_size"), d_model=d, n_layers=n_layers,
-               n_heads=nh, n_kv_heads=F.pos_int(hf, "num_key_value_heads", nh), head_dim=head_dim,
-               d_ff=F.pos_int(hf, "intermediate_size"),
-               norm_eps=F.pos_float(hf, "rms_norm_eps", 1e-6 if qwen else 1e-5),
-               act=F.activation(hf, "hidden_act", default="silu"), rope_theta=theta, rope_scale=scale,
-               sliding_window=window, layer_types=("sliding" if window else "full",) * n_layers,
-               qk_norm="head" if qwen else "none", qkv_bias=bias, o_bias=bias,
-               tie_embeddings=F.flag(hf, "tie_word_embeddings", False),
-               max_positions=F.pos_int(hf, "max_position_embeddings", 4096),
-               bos_token_id=hf.get("bos_token_id"), eos_token_id=F.eos(hf),
-               n_experts=n_exp, experts_per_token=k, norm_topk_prob=norm_topk, moe_d_ff=moe_ff,
-               moe_layers=moe_layers)
+    return cls(
+        family="moe",
+        model_type=mt,
+        vocab_size=F.pos_int(hf, "vocab_size"),
+        d_model=d,
+        n_layers=n_layers,
+        n_heads=nh,
+        n_kv_heads=F.pos_int(hf, "num_key_value_heads", nh),
+        head_dim=head_dim,
+        d_ff=F.pos_int(hf, "intermediate_size"),
+        norm_eps=F.pos_float(hf, "rms_norm_eps", 1e-6 if qwen else 1e-5),
+        act=F.activation(hf, "hidden_act", default="silu"),
+        rope_theta=theta,
+        rope_scale=scale,
+        sliding_window=window,
+        layer_types=("sliding" if window else "full",) * n_layers,
+        qk_norm="head" if qwen else "none",
+        qkv_bias=bias,
+        o_bias=bias,
+        tie_embeddings=F.flag(hf, "tie_word_embeddings", False),
+        max_positions=F.pos_int(hf, "max_position_embeddings", 4096),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=F.eos(hf),
+        n_experts=n_exp,
+        experts_per_token=k,
+        norm_topk_prob=norm_topk,
+        moe_d_ff=moe_ff,
+        moe_layers=moe_layers,
+    )
 
 
 class Expert(nnx.Module):
@@ -120,8 +137,7 @@ class SparseMoE(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.router = Linear(cfg.d_model, cfg.n_experts, bias=False, rngs=rngs)
-        self.experts = nnx.List([Expert(cfg.d_model, cfg.moe_d_ff, cfg.act, rngs=rngs)
-                                 for _ in range(cfg.n_experts)])
+        self.experts = nnx.List([Expert(cfg.d_model, cfg.moe_d_ff, cfg.act, rngs=rngs) for _ in range(cfg.n_experts)])
         self.top_k, self.renormalise, self.act = cfg.experts_per_token, cfg.norm_topk_prob, cfg.act
         self.router_compressible = False  # sim.compress leaves the router dense unless asked
 
@@ -130,9 +146,9 @@ class SparseMoE(nnx.Module):
         out = jnp.zeros_like(x)
         hidden = []
         for e, expert in enumerate(self.experts):
-            a = expert.hidden(jnp.where(routed[..., e:e + 1], x, 0.0))
+            a = expert.hidden(jnp.where(routed[..., e : e + 1], x, 0.0))
             hidden.append(a)
-            out = out + expert.down(a) * w[..., e:e + 1]
+            out = out + expert.down(a) * w[..., e : e + 1]
         if trace:  # the hidden activation of the layer: all experts', zero where not routed
             self.sow(nnx.Intermediate, "mlp_hoyer", hoyer(jnp.concatenate(hidden, axis=-1)))
         return out
@@ -156,8 +172,11 @@ class MoEBlock(nnx.Module):
         self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer, rngs=rngs)  # Qwen3-MoE: cfg.qk_norm = "head"
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = (SparseMoE(cfg, rngs=rngs) if cfg.moe_layers[layer]
-                    else DenseMLP(cfg.d_model, cfg.d_ff, cfg.act, bias=False, rngs=rngs))
+        self.mlp = (
+            SparseMoE(cfg, rngs=rngs)
+            if cfg.moe_layers[layer]
+            else DenseMLP(cfg.d_model, cfg.d_ff, cfg.act, bias=False, rngs=rngs)
+        )
 
     def __call__(self, h, pos, cache, *, perturb=None, layer=0, trace=False):
         a, cache = self.attn(self.norm1(h), pos, cache, trace=trace)
@@ -205,7 +224,7 @@ def hf_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
             names[f"{p}.attn.{ours}.w"] = f"{q}.self_attn.{theirs}.weight"
             if cfg.qkv_bias:
                 names[f"{p}.attn.{ours}.b"] = f"{q}.self_attn.{theirs}.bias"
-        if not mixtral:
+        if cfg.qk_norm != "none":  # Qwen3-MoE's per-head q/k norms (Mixtral has none)
             names[f"{p}.attn.q_norm.w"] = f"{q}.self_attn.q_norm.weight"
             names[f"{p}.attn.k_norm.w"] = f"{q}.self_attn.k_norm.weight"
         if not cfg.moe_layers[i]:
@@ -214,8 +233,11 @@ def hf_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
             continue
         moe = f"{q}.block_sparse_moe" if mixtral else f"{q}.mlp"
         names[f"{p}.mlp.router.w"] = f"{moe}.gate.weight"
-        parts = (("gate", "w1"), ("up", "w3"), ("down", "w2")) if mixtral else \
-            (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj"))
+        parts = (
+            (("gate", "w1"), ("up", "w3"), ("down", "w2"))
+            if mixtral
+            else (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj"))
+        )
         for e in range(cfg.n_experts):
             for ours, theirs in parts:
                 names[f"{p}.mlp.experts.{e}.{ours}.w"] = f"{moe}.experts.{e}.{theirs}.weight"

@@ -32,22 +32,41 @@ def config_from_hf(cls, hf: dict) -> ModelConfig:
     theta, scale, partial = F.rope(hf)
     head_dim = d // nh
     if F.pos_int(hf, "head_dim", head_dim) != head_dim:  # its rotary reads head_dim, its attention d / heads
-        raise UserError(f"config.json for gpt_neox: head_dim={hf['head_dim']} differs from hidden_size / "
-                        f"num_attention_heads = {head_dim}; not implemented")
+        raise UserError(
+            f"config.json for gpt_neox: head_dim={hf['head_dim']} differs from hidden_size / "
+            f"num_attention_heads = {head_dim}; not implemented"
+        )
     rotary_dim = int(head_dim * partial)
     if rotary_dim < 2 or rotary_dim % 2:
-        raise UserError(f"config.json: partial rotary factor {partial} gives {rotary_dim} rotary dims per head; "
-                        "it needs an even number ≥ 2")
+        raise UserError(
+            f"config.json: partial rotary factor {partial} gives {rotary_dim} rotary dims per head; "
+            "it needs an even number ≥ 2"
+        )
     bias = F.flag(hf, "attention_bias", True)
-    return cls(family="neox", model_type="gpt_neox", vocab_size=F.pos_int(hf, "vocab_size"), d_model=d,
-               n_layers=F.pos_int(hf, "num_hidden_layers"), n_heads=nh, n_kv_heads=nh, head_dim=head_dim,
-               d_ff=F.pos_int(hf, "intermediate_size"), norm_eps=F.pos_float(hf, "layer_norm_eps", 1e-5),
-               act=F.activation(hf, "hidden_act", default="gelu"), rope_theta=theta, rope_scale=scale,
-               rotary_dim=rotary_dim, parallel_residual=F.flag(hf, "use_parallel_residual", True),
-               qkv_bias=bias, o_bias=bias, mlp_bias=True,
-               tie_embeddings=F.flag(hf, "tie_word_embeddings", False),
-               max_positions=F.pos_int(hf, "max_position_embeddings", 2048),
-               bos_token_id=hf.get("bos_token_id"), eos_token_id=F.eos(hf))
+    return cls(
+        family="neox",
+        model_type="gpt_neox",
+        vocab_size=F.pos_int(hf, "vocab_size"),
+        d_model=d,
+        n_layers=F.pos_int(hf, "num_hidden_layers"),
+        n_heads=nh,
+        n_kv_heads=nh,
+        head_dim=head_dim,
+        d_ff=F.pos_int(hf, "intermediate_size"),
+        norm_eps=F.pos_float(hf, "layer_norm_eps", 1e-5),
+        act=F.activation(hf, "hidden_act", default="gelu"),
+        rope_theta=theta,
+        rope_scale=scale,
+        rotary_dim=rotary_dim,
+        parallel_residual=F.flag(hf, "use_parallel_residual", True),
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=True,
+        tie_embeddings=F.flag(hf, "tie_word_embeddings", False),
+        max_positions=F.pos_int(hf, "max_position_embeddings", 2048),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=F.eos(hf),
+    )
 
 
 class NeoXAttention(Attention):
@@ -96,8 +115,11 @@ class NeoX(CausalLM):
 def hf_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
     """Our parameter path -> (HF tensor name, stored transposed?).  The head is saved as
     `embed_out` (transformers v5 renames it lm_head on load)."""
-    names = {"embed.w": "gpt_neox.embed_in.weight", "norm.w": "gpt_neox.final_layer_norm.weight",
-             "norm.b": "gpt_neox.final_layer_norm.bias"}
+    names = {
+        "embed.w": "gpt_neox.embed_in.weight",
+        "norm.w": "gpt_neox.final_layer_norm.weight",
+        "norm.b": "gpt_neox.final_layer_norm.bias",
+    }
     if not cfg.tie_embeddings:
         names["lm_head.w"] = "embed_out.weight"
     for i in range(cfg.n_layers):
@@ -105,11 +127,13 @@ def hf_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
         for ours, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
             names[f"{p}.{ours}.w"] = f"{q}.{theirs}.weight"
             names[f"{p}.{ours}.b"] = f"{q}.{theirs}.bias"
-        for ours, theirs, bias in (("attn.qkv", "attention.query_key_value", cfg.qkv_bias),
-                                   ("attn.o", "attention.dense", cfg.o_bias),
-                                   ("mlp.fc", "mlp.dense_h_to_4h", True), ("mlp.proj", "mlp.dense_4h_to_h", True)):
+        for ours, theirs, bias in (
+            ("attn.qkv", "attention.query_key_value", cfg.qkv_bias),
+            ("attn.o", "attention.dense", cfg.o_bias),
+            ("mlp.fc", "mlp.dense_h_to_4h", True),
+            ("mlp.proj", "mlp.dense_4h_to_h", True),
+        ):
             names[f"{p}.{ours}.w"] = f"{q}.{theirs}.weight"
             if bias:
                 names[f"{p}.{ours}.b"] = f"{q}.{theirs}.bias"
     return {k: (v, False) for k, v in names.items()}
-

@@ -35,15 +35,29 @@ def config_from_hf(cls, hf: dict) -> ModelConfig:
     pre = F.flag(hf, "do_layer_norm_before", True)
     proj = F.pos_int(hf, "word_embed_proj_dim", d)
     bias = F.flag(hf, "enable_bias", True)
-    return cls(family="opt", model_type="opt", vocab_size=F.pos_int(hf, "vocab_size"), d_model=d,
-               n_layers=F.pos_int(hf, "num_hidden_layers"), n_heads=nh, n_kv_heads=nh, head_dim=d // nh,
-               d_ff=F.pos_int(hf, "ffn_dim"), norm_eps=1e-5,  # nn.LayerNorm's default: OPT has no eps field
-               act=F.activation(hf, "activation_function", default="relu"),
-               norm_before=pre, final_norm=pre and not F.flag(hf, "_remove_final_layer_norm", False),
-               embed_dim=None if proj == d else proj, qkv_bias=bias, o_bias=bias, mlp_bias=bias,
-               tie_embeddings=F.flag(hf, "tie_word_embeddings", True),
-               max_positions=F.pos_int(hf, "max_position_embeddings", 2048),
-               bos_token_id=hf.get("bos_token_id"), eos_token_id=F.eos(hf))
+    return cls(
+        family="opt",
+        model_type="opt",
+        vocab_size=F.pos_int(hf, "vocab_size"),
+        d_model=d,
+        n_layers=F.pos_int(hf, "num_hidden_layers"),
+        n_heads=nh,
+        n_kv_heads=nh,
+        head_dim=d // nh,
+        d_ff=F.pos_int(hf, "ffn_dim"),
+        norm_eps=1e-5,  # nn.LayerNorm's default: OPT has no eps field
+        act=F.activation(hf, "activation_function", default="relu"),
+        norm_before=pre,
+        final_norm=pre and not F.flag(hf, "_remove_final_layer_norm", False),
+        embed_dim=None if proj == d else proj,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bias,
+        tie_embeddings=F.flag(hf, "tie_word_embeddings", True),
+        max_positions=F.pos_int(hf, "max_position_embeddings", 2048),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=F.eos(hf),
+    )
 
 
 class OPTBlock(nnx.Module):
@@ -72,8 +86,9 @@ class OPTFinalNorm(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.ln = LayerNorm(cfg.d_model, cfg.norm_eps) if cfg.final_norm else None
-        self.project_out = (Linear(cfg.d_model, cfg.embed_dim, bias=False, rngs=rngs)
-                            if cfg.embed_dim is not None else None)
+        self.project_out = (
+            Linear(cfg.d_model, cfg.embed_dim, bias=False, rngs=rngs) if cfg.embed_dim is not None else None
+        )
 
     def __call__(self, h):
         if self.ln is not None:
@@ -87,8 +102,9 @@ class OPT(CausalLM):
         e = cfg.embed_dim or cfg.d_model
         self.embed = Embedding(cfg.vocab_size, e, rngs=rngs)
         self.project_in = Linear(e, cfg.d_model, bias=False, rngs=rngs) if cfg.embed_dim is not None else None
-        self.pos_embed = nnx.Param(0.01 * jax.random.normal(rngs.params(), (cfg.max_positions + POS_OFFSET,
-                                                                             cfg.d_model)))
+        self.pos_embed = nnx.Param(
+            0.01 * jax.random.normal(rngs.params(), (cfg.max_positions + POS_OFFSET, cfg.d_model))
+        )
         self.layers = nnx.List([OPTBlock(cfg, i, rngs=rngs) for i in range(cfg.n_layers)])
         self.norm = OPTFinalNorm(cfg, rngs=rngs)
         self.lm_head = None if cfg.tie_embeddings else Linear(e, cfg.vocab_size, bias=False, rngs=rngs)
@@ -114,9 +130,14 @@ def hf_names(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
         for ours, theirs in (("ln1", "self_attn_layer_norm"), ("ln2", "final_layer_norm")):
             names[f"{p}.{ours}.w"] = f"{q}.{theirs}.weight"
             names[f"{p}.{ours}.b"] = f"{q}.{theirs}.bias"
-        for ours, theirs in (("attn.q", "self_attn.q_proj"), ("attn.k", "self_attn.k_proj"),
-                             ("attn.v", "self_attn.v_proj"), ("attn.o", "self_attn.out_proj"),
-                             ("mlp.fc", "fc1"), ("mlp.proj", "fc2")):
+        for ours, theirs in (
+            ("attn.q", "self_attn.q_proj"),
+            ("attn.k", "self_attn.k_proj"),
+            ("attn.v", "self_attn.v_proj"),
+            ("attn.o", "self_attn.out_proj"),
+            ("mlp.fc", "fc1"),
+            ("mlp.proj", "fc2"),
+        ):
             names[f"{p}.{ours}.w"] = f"{q}.{theirs}.weight"
             if cfg.mlp_bias:
                 names[f"{p}.{ours}.b"] = f"{q}.{theirs}.bias"

@@ -40,8 +40,16 @@ ROPE_KEYS = {
     "default": (),
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
-    "yarn": ("factor", "attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
-             "original_max_position_embeddings", "truncate"),
+    "yarn": (
+        "factor",
+        "attention_factor",
+        "beta_fast",
+        "beta_slow",
+        "mscale",
+        "mscale_all_dim",
+        "original_max_position_embeddings",
+        "truncate",
+    ),
     "longrope": ("short_factor", "long_factor", "factor", "attention_factor", "original_max_position_embeddings"),
 }
 _ALWAYS = ("rope_type", "type", "rope_theta", "partial_rotary_factor")
@@ -117,8 +125,15 @@ def _number(where: str, key: str, v) -> float:
     return float(v)
 
 
-def rope_from_hf(params: dict, head_dim: int, max_positions: int, *, where: str = "rope_parameters",
-                 original_max: int | None = None, partial_rotary: bool = False) -> Rope:
+def rope_from_hf(
+    params: dict,
+    head_dim: int,
+    max_positions: int,
+    *,
+    where: str = "rope_parameters",
+    original_max: int | None = None,
+    partial_rotary: bool = False,
+) -> Rope:
     """The Rope of one transformers `rope_parameters` dict (rope_theta already filled in).
 
     `original_max`: a top-level original_max_position_embeddings (Phi-3 keeps it there,
@@ -129,17 +144,20 @@ def rope_from_hf(params: dict, head_dim: int, max_positions: int, *, where: str 
     if kind == "su":  # LongRoPE's name in early Phi-3 configs
         kind = "longrope"
     if kind not in ROPE_KEYS:
-        raise UserError(f"config.json: unsupported RoPE scaling {where}.rope_type={kind!r} "
-                        f"(supported: {', '.join(ROPE_KEYS)})")
+        raise UserError(
+            f"config.json: unsupported RoPE scaling {where}.rope_type={kind!r} (supported: {', '.join(ROPE_KEYS)})"
+        )
     extra = sorted(set(params) - set(ROPE_KEYS[kind]) - set(_ALWAYS))
     if extra:
-        raise UserError(f"config.json: {where}.{extra[0]} is not implemented for rope_type {kind!r} "
-                        "(refused rather than ignored)")
+        raise UserError(
+            f"config.json: {where}.{extra[0]} is not implemented for rope_type {kind!r} (refused rather than ignored)"
+        )
     theta = _number(where, "rope_theta", params.get("rope_theta", 10000.0))
     partial = _number(where, "partial_rotary_factor", params.get("partial_rotary_factor") or 1.0)
     if partial != 1.0 and not partial_rotary:
-        raise UserError(f"config.json: {where}.partial_rotary_factor={partial} is not implemented for this "
-                        "family (only 1 is)")
+        raise UserError(
+            f"config.json: {where}.partial_rotary_factor={partial} is not implemented for this family (only 1 is)"
+        )
     dim = int(head_dim * partial)
     if dim < 2 or dim > head_dim or dim % 2:
         raise UserError(f"config.json: partial_rotary_factor={partial} gives {dim} rotary dims of {head_dim}")

@@ -30,7 +30,7 @@ That copy is why the scan is opt-in (`CausalLM.scan_layers`, default False) unti
 parameters are stored stacked.
 
 Taylor mode: `jax.experimental.jet` has no rule for `scan`; the predictor's second-order
-pass (sim/linear_response) goes through the blocks, so `_scan_jet_rule` below supplies one:
+pass (sim/predict/linearization) goes through the blocks, so `_scan_jet_rule` below supplies one:
 the jet of a scan is the scan of the jet of its body, the carry holding the carry's series.
 """
 
@@ -108,8 +108,10 @@ def _rope_kinds(attns) -> tuple[tuple, dict] | None | bool:
     if any(d.rotary_dim != distinct[0].rotary_dim for d in distinct):
         return False
     idx = [0 if r is None else next(i for i, d in enumerate(distinct) if _same(r, d)) for r in ropes]
-    return tuple(distinct), {"rope_idx": jnp.asarray(idx, jnp.int32),
-                             "rope_on": jnp.asarray([r is not None for r in ropes])}
+    return tuple(distinct), {
+        "rope_idx": jnp.asarray(idx, jnp.int32),
+        "rope_on": jnp.asarray([r is not None for r in ropes]),
+    }
 
 
 @dataclass
@@ -129,8 +131,7 @@ def plan(layers) -> Plan:
     if len(layers) < 2:
         return Plan(False, {})
     sig0 = _signature(layers[0])
-    if not all(len(s) == len(sig0) and all(_same(x, y) for x, y in zip(s, sig0))
-               for s in map(_signature, layers[1:])):
+    if not all(len(s) == len(sig0) and all(_same(x, y) for x, y in zip(s, sig0)) for s in map(_signature, layers[1:])):
         return Plan(False, {})
     attns = [getattr(b, "attn", None) for b in layers]
     if any(a is None or not all(hasattr(a, k) for k in KIND_ATTRS) for a in attns):
@@ -199,8 +200,8 @@ def _scan_jet_rule(primals_in, series_in, *, jaxpr, num_consts, num_carry, lengt
         outs, outs_s = tuple(outs), tuple(map(tuple, outs_s))  # scan wants the carry's own pytree back
         return (outs[:n_k], outs_s[:n_k]), (outs[n_k:], outs_s[n_k:])
 
-    init = (tuple(primals_in[n_c:n_c + n_k]), tuple(map(tuple, series_in[n_c:n_c + n_k])))
-    xs = (tuple(primals_in[n_c + n_k:]), tuple(map(tuple, series_in[n_c + n_k:])))
+    init = (tuple(primals_in[n_c : n_c + n_k]), tuple(map(tuple, series_in[n_c : n_c + n_k])))
+    xs = (tuple(primals_in[n_c + n_k :]), tuple(map(tuple, series_in[n_c + n_k :])))
     (k_p, k_s), (y_p, y_s) = jax.lax.scan(step, init, xs, length=length, reverse=reverse, unroll=unroll)
     return [*k_p, *y_p], [*map(list, k_s), *map(list, y_s)]
 

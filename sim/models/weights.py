@@ -29,8 +29,12 @@ _NP = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)
 # safetensors' header spelling -> ours; anything else (F64, F8_*, integers) cannot be held as asked
 _STORED = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 _CONVERTIBLE = set(_STORED) | {"F64"}
-_FILE_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16),
-                "F64": np.dtype("<f8")}
+_FILE_DTYPES = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F64": np.dtype("<f8"),
+}
 
 
 def np_dtype(name: str) -> np.dtype:
@@ -76,8 +80,12 @@ def weight_files(path: Path) -> list[Path]:
 
 def stored_tags(headers: dict[Path, dict]) -> dict[str, str]:
     """tensor name -> its safetensors dtype tag (F32, BF16, I8, ...), from the given headers."""
-    return {k: str(v.get("dtype")) for h in headers.values() for k, v in h.items()
-            if k != "__metadata__" and isinstance(v, dict)}
+    return {
+        k: str(v.get("dtype"))
+        for h in headers.values()
+        for k, v in h.items()
+        if k != "__metadata__" and isinstance(v, dict)
+    }
 
 
 def resolve_dtype(stored: set[str], asked: str) -> str:
@@ -89,18 +97,21 @@ def resolve_dtype(stored: set[str], asked: str) -> str:
     check_dtype_name(asked)
     odd = sorted(t for t in stored if t not in _CONVERTIBLE)
     if odd:
-        raise UserError(f"the checkpoint stores tensors as {', '.join(map(str, odd))}, which cannot be held as "
-                        "float32/bfloat16/float16 (a quantized checkpoint: dequantize it first)")
+        raise UserError(
+            f"the checkpoint stores tensors as {', '.join(map(str, odd))}, which cannot be held as "
+            "float32/bfloat16/float16 (a quantized checkpoint: dequantize it first)"
+        )
     if asked != "auto":
         return asked
     if "F64" in stored:
-        raise UserError("the checkpoint is stored in float64, which hemorrhage does not run in: "
-                        "pass --dtype float32 (or bfloat16/float16)")
+        raise UserError(
+            "the checkpoint is stored in float64, which hemorrhage does not run in: "
+            "pass --dtype float32 (or bfloat16/float16)"
+        )
     for tag in ("F32", "BF16", "F16"):  # widest first; BF16 before F16: its range is fp32's
         if tag in stored:
             return _STORED[tag]
     return "float32"  # no tensors at all: the loader then names the first one missing
-
 
 
 def held_dtype(path: Path, asked: str) -> str | None:
@@ -114,6 +125,7 @@ def held_dtype(path: Path, asked: str) -> str | None:
     if not files:
         return asked if asked != "auto" else None
     return resolve_dtype(set(stored_tags({f: safetensors_header(f) for f in files}).values()), asked)
+
 
 class TensorReader:
     """Lazy name -> tensor view of a checkpoint's safetensors files.

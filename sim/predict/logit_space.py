@@ -4,8 +4,7 @@ r"""Logit space of the linear response: the head applied to Δh_L, in chunks of 
 predictor scores per token and grid point lives here: exact KL and top-1 along a ray c·Δz of
 the linear and of the dephased change (`logit_metrics`), the dephasing rate of the logit
 velocity (`dephasing_rates`, theory.dephasing), the base margins and pair responses along the
-generation paths, and the nonlinearity check's Fisher-metric terms.  sim.linear_response
-re-exports these names.
+generation paths, and the nonlinearity check's Fisher-metric terms.
 """
 
 from __future__ import annotations
@@ -25,9 +24,13 @@ def _split_head(model):
     """(norm graphdef, norm state, head W [vocab d], head bias or None): what z = W·norm(h) + b
     needs of a model.  The jitted functions below take these, not the model: nnx.jit over the
     whole model flattened every block's graph on each call, for a head it does not touch."""
-    if getattr(getattr(model, "cfg", None), "final_softcap", None) is not None:  # z = c·tanh(W·norm(h)/c) is not this form
-        raise UserError("the linear-response estimate needs logits z = W·norm(h) + b; this model soft-caps its "
-                        "logits (final_logit_softcapping, Gemma 2), which is not implemented here")
+    if (
+        getattr(getattr(model, "cfg", None), "final_softcap", None) is not None
+    ):  # z = c·tanh(W·norm(h)/c) is not this form
+        raise UserError(
+            "the linear-response estimate needs logits z = W·norm(h) + b; this model soft-caps its "
+            "logits (final_logit_softcapping, Gemma 2), which is not implemented here"
+        )
     gd, st = nnx.split(model.norm)
     b = None if model.lm_head is None or getattr(model.lm_head, "b", None) is None else model.lm_head.b[...]
     div = getattr(getattr(model, "cfg", None), "logit_divisor", 1.0)
@@ -110,7 +113,7 @@ def _logit_metrics(gd, st, w, h, z, dhs, which, scales, extra, fused, chunk):
             dhn = jax.vmap(lambda d: jax.jvp(norm, (hb,), (d,))[1], in_axes=1)(db)  # [A chunk d]
             dz, rb = _centred(jnp.einsum("acd,vd->acv", dhn, w), p), eb  # [A chunk vocab], [chunk A]
         top = jnp.argmax(zb, -1)
-        k2 = 0.5 * jnp.sum(p * dz * dz, -1)  # [A chunk] ½Var_p(Δz), Theorem 3
+        half_var_p = 0.5 * jnp.sum(p * dz * dz, -1)  # [A chunk] ½Var_p(Δz), Theorem 3
 
         def at(args):
             a, s = args
@@ -124,7 +127,7 @@ def _logit_metrics(gd, st, w, h, z, dhs, which, scales, extra, fused, chunk):
 
             kl, t1 = ray(jnp.full_like(r, s))
             kd, td = ray(s * jnp.sqrt(r))
-            return kl, s * s * k2[a], t1, kd, r * s * s * k2[a], td
+            return kl, s * s * half_var_p[a], t1, kd, r * s * s * half_var_p[a], td
 
         return jax.lax.map(at, (which, scales)), rb
 
@@ -133,7 +136,7 @@ def _logit_metrics(gd, st, w, h, z, dhs, which, scales, extra, fused, chunk):
     return dict(zip(METRIC_NAMES, map(f, out))) | {"rate": jnp.moveaxis(rate.reshape(-1, rate.shape[-1])[:n], 1, 0)}
 
 
-METRIC_NAMES = ("kl", "kl2", "top1", "kl_dephased", "kl2_dephased", "top1_dephased")
+METRIC_NAMES = ("kl", "half_var_p", "top1", "kl_dephased", "half_var_p_dephased", "top1_dephased")
 
 
 def dephasing_rates(model, h, z, dh1, dh2, chunk: int = 64):
@@ -206,5 +209,9 @@ def _nonlinearity_terms(gd, st, w, b, h, dh, z_true):
     norm = nnx.merge(gd, st)
     z, dz = jax.jvp(lambda x: _unembed(norm, w, b, x), (h,), (dh,))
     dz_true = z_true - z
-    return (jnp.sum(var_p(z, dz_true - dz)), jnp.sum(var_p(z, dz)),
-            jnp.mean(kl_exact(z, dz_true)), jnp.mean(kl_exact(z, dz)))
+    return (
+        jnp.sum(var_p(z, dz_true - dz)),
+        jnp.sum(var_p(z, dz)),
+        jnp.mean(kl_exact(z, dz_true)),
+        jnp.mean(kl_exact(z, dz)),
+    )

@@ -1,4 +1,5 @@
-r"""Pricing a family of grid points from a few JVPs of the base (sim.predict states the models).
+r"""Pricing a family of grid points from a few JVPs of the base (sim.predict's package docstring
+states the models).
 
     price_quant(ctx, methods)   RTN / GPTQ: K random probes at the reference (highest) bit
                                 width; every bit width by the step law Δz(b) = c(b)·Δz(b₀)
@@ -35,18 +36,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hemorrhage.sim.linear_response import METRIC_NAMES, Context, pair_response
-from hemorrhage.sim.predict_summary import blend
-from hemorrhage.sim.tangents import (_probe, _upto, levels_flat, levels_rows, quant_noise_std, rtn_kappa,
-                                     step_ratio)
+from hemorrhage.sim.predict.context import Context
+from hemorrhage.sim.predict.logit_space import METRIC_NAMES, pair_response
+from hemorrhage.sim.predict.summary import blend
+from hemorrhage.sim.predict.tangents import (
+    levels_flat,
+    levels_rows,
+    noise_probe,
+    pruned_through,
+    quant_noise_std,
+    rtn_kappa,
+    step_ratio,
+)
 
 
 def gen_keep(per_tok: dict, s: int, w: float) -> float:
     """(K₂ dephased / K₂ linear)^(w/2) at point s over its tokens (and probes): the share of the
     response's Fisher size that the point estimate keeps (predict.blend's w), applied to Δz
     along the generation paths (no Taylor pass runs there; 1 without dephasing)."""
-    k2, kd = float(np.mean(per_tok["kl2"][s])), float(np.mean(per_tok["kl2_dephased"][s]))
-    return (kd / k2) ** (w / 2) if k2 > 0 and math.isfinite(kd / k2) else 1.0
+    half_var_p, kd = float(np.mean(per_tok["half_var_p"][s])), float(np.mean(per_tok["half_var_p_dephased"][s]))
+    return (kd / half_var_p) ** (w / 2) if half_var_p > 0 and math.isfinite(kd / half_var_p) else 1.0
 
 
 def _tokens_and_gen(ctx, dh, scales):
@@ -61,8 +70,11 @@ def price_quant(ctx: Context, methods: list) -> dict:
     """RTN / GPTQ at every bit width of `methods` (same other settings) from K probes."""
     lr, cfg, m0 = ctx.lr, ctx.cfg, methods[0]
     b0, gs, sym = max(m.bits for m in methods), m0.group_size, m0.symmetric
-    kappa = (rtn_kappa(lr.weights, sorted({m.bits for m in methods} | {b0}), gs, sym) if m0.name == "rtn"
-             else {m.bits: 1.0 for m in methods} | {b0: 1.0})
+    kappa = (
+        rtn_kappa(lr.weights, sorted({m.bits for m in methods} | {b0}), gs, sym)
+        if m0.name == "rtn"
+        else {m.bits: 1.0 for m in methods} | {b0: 1.0}
+    )
     scales = [step_ratio(m.bits, b0, sym) * math.sqrt(kappa[m.bits] / kappa[b0]) for m in methods]
     mets, ds, regimes = [], [], []
     if m0.name == "gptq":
@@ -72,7 +84,7 @@ def price_quant(ctx: Context, methods: list) -> dict:
 
         dws = []
         for i, (path, w) in enumerate(zip(lr.paths, lr.weights)):
-            x = _probe(quant_noise_std(w, jnp.float32(b0), gs, sym), jax.random.fold_in(key, i))
+            x = noise_probe(quant_noise_std(w, jnp.float32(b0), gs, sym), jax.random.fold_in(key, i))
             dws.append(ctx.obs(path, m0, x) if m0.name == "gptq" else x)
         ctx.say(f"  probe {k}: tangent built")
         dh = lr.respond(dws)
@@ -86,12 +98,22 @@ def price_quant(ctx: Context, methods: list) -> dict:
             ctx.say("  regime forwards")
         del dws
     per_tok = {name: np.stack([m[name] for m in mets], 1) for name in METRIC_NAMES}  # [S K N]
-    gens = [None if ds[0] is None else
-            ctx.first_divergence(np.stack([s * gen_keep(per_tok, i, cfg.dephased_weight) * d for d in ds]),
-                                 regimes[i]["nonlinearity"] if regimes else 0.0, True)
-            for i, s in enumerate(scales)]
-    return {"per_token": per_tok, "regime": regimes, "gen": gens,
-            "notes": {"ref_bits": b0, "scale": scales, "kappa": [kappa[m.bits] for m in methods]}}
+    gens = [
+        None
+        if ds[0] is None
+        else ctx.first_divergence(
+            np.stack([s * gen_keep(per_tok, i, cfg.dephased_weight) * d for d in ds]),
+            regimes[i]["nonlinearity"] if regimes else 0.0,
+            True,
+        )
+        for i, s in enumerate(scales)
+    ]
+    return {
+        "per_token": per_tok,
+        "regime": regimes,
+        "gen": gens,
+        "notes": {"ref_bits": b0, "scale": scales, "kappa": [kappa[m.bits] for m in methods]},
+    }
 
 
 def prune_levels(ctx: Context, methods: list) -> list[np.ndarray]:
@@ -127,8 +149,8 @@ def prune_levels(ctx: Context, methods: list) -> list[np.ndarray]:
         kb = np.stack([obs.cumulative_counts(s.shape[0] * bs, s.shape[1] // bs, m.sparsity) for m in methods])
         lev = np.empty(s.shape, np.int8)
         for b in range(s.shape[1] // bs):
-            blk = s[:, b * bs:(b + 1) * bs]
-            lev[:, b * bs:(b + 1) * bs] = levels_flat(blk.T, np.maximum.accumulate(kb[:, b])).reshape(bs, -1).T
+            blk = s[:, b * bs : (b + 1) * bs]
+            lev[:, b * bs : (b + 1) * bs] = levels_flat(blk.T, np.maximum.accumulate(kb[:, b])).reshape(bs, -1).T
         return lev
 
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:  # numpy's selection releases the GIL
@@ -147,7 +169,7 @@ def pruned_energy(weights: list, levs: list, n: int) -> np.ndarray:
     return np.cumsum(per)
 
 
-def interpolate_k2(energy: np.ndarray, anchors: dict[int, float]) -> np.ndarray:
+def interpolate_half_var_p(energy: np.ndarray, anchors: dict[int, float]) -> np.ndarray:
     """K₂ at every level from K₂ at the anchors: log–log linear in the energy between anchors,
     the last segment's exponent beyond them (clipped to [0.5, 4]), exponent 1 with one anchor."""
     a = sorted(anchors)
@@ -171,9 +193,9 @@ def nearest_anchor(energy, anchors) -> list[int]:
 def next_anchor(energy, anchors: dict[int, tuple[float, float]], threshold: float) -> int | None:
     """The level to linearise next (secant search for the KL crossing), None when bracketed.
     anchors: level → (mean exact KL, K₂)."""
-    k2 = interpolate_k2(energy, {a: v[1] for a, v in anchors.items()})
+    half_var_p = interpolate_half_var_p(energy, {a: v[1] for a, v in anchors.items()})
     near = nearest_anchor(energy, anchors)
-    kl = np.array([anchors[a][0] * k2[s] / max(anchors[a][1], 1e-300) for s, a in enumerate(near)])
+    kl = np.array([anchors[a][0] * half_var_p[s] / max(anchors[a][1], 1e-300) for s, a in enumerate(near)])
     over = np.flatnonzero(kl >= threshold)
     if not len(over):
         s = len(energy) - 1
@@ -196,8 +218,10 @@ def price_prune(ctx: Context, methods: list) -> dict:
     exact: dict[int, dict] = {}
 
     def linearise(a):
-        dw = [ctx.obs(p, m0, x) if obs_ else x
-              for p, x in ((p, _upto(w, lev, a)) for p, w, lev in zip(lr.paths, lr.weights, levs))]
+        dw = [
+            ctx.obs(p, m0, x) if obs_ else x
+            for p, x in ((p, pruned_through(w, lev, a)) for p, w, lev in zip(lr.paths, lr.weights, levs))
+        ]
         dh = lr.respond(dw)
         he, hg = ctx.flat(dh)
         he2 = ctx.second(dh)
@@ -206,23 +230,36 @@ def price_prune(ctx: Context, methods: list) -> dict:
         reg = ctx.regime(dw, 1.0, dh["eval"]) if ctx.regime_tokens is not None else None
         # the search aims at the point estimate's crossing (predict.blend of the two closures)
         kl = float(blend(np.mean(met["kl"]), np.mean(met["kl_dephased"]), cfg.dephased_weight))
-        exact[a] = {"he": he, "hg": hg, "rate": rate, "kl": kl, "k2": float(np.mean(met["kl2"])), "regime": reg}
+        exact[a] = {
+            "he": he,
+            "hg": hg,
+            "rate": rate,
+            "kl": kl,
+            "half_var_p": float(np.mean(met["half_var_p"])),
+            "regime": reg,
+        }
         ctx.say(f"  anchor {getattr(methods[a], 'sparsity', None)}: JVP, metrics, regime")
 
     for a in range(S) if cfg.prune_anchors >= S else [0]:  # as many anchors as levels: every level exact
         linearise(a)
     while len(exact) < max(1, cfg.prune_anchors):
-        a = next_anchor(energy, {k: (v["kl"], v["k2"]) for k, v in exact.items()}, cfg.kl_threshold)
+        a = next_anchor(energy, {k: (v["kl"], v["half_var_p"]) for k, v in exact.items()}, cfg.kl_threshold)
         if a is None:
             break
         linearise(a)
-    k2 = interpolate_k2(energy, {a: v["k2"] for a, v in exact.items()})
+    half_var_p = interpolate_half_var_p(energy, {a: v["half_var_p"] for a, v in exact.items()})
     near = nearest_anchor(energy, exact)
-    scale = [math.sqrt(k2[s] / exact[a]["k2"]) if exact[a]["k2"] > 0 else 1.0 for s, a in enumerate(near)]
+    scale = [
+        math.sqrt(half_var_p[s] / exact[a]["half_var_p"]) if exact[a]["half_var_p"] > 0 else 1.0
+        for s, a in enumerate(near)
+    ]
     order = sorted(exact)
     pad = [jnp.zeros_like(exact[order[0]]["he"])] * (max(cfg.prune_anchors, len(order)) - len(order))
-    rates = None if exact[order[0]]["rate"] is None else \
-        [exact[a]["rate"] for a in order] + [jnp.zeros_like(exact[order[0]]["rate"])] * len(pad)
+    rates = (
+        None
+        if exact[order[0]]["rate"] is None
+        else [exact[a]["rate"] for a in order] + [jnp.zeros_like(exact[order[0]]["rate"])] * len(pad)
+    )
     met = ctx.metrics([exact[a]["he"] for a in order] + pad, [order.index(a) for a in near], scale, rates)
     per_tok = {name: met[name] for name in METRIC_NAMES}  # [S N]
     gens, regimes = [None] * S, [None] * S
@@ -233,14 +270,25 @@ def price_prune(ctx: Context, methods: list) -> dict:
             reg = v["regime"]
             if reg is not None and s != a:
                 r = reg["nonlinearity"] * scale[s]
-                reg = {"nonlinearity": r, "linear_regime_ok": bool(r <= cfg.nonlinearity_max), "estimated": True,
-                       "anchor": methods[a].sparsity}
+                reg = {
+                    "nonlinearity": r,
+                    "linear_regime_ok": bool(r <= cfg.nonlinearity_max),
+                    "estimated": True,
+                    "anchor": methods[a].sparsity,
+                }
             regimes[s] = reg
             r = reg["nonlinearity"] if reg is not None else 0.0
             keep = gen_keep(per_tok, s, cfg.dephased_weight)
             gens[s] = None if d is None else ctx.first_divergence(scale[s] * keep * d[None], r, False)
     per_tok = {k: v[:, None, :] for k, v in per_tok.items()}  # [S 1 N]
-    notes = {"anchors": sorted(getattr(methods[a], "sparsity", None) for a in exact),
-             "energy": [float(e) for e in energy], "scale": scale}
-    return {"per_token": per_tok, "regime": regimes if ctx.regime_tokens is not None else [], "gen": gens,
-            "notes": notes}
+    notes = {
+        "anchors": sorted(getattr(methods[a], "sparsity", None) for a in exact),
+        "energy": [float(e) for e in energy],
+        "scale": scale,
+    }
+    return {
+        "per_token": per_tok,
+        "regime": regimes if ctx.regime_tokens is not None else [],
+        "gen": gens,
+        "notes": notes,
+    }

@@ -1,6 +1,6 @@
 r"""The weight error ΔW of each compression method, as a tangent for the linear response.
 
-sim/predict.py states the models; here they are computed:
+sim.predict's package docstring states the models; here they are computed:
 
     quant_noise_std   σ = √(Δ²/12) per weight (RTN's grid; theory.noise.quant_noise_var)
     rtn_kappa         κ(b): the actual RTN error energy over the uniform model's, per bit width
@@ -10,9 +10,7 @@ sim/predict.py states the models; here they are computed:
 
 from __future__ import annotations
 
-import ctypes
 import math
-from contextlib import contextmanager
 from functools import partial
 
 import jax
@@ -20,45 +18,44 @@ import jax.numpy as jnp
 import numpy as np
 
 from hemorrhage.errors import UserError
+from hemorrhage.sim.compress.blas import single_thread_blas
+from hemorrhage.sim.compress.obs import dampening_schedule
+from hemorrhage.sim.compress.quantizer import dequant, encode, qparams
+from hemorrhage.theory import quant_noise_var, quantize_rtn, uniform_noise_var
+
 
 @partial(jax.jit, static_argnames=("group_size", "symmetric"))
 def quant_noise_std(w, bits, group_size: int | None, symmetric: bool):
     """σ = √(Δ²/12) per weight, Δ the step of its row (group_size None) or group, the two
     range-defining weights exact (theory.noise.quant_noise_var); symmetric: the step of
     the compressor's symmetric grid, max|w|/(2^{b−1} − 1).  `bits` may be traced."""
-    from hemorrhage.sim.compress.quantizer import qparams
-    from hemorrhage.theory import quant_noise_var, uniform_noise_var
-
     g = group_size or w.shape[1]
     if symmetric:
         scale, _ = qparams(w.reshape(w.shape[0], -1, g), bits, True)
         var = uniform_noise_var(jnp.repeat(scale, g, axis=1)) * (1 - 1 / g)
     else:
-        var = quant_noise_var(w, bits, endpoint_correction=True, granularity="group" if group_size else "channel",
-                              group_size=group_size)
+        var = quant_noise_var(
+            w, bits, endpoint_correction=True, granularity="group" if group_size else "channel", group_size=group_size
+        )
     return jnp.sqrt(var)
 
 
 def step_ratio(bits: int, ref_bits: int, symmetric: bool) -> float:
     """Δ(bits)/Δ(ref_bits) at a fixed range."""
-    lv = (lambda b: 2 ** (b - 1) - 1) if symmetric else (lambda b: 2 ** b - 1)
+    lv = (lambda b: 2 ** (b - 1) - 1) if symmetric else (lambda b: 2**b - 1)
     return lv(ref_bits) / lv(bits)
 
 
 @partial(jax.jit, static_argnames=("group_size", "symmetric"))
-def _kappa_terms(w, bits, group_size: int | None, symmetric: bool):
+def kappa_terms(w, bits, group_size: int | None, symmetric: bool):
     """(Σ actual RTN error², Σ σ²) of w at `bits` (traced: one compile per shape).  The
     compressor's grids: asymmetric min–max = theory.noise.quantize_rtn; symmetric ±max|w|
-    with 2^{b−1} − 1 levels a side."""
-    from hemorrhage.sim.compress.quantizer import qparams
-    from hemorrhage.theory import quantize_rtn
-
+    with 2^{b−1} − 1 levels a side (the compressor's own quantizer)."""
     g = group_size or w.shape[1]
     if symmetric:
         wg = w.reshape(w.shape[0], -1, g)
-        scale, _ = qparams(wg, bits, True)
-        c0 = 2.0 ** (bits - 1) - 1
-        q = (jnp.clip(jnp.round(wg / scale[..., None]), -c0, c0) * scale[..., None]).reshape(w.shape)
+        scale = qparams(wg, bits, True)[0][..., None]
+        q = dequant(encode(wg, scale, None, bits), scale, None, bits).reshape(w.shape)
     else:
         q = quantize_rtn(w, bits, granularity="group" if group_size else "channel", group_size=group_size)
     return jnp.sum(jnp.square(q - w)), jnp.sum(jnp.square(quant_noise_std(w, bits, group_size, symmetric)))
@@ -73,14 +70,15 @@ def rtn_kappa(weights: list, bits: list[int], group_size, symmetric, rows: int =
     cat = [jnp.concatenate(v) for v in by_d.values()]
     out = {}
     for b in bits:
-        terms = [_kappa_terms(w, jnp.float32(b), group_size, symmetric) for w in cat]
+        terms = [kappa_terms(w, jnp.float32(b), group_size, symmetric) for w in cat]
         num, den = sum(float(t[0]) for t in terms), sum(float(t[1]) for t in terms)
         out[b] = num / den if den > 0 else 1.0
     return out
 
 
 @jax.jit
-def _probe(std, key):
+def noise_probe(std, key):
+    """σ⊙ε, ε iid U(−√3, √3): a unit-variance uniform probe of the rounding noise."""
     return std * jax.random.uniform(key, std.shape, jnp.float32, -math.sqrt(3.0), math.sqrt(3.0))
 
 
@@ -90,48 +88,14 @@ def obs_shape(x, u):
     return (x / jnp.diag(u)[None, :]) @ u
 
 
-_BLAS: list | None = None
-
-
-@contextmanager
-def _one_blas_thread():
-    """OpenBLAS (numpy's and scipy's copies) on one thread for a while: on a small shared CPU
-    beside XLA's threads its threaded Cholesky is 10–100× slower than the serial one.
-    A no-op where the libraries do not expose openblas_set_num_threads."""
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = []
-        try:
-            paths = {ln.split()[-1] for ln in open("/proc/self/maps") if "openblas" in ln.lower() and ".so" in ln}
-            for path in sorted(paths):
-                lib = ctypes.CDLL(path)
-                names = [
-                    (s, g) for s, g in (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-                                        ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-                                        ("openblas_set_num_threads", "openblas_get_num_threads"))
-                    if hasattr(lib, s) and hasattr(lib, g)]
-                if names:
-                    _BLAS.append((getattr(lib, names[0][0]), getattr(lib, names[0][1])))
-        except OSError:
-            pass
-    before = [get() for _, get in _BLAS]
-    for set_, _ in _BLAS:
-        set_(1)
-    try:
-        yield
-    finally:
-        for (set_, _), n in zip(_BLAS, before):
-            set_(n)
-
-
 def obs_factor(h, damp: float, act_order: bool = False):
     """(column order, U) with H⁻¹ = UᵀU, U upper, for the dampened calibration Hessian in
     that order — what obs.factor / GPTQ.factor compute (dead inputs H_jj = 1, λ·mean(diag H)
-    added, λ ×10 until it factors), done by LAPACK on the host (XLA:CPU's Cholesky of a
-    reversed matrix is ~10× slower)."""
+    added, λ ×10 until it factors), done by LAPACK on the host in float64 (XLA:CPU's
+    Cholesky of a reversed matrix is slower: bench/README.md, "Numbers moved out of docstrings")."""
     import scipy.linalg as sl
 
-    with _one_blas_thread():
+    with single_thread_blas():
         return _obs_factor(sl, np.asarray(h, np.float64), float(damp), act_order)
 
 
@@ -140,10 +104,7 @@ def _obs_factor(sl, h, damp, act_order):
     h = h[perm][:, perm]
     h[np.diag_indices_from(h)] += np.diag(h) <= 0
     mean_diag = float(np.mean(np.diag(h)))
-    lam = float(damp)
-    tries = [lam] + [max(lam, 1e-6) * 10 ** k for k in range(1, 10)] if lam > 0 else \
-        [0.0] + [10.0 ** k for k in range(-6, 3)]
-    for lam in tries:
+    for lam in dampening_schedule(damp):
         hd = h + lam * (mean_diag if mean_diag > 0 else 1.0) * np.eye(h.shape[0])
         try:
             r = sl.cholesky(np.ascontiguousarray(hd[::-1, ::-1]), lower=True, check_finite=False)[::-1, ::-1]
@@ -156,17 +117,20 @@ def _obs_factor(sl, h, damp, act_order):
 
 
 @jax.jit
-def _obs_perm(x, u, perm, inv):
+def obs_shape_permuted(x, u, perm, inv):
+    """obs_shape with the columns in `perm` order (act_order), back in the original order."""
     return obs_shape(x[:, perm], u)[:, inv]
 
 
 @jax.jit
-def _band(w, lev, j):
+def pruned_at(w, lev, j):
+    """ΔW of the weights first pruned at level j (lev: `levels_flat` / `levels_rows`)."""
     return jnp.where(lev == j, -w, 0.0)
 
 
 @jax.jit
-def _upto(w, lev, j):
+def pruned_through(w, lev, j):
+    """ΔW = −W⊙(1 − M_j): every weight pruned at level j or before (nested masks)."""
     return jnp.where(lev <= j, -w, 0.0)
 
 

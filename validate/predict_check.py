@@ -20,12 +20,21 @@ class Measurer:
     items (the measured MC-vs-generation gap).  The base phase is computed once."""
 
     def __init__(self, loaded, cfg: PredictConfig = PredictConfig(), mc_items: int = 24):
-        from hemorrhage.validate.measure import MeasureConfig, base_cache
+        from hemorrhage.validate.measure import MeasureConfig
+        from hemorrhage.validate.base_phase import base_cache
 
         self.loaded, self.cfg = loaded, cfg
-        self.config = MeasureConfig(windows=cfg.windows, seqlen=cfg.seqlen, source=cfg.source, mc_items=mc_items,
-                                    prompts=cfg.prompts, prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
-                                    per_layer=False, strata_bins=0)
+        self.config = MeasureConfig(
+            windows=cfg.windows,
+            seqlen=cfg.seqlen,
+            source=cfg.source,
+            mc_items=mc_items,
+            prompts=cfg.prompts,
+            prompt_len=cfg.prompt_len,
+            new_tokens=cfg.new_tokens,
+            per_layer=False,
+            strata_bins=0,
+        )
         self.base = base_cache(loaded, self.config)
 
     def __call__(self, method: str, settings: dict) -> dict:
@@ -33,12 +42,32 @@ class Measurer:
         from hemorrhage.validate.measure import measure
 
         cfg, t0 = self.cfg, time.perf_counter()
-        comp, record = compress_from_args(self.loaded, method, calib_samples=cfg.calib_samples,
-                                          calib_seqlen=cfg.calib_seqlen, seed=cfg.calib_seed, **settings)
+        comp, record = compress_from_args(
+            self.loaded,
+            method,
+            calib_samples=cfg.calib_samples,
+            calib_seqlen=cfg.calib_seqlen,
+            seed=cfg.calib_seed,
+            **settings,
+        )
         res = measure(self.loaded, comp, self.base, record)
-        row = {"method": method, "settings": settings,
-               **{k: res[k] for k in ("kl", "top1_agreement", "ppl", "mc_agreement", "first_divergence_mean",
-                                      "gen_identical", "collapsed") if k in res}}
+        row = {
+            "method": method,
+            "settings": settings,
+            **{
+                k: res[k]
+                for k in (
+                    "kl",
+                    "top1_agreement",
+                    "ppl",
+                    "mc_agreement",
+                    "first_divergence_mean",
+                    "gen_identical",
+                    "collapsed",
+                )
+                if k in res
+            },
+        }
         if "mc_agreement" in row and "gen_identical" in row:  # null where either is not computable
             a, g = row["mc_agreement"], row["gen_identical"]
             row["mc_vs_gen_gap"] = None if a is None or g is None else a - g
@@ -48,8 +77,9 @@ class Measurer:
         return row
 
 
-def measure_grid(loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictConfig(), *, log=None,
-                 mc_items: int = 24) -> dict:
+def measure_grid(
+    loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictConfig(), *, log=None, mc_items: int = 24
+) -> dict:
     """Every setting of `grid` compressed and measured (`Measurer`; mc_items = 0: no MC)."""
     from hemorrhage.validate.sweep import bound_memory
 

@@ -1,7 +1,7 @@
 r"""From per-token numbers to a prediction: means, bootstrap intervals, the point estimate
 between the two closures (`blend`) and the cliff (`cliff_crossing`, shared with validate/).
 
-sim.predict states the models and the point estimate; sim.pricing produces, per family, the
+sim.predict's package docstring states the models and the point estimate; pricing produces, per family, the
 per-token KL, ½Var_p and top-1 of the linear and the dephased change that `summarise` reads.
 """
 
@@ -36,8 +36,14 @@ def cliff_crossing(levels, kl, threshold: float = 1.0, axis: str = "bits") -> tu
 
 
 def _family_name(fam) -> str:
-    return " ".join([fam["method"]] + [f"{k}={v}" for k, v in fam["fixed"].items()
-                                       if k in ("group_size", "symmetric", "pattern", "act_order") and v])
+    return " ".join(
+        [fam["method"]]
+        + [
+            f"{k}={v}"
+            for k, v in fam["fixed"].items()
+            if k in ("group_size", "symmetric", "pattern", "act_order") and v
+        ]
+    )
 
 
 def blend(linear, dephased, w: float):
@@ -62,7 +68,10 @@ def summarise(res: dict, fam: dict, cfg) -> dict:
     tk = rng.integers(0, N, (cfg.bootstrap, N))
     resample = lambda a: np.stack([a[:, pk[b]][:, :, tk[b]].mean((1, 2)) for b in range(cfg.bootstrap)], 1)  # noqa: E731
     mean = {k: v.mean((1, 2)) for k, v in per.items()}  # [S]
-    kl, k2 = blend(mean["kl"], mean["kl_dephased"], w), blend(mean["kl2"], mean["kl2_dephased"], w)
+    kl, half_var_p = (
+        blend(mean["kl"], mean["kl_dephased"], w),
+        blend(mean["half_var_p"], mean["half_var_p_dephased"], w),
+    )
     t1 = (1 - w) * mean["top1"] + w * mean["top1_dephased"]
     boot = blend(resample(per["kl"]), resample(per["kl_dephased"]), w)  # [S B]
     boot_t1 = resample((1 - w) * per["top1"] + w * per["top1_dephased"])
@@ -72,13 +81,22 @@ def summarise(res: dict, fam: dict, cfg) -> dict:
     rho = _forward_ratio(res, levels)
     pts = []
     for s in range(S):
-        pt = {"family": name, "level": levels[s], "kl": float(kl[s]),
-              "kl_interval": [float(np.percentile(boot[s], 5)), float(np.percentile(boot[s], 95))],
-              "kl_second_order": float(k2[s]), "top1_agreement": float(t1[s]),
-              "top1_interval": [float(np.percentile(boot_t1[s], 5)), float(np.percentile(boot_t1[s], 95))]}
+        pt = {
+            "family": name,
+            "level": levels[s],
+            "kl": float(kl[s]),
+            "kl_interval": [float(np.percentile(boot[s], 5)), float(np.percentile(boot[s], 95))],
+            "kl_second_order": float(half_var_p[s]),
+            "top1_agreement": float(t1[s]),
+            "top1_interval": [float(np.percentile(boot_t1[s], 5)), float(np.percentile(boot_t1[s], 95))],
+        }
         if cfg.dephasing:
-            pt.update(kl_linear=float(mean["kl"][s]), kl_dephased=float(mean["kl_dephased"][s]),
-                      top1_linear=float(mean["top1"][s]), top1_dephased=float(mean["top1_dephased"][s]))
+            pt.update(
+                kl_linear=float(mean["kl"][s]),
+                kl_dephased=float(mean["kl_dephased"][s]),
+                top1_linear=float(mean["top1"][s]),
+                top1_dephased=float(mean["top1_dephased"][s]),
+            )
         if res["gen"] and res["gen"][s] is not None:
             pt.update(res["gen"][s])
             pt["mc_vs_gen_gap"] = pt["top1_agreement"] - pt["gen_identical"]
@@ -97,18 +115,27 @@ def summarise(res: dict, fam: dict, cfg) -> dict:
         value, status = cliff_crossing(levels, kl, cfg.kl_threshold, axis)
         reps = [cliff_crossing(levels, boot[:, b], cfg.kl_threshold, axis) for b in range(cfg.bootstrap)]
         vals = np.array([v for v, _ in reps if v is not None])
-        cliff = {"method": fam["method"], "family": name, "settings": fam["fixed"], "axis": axis, "cliff": value,
-                 "status": status, "threshold_kl": cfg.kl_threshold, "estimate": cfg.estimate,
-                 "interval": ([float(np.percentile(vals, 5)), float(np.percentile(vals, 95))] if len(vals) else None),
-                 "beyond_share": float(np.mean([v is None for v, _ in reps])),
-                 "nonlinearity_near_cliff": _regime_at(res, levels, value, axis)}
+        cliff = {
+            "method": fam["method"],
+            "family": name,
+            "settings": fam["fixed"],
+            "axis": axis,
+            "cliff": value,
+            "status": status,
+            "threshold_kl": cfg.kl_threshold,
+            "estimate": cfg.estimate,
+            "interval": ([float(np.percentile(vals, 5)), float(np.percentile(vals, 95))] if len(vals) else None),
+            "beyond_share": float(np.mean([v is None for v, _ in reps])),
+            "nonlinearity_near_cliff": _regime_at(res, levels, value, axis),
+        }
         if all(r is not None for r in rho):
             corrected, _ = cliff_crossing(levels, [p["kl_forward_corrected"] for p in pts], cfg.kl_threshold, axis)
             cliff["cliff_forward_corrected"] = corrected
         # a level the estimate puts before the cliff failed the forward check (kl_prediction_ok): the
         # crossing itself is in doubt, read the forward-corrected cliff (flags past it leave it be)
-        cliff["forward_check_doubts"] = any(not p.get("regime", {}).get("kl_prediction_ok", True)
-                                            and p["kl"] < cfg.kl_threshold for p in pts)
+        cliff["forward_check_doubts"] = any(
+            not p.get("regime", {}).get("kl_prediction_ok", True) and p["kl"] < cfg.kl_threshold for p in pts
+        )
         if cfg.dephasing:
             ends = [cliff_crossing(levels, mean[k], cfg.kl_threshold, axis)[0] for k in ("kl", "kl_dephased")]
             cliff["cliff_linear"], cliff["cliff_dephased"] = ends
@@ -120,8 +147,11 @@ def _forward_ratio(res, levels) -> list:
     """Per level, KL(W+ΔW)/KL_lin on the regime tokens (clipped to [0.1, 10]): the level's own
     forward, or for an interpolated pruning level its anchor's; None where not measured."""
     regs = res["regime"] or [None] * len(levels)
-    exact = {levels[i]: r["kl_forward_over_linear"] for i, r in enumerate(regs)
-             if r is not None and "kl_forward_over_linear" in r}
+    exact = {
+        levels[i]: r["kl_forward_over_linear"]
+        for i, r in enumerate(regs)
+        if r is not None and "kl_forward_over_linear" in r
+    }
     out = []
     for lv, r in zip(levels, regs):
         v = exact.get(lv if r is None or "anchor" not in r else r["anchor"])
@@ -133,8 +163,11 @@ def _regime_at(res, levels, value, axis):
     """Nonlinearity r of the grid point nearest the cliff on its stronger side (None if unknown)."""
     if value is None or not res["regime"]:
         return None
-    cand = [i for i, lv in enumerate(levels) if (lv <= value if axis == "bits" else lv >= value)
-            and res["regime"][i] is not None]
+    cand = [
+        i
+        for i, lv in enumerate(levels)
+        if (lv <= value if axis == "bits" else lv >= value) and res["regime"][i] is not None
+    ]
     if not cand:
         return None
     i = min(cand, key=lambda i: abs(levels[i] - value))
