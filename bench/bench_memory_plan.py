@@ -37,8 +37,8 @@ def _child(mode: str, model: str, dtype: str) -> None:
         import transformers  # noqa: F401
 
         from hemorrhage.cli import build_parser  # noqa: F401  (the command modules' imports)
-        from hemorrhage.sim.loading import load_tokenizer
-        from hemorrhage.sim.registry import resolve
+        from hemorrhage.sim.hub.loading import load_tokenizer
+        from hemorrhage.sim.hub.registry import resolve
 
         jnp.zeros(1).block_until_ready()
         load_tokenizer(resolve(model, quiet=True))

@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     from hemorrhage.sim.outputs import atomic_write_text  # a killed run leaves the old file whole
     from hemorrhage.sim.predict import FULL_GRID, PredictConfig, predict
     from hemorrhage.validate.predict_check import Measurer, measured_cliffs
-    from hemorrhage.validate.sweep import bound_memory, parse_grid
+    from hemorrhage.validate.resident import bound_memory
+    from hemorrhage.validate.sweep import parse_grid
 
     grid = parse_grid(FULL_GRID if args.grid == "full" else args.grid)
     cfg = PredictConfig(

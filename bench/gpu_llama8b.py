@@ -48,10 +48,10 @@ def write_checkpoint(config: Path, out: Path, tokenizer: str = "smollm2-135m", s
     from flax import nnx
     from safetensors.numpy import save_file
 
-    from hemorrhage.sim.memory_plan import abstract_model
+    from hemorrhage.sim.abstract_bytes import abstract_model
     from hemorrhage.sim.models.config import ModelConfig
     from hemorrhage.sim.models.loader import FAMILY_MODULES
-    from hemorrhage.sim.registry import resolve
+    from hemorrhage.sim.hub.registry import resolve
 
     hf = json.loads(Path(config).read_text())
     cfg = ModelConfig.from_hf(hf)

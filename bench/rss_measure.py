@@ -40,8 +40,8 @@ def weight_bytes(model: str, dtype: str) -> int:
     from hemorrhage.sim.models import ModelConfig
     from hemorrhage.sim.models.loader import FAMILY_MODULES
     from hemorrhage.sim.models.weights import held_dtype, weight_files
-    from hemorrhage.sim.preflight import safetensors_header
-    from hemorrhage.sim.registry import resolve
+    from hemorrhage.sim.hub.preflight import safetensors_header
+    from hemorrhage.sim.hub.registry import resolve
 
     path = resolve(model, quiet=True)
     held = held_dtype(path, dtype)

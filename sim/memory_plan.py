@@ -57,6 +57,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hemorrhage.errors import UserError
+from hemorrhage.sim.abstract_bytes import (
+    abstract_model,
+    analyse,
+    bytes_by_dtype,
+    linear_bytes,
+    nbytes,
+    per_device_bytes,
+    sharded,
+)
 
 DTYPES = ("float32", "bfloat16", "float16")
 COMMANDS = ("measure", "predict", "compress")
@@ -129,7 +138,7 @@ def read_model_config(model: str):
     """The ModelConfig of a registry name (fetched on first use), a folder holding a
     config.json (weights not needed) or a config.json file itself."""
     from hemorrhage.sim.models.config import ModelConfig
-    from hemorrhage.sim.preflight import check_config, read_config
+    from hemorrhage.sim.hub.preflight import check_config, read_config
 
     p = Path(model).expanduser()
     if p.is_dir():
@@ -137,7 +146,7 @@ def read_model_config(model: str):
         if not p.is_file():
             raise UserError(f"{p.parent} has no config.json to plan from")
     elif not p.is_file():
-        from hemorrhage.sim.registry import resolve
+        from hemorrhage.sim.hub.registry import resolve
 
         p = resolve(model) / "config.json"
     hf = read_config(p)
@@ -155,87 +164,6 @@ def check_mesh(cfg, mesh: dict) -> None:
         v = int(getattr(cfg, name))
         if v % m:
             raise UserError(f"--mesh model={m} does not divide the model's {name} = {v}")
-
-
-# ------------------------------------------------------------------ abstract model -----
-
-
-def abstract_model(cfg, dtype: str):
-    """(graphdef, state) of the model with every floating variable a ShapeDtypeStruct in
-    `dtype` (as sim.models.load_checkpoint holds it), nothing allocated."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from hemorrhage.sim.models.loader import build
-
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: build(cfg)))
-    dt = jnp.dtype(dtype)
-    state = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, dt) if jnp.issubdtype(s.dtype, jnp.floating) else s, state
-    )
-    return graphdef, state
-
-
-def nbytes(tree) -> int:
-    import jax
-
-    return int(sum(math.prod(s.shape) * s.dtype.itemsize for s in jax.tree.leaves(tree)))
-
-
-def bytes_by_dtype(tree) -> dict[str, int]:
-    import jax
-
-    out: dict[str, int] = {}
-    for s in jax.tree.leaves(tree):
-        out[str(s.dtype)] = out.get(str(s.dtype), 0) + math.prod(s.shape) * s.dtype.itemsize
-    return out
-
-
-def _sharded(state, mesh):
-    """The same abstract state, each leaf annotated with its NamedSharding (sim.shard)."""
-    import jax
-    from flax import nnx
-    from jax.sharding import NamedSharding
-
-    from hemorrhage.sim.shard import axis_size, param_spec
-
-    m = axis_size(mesh, "model")
-    flat = nnx.to_flat_state(state)
-    for path, var in flat:
-        s = var.get_value()
-        var.set_value(
-            jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, param_spec(path, tuple(s.shape), m)))
-        )
-    return nnx.from_flat_state(flat)
-
-
-def per_device_bytes(tree) -> int:
-    """Bytes one device holds of an abstract tree: each leaf's shard shape."""
-    import jax
-
-    total = 0
-    for s in jax.tree.leaves(tree):
-        shape = s.sharding.shard_shape(s.shape) if getattr(s, "sharding", None) is not None else s.shape
-        total += math.prod(shape) * s.dtype.itemsize
-    return int(total)
-
-
-def analyse(fn, args, weight_args) -> dict:
-    """XLA's memory analysis of `fn` compiled on the abstract `args` (per device)."""
-    import jax
-
-    ma = jax.jit(fn).lower(*args).compile().memory_analysis()
-    if ma is None:  # a backend without the analysis
-        raise UserError(f"this JAX backend ({jax.default_backend()}) gives no memory analysis of compiled programs")
-    weights = sum(per_device_bytes(args[i]) for i in weight_args)
-    return {
-        "argument_bytes": int(ma.argument_size_in_bytes),
-        "output_bytes": int(ma.output_size_in_bytes),
-        "temp_bytes": int(ma.temp_size_in_bytes),
-        "alias_bytes": int(ma.alias_size_in_bytes),
-        "weight_argument_bytes": int(weights),
-    }
 
 
 # ------------------------------------------------------------------ the plan -----------
@@ -278,16 +206,16 @@ def make_plan(req: PlanRequest) -> dict:
     graphdef, held = abstract_model(cfg, req.dtype)
     _, compiled = abstract_model(cfg, compile_dtype)
     if mesh is not None:
-        held, compiled = _sharded(held, mesh), _sharded(compiled, mesh)
+        held, compiled = sharded(held, mesh), sharded(compiled, mesh)
     weight_total = nbytes(held)
     base = per_device_bytes(held)
-    lin = _linear_bytes(graphdef, held) if req.command in ("measure", "compress") else 0
+    lin = linear_bytes(graphdef, held) if req.command in ("measure", "compress") else 0
     resident = base + lin
     programs = {}
     floor = None
     if req.command == "measure" and req.dtype != "float32":  # measure's fp32 reference, loaded and dropped first
         floor = abstract_model(cfg, "float32")[1]
-        floor = floor if mesh is None else _sharded(floor, mesh)
+        floor = floor if mesh is None else sharded(floor, mesh)
     from hemorrhage.sim.memory_programs import programs as command_programs
 
     progs = command_programs(req.command, graphdef, compiled, cfg, sh, mesh, floor)
@@ -353,20 +281,6 @@ def make_plan(req: PlanRequest) -> dict:
 
 def _argmax(programs: dict) -> str | None:
     return max(programs, key=lambda k: programs[k]["peak_bytes"]) if programs else None
-
-
-def _linear_bytes(graphdef, state) -> int:
-    """Per-device bytes of the block linears' weights: the compressed model's copy of them."""
-    from flax import nnx
-
-    from hemorrhage.sim.predict import block_linear_paths
-
-    wanted = {p + ".w" for p in block_linear_paths(nnx.merge(graphdef, state))}
-    return sum(
-        per_device_bytes(var.get_value())
-        for path, var in nnx.to_flat_state(state)
-        if ".".join(map(str, path)) in wanted
-    )
 
 
 # ------------------------------------------------------------------ fake devices -------

@@ -18,17 +18,28 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 
+# One worker's share of the machine before its compiled programs are dropped (two workers and
+# their subprocesses share it).  Below it they are kept: the next module reuses the real models'
+# traced and compiled programs instead of building them again.
+KEEP_PROGRAMS_BELOW = 0.2 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _free_memory_after_module():
-    """Compiled programs and dead models add up over ~400 tests on a 24 GB machine."""
+    """Compiled programs and dead models add up over ~700 tests: past KEEP_PROGRAMS_BELOW
+    the programs go (jax.clear_caches), and freed arenas go back to the OS after every module."""
     yield
     import gc
 
     import jax
 
-    jax.clear_caches()
+    from hemorrhage.validate.resident import rss
+
     gc.collect()
-    try:  # hand freed arenas back to the OS: two workers and their subprocesses share 24 GB
+    if rss() > KEEP_PROGRAMS_BELOW:
+        jax.clear_caches()
+        gc.collect()
+    try:
         import ctypes
 
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -63,3 +74,14 @@ def tiny_ckpt(tmp_path_factory):
     from helpers import save_tiny_hf_with_smollm2_tokenizer
 
     return save_tiny_hf_with_smollm2_tokenizer(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture(scope="module")
+def fuzz_ckpts(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random checkpoints of each family with a working tokenizer: a mutated checkpoint
+    either ends in one clean line or generates, so a check that is missing shows up as a crash
+    (or a run that should not have happened) instead of hiding behind a tokenizer error."""
+    from helpers import save_tiny_hf_with_tokenizer
+
+    root = tmp_path_factory.mktemp("fuzz")
+    return {fam: save_tiny_hf_with_tokenizer(fam, root / fam) for fam in ("llama", "gemma3_text", "gpt2")}

@@ -3,6 +3,16 @@
 from pathlib import Path
 
 import numpy as np
+from hypothesis import HealthCheck, settings
+
+# few examples, no deadline, no database: the fuzz files stay near a minute on two cores
+FEW_EXAMPLES = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def save_tiny_hf(model_type: str, out: Path, seed: int = 0, **overrides) -> Path:
@@ -42,7 +52,7 @@ def save_tiny_hf_with_smollm2_tokenizer(out: Path, **overrides) -> Path:
     """save_tiny_hf("llama") at SmolLM2's vocabulary with its tokenizer files (fetched once)."""
     import shutil
 
-    from hemorrhage.sim.registry import fetch_model
+    from hemorrhage.sim.hub.registry import fetch_model
 
     save_tiny_hf("llama", out, **{"vocab_size": 49152, **overrides})
     src = fetch_model("smollm2-135m", quiet=True)
@@ -91,3 +101,18 @@ def assert_one_line_error(code: int, err: str, *needles: str, prefix: str | None
     assert prefix is None or lines[0].startswith(prefix), err
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def run_cli_err(capsys, argv) -> tuple[int, str]:
+    """`hemorrhage ARGV` in this process: (exit code, stderr).  Anything but a UserError
+    propagates, so a crash fails the calling test."""
+    from hemorrhage.cli import main
+
+    capsys.readouterr()
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def assert_cli_error(code: int, err: str) -> None:
+    """One line on stderr, as the CLI prints a UserError."""
+    assert_one_line_error(code, err, prefix="hemorrhage: error:")

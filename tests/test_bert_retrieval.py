@@ -171,7 +171,7 @@ def test_retrieval_set_pairs_a_sentence_with_the_rest_of_its_paragraph():
 
 
 def test_measure_on_an_encoder_reports_lm_metrics_null_with_a_reason(monkeypatch):
-    from hemorrhage.sim.loading import Loaded
+    from hemorrhage.sim.hub.loading import Loaded
     from hemorrhage.validate import retrieval
     from hemorrhage.validate.measure import LM_KEYS, MeasureConfig, measure_encoder
 

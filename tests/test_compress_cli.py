@@ -20,7 +20,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from hemorrhage.sim.registry import fetch_model
+    from hemorrhage.sim.hub.registry import fetch_model
 
     src = fetch_model("smollm2-135m", quiet=True)  # its tokenizer, for a tiny model
     path = save_tiny_hf("llama", tmp_path_factory.mktemp("tiny"), vocab_size=49152)

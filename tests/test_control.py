@@ -92,7 +92,7 @@ def test_transformers_loads_the_control_and_agrees(quick_control):
 def test_registry_resolves_control_from_the_cache(quick_control, tmp_path, monkeypatch, capsys):
     """`--model control` is the cached folder (no training when it is there)."""
     from hemorrhage.sim import load
-    from hemorrhage.sim.registry import resolve
+    from hemorrhage.sim.hub.registry import resolve
 
     monkeypatch.setenv("HEMORRHAGE_CACHE", str(tmp_path))
     shutil.copytree(quick_control, tmp_path / "models" / "control")

@@ -17,7 +17,7 @@ BAD = ("{{", "}}", "[[", "]]", "<ref", "{|", "&nbsp;", "http://", "https://", "'
 @pytest.fixture(scope="module")
 def tok():
     from hemorrhage.sim import load_tokenizer
-    from hemorrhage.sim.registry import fetch_model
+    from hemorrhage.sim.hub.registry import fetch_model
 
     return load_tokenizer(fetch_model("smollm2-135m", quiet=True))
 
@@ -92,7 +92,7 @@ def test_windows_follow_the_tokenizers_bos_convention(tok):
     """Gemma's tokenizer starts a text with BOS, SmolLM2's does not: the windows do the same
     unless told otherwise, and the text after a BOS is the text the window would hold."""
     from hemorrhage.sim import load_tokenizer
-    from hemorrhage.sim.registry import fetch_model
+    from hemorrhage.sim.hub.registry import fetch_model
 
     gem = load_tokenizer(fetch_model("gemma3-270m", quiet=True))
     assert windows.adds_bos(gem) and not windows.adds_bos(tok) and not windows.adds_bos(object())
@@ -283,12 +283,12 @@ def test_cache_lock_makes_a_second_process_wait(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from hemorrhage.sim import fetch
+    from hemorrhage.sim.hub import fetch
 
     monkeypatch.setenv("HEMORRHAGE_CACHE", str(tmp_path))
     done = tmp_path / "done"
     holder = (
-        "import sys, time\nfrom pathlib import Path\nfrom hemorrhage.sim.fetch import cache_lock\n"
+        "import sys, time\nfrom pathlib import Path\nfrom hemorrhage.sim.hub.fetch import cache_lock\n"
         "with cache_lock('m'):\n    print('held', flush=True)\n    time.sleep(1.0)\n"
         f"    Path({str(done)!r}).write_text('x')\n"
     )

@@ -145,3 +145,38 @@ def test_code_is_a_text_source_split_by_problem():
     heads = lambda t: {ln for ln in t.splitlines() if ln.startswith("def ")}  # noqa: E731
     assert heads(held) and not heads(train) & heads(held)  # no held-out function is calibrated on
     check_calibration(calib_source="code")  # a calibration source for every calibrated method
+
+
+def test_success_command_runs_the_retrieval_verdict_and_refuses_bad_input(tmp_path, capsys):
+    """`hemorrhage success retrieval` on stored rows prints the verdict and writes its table;
+    a non-positive count or a --results below a file is one line, exit 2, before any model loads."""
+    import json
+
+    from helpers import assert_one_line_error
+
+    from hemorrhage.cli import main
+
+    rows = tmp_path / "rows.jsonl"
+    row = {
+        "model": "m",
+        "grid": {"method": "wanda", "settings": {"sparsity": 0.5}},
+        "retrieval": {"pooling": "mean"},
+        "retrieval_recall_at_1": 0.5,
+        "retrieval_recall_at_1_base": 0.5,
+        "embedding_cos": 0.9,
+        "gen_prefix_agreement": 0.2,
+    }
+    rows.write_text(json.dumps(row) + "\n")
+    res, fig = tmp_path / "r", tmp_path / "f"
+    capsys.readouterr()
+    argv = ["success", "retrieval", "--rows", str(rows), "--results", str(res), "--figures", str(fig)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("retrieval") and "table:" in out and any(res.glob("*.csv"))
+    (tmp_path / "file").write_text("x")
+    for bad in (
+        ["success", "in_context", "--grid", "magnitude", "--items", "0"],
+        ["success", "retrieval", "--rows", str(rows), "--results", str(tmp_path / "file" / "r")],
+    ):
+        code = main(bad)
+        assert_one_line_error(code, capsys.readouterr().err)

@@ -12,7 +12,7 @@ import pytest
 from hemorrhage.validate.exp_compounding import compounding, survival_predictions
 from hemorrhage.validate.exp_decoding import decoding
 from hemorrhage.validate.exp_hierarchy import hierarchy, layer_table, regimes
-from hemorrhage.validate.exp_seed000 import seed000
+from hemorrhage.validate.exp_rare_targets import rare_targets
 
 
 def _row(method, settings, model="synthetic", **fields):
@@ -166,16 +166,16 @@ def strata_row(s, dnll_slope=+1.0, rho_hoyer=0.3, model="synthetic"):
     return _row("magnitude", {"sparsity": s}, model=model, kl=float(kl.mean()), strata=st)
 
 
-def test_seed000_verdict_flips(tmp_path):
+def test_rare_targets_verdict_flips(tmp_path):
     args = (tmp_path / "r", tmp_path / "f")
-    v = seed000([strata_row(s) for s in (0.1, 0.3, 0.5)], *args, "ok")
+    v = rare_targets([strata_row(s) for s in (0.1, 0.3, 0.5)], *args, "ok")
     assert v["holds"] is True, v["summary"]
     assert v["evidence"]["median_dnll_ratio_rare_over_common"] == pytest.approx(3.0)
     assert v["evidence"]["theorem3_tracks_bins"] == pytest.approx(1.0)
-    assert (tmp_path / "f" / "seed000_ok.png").stat().st_size > 1000
-    assert seed000([strata_row(s, dnll_slope=-0.3) for s in (0.1, 0.3)], *args, "common_first")["holds"] is False
-    assert seed000([strata_row(s, rho_hoyer=-0.2) for s in (0.1, 0.3)], *args, "dense_on_hard")["holds"] is False
-    assert seed000([{"method": "rtn", "settings": {"bits": 4}, "kl": 1.0}], *args, "none")["holds"] is None
+    assert (tmp_path / "f" / "rare_targets_ok.png").stat().st_size > 1000
+    assert rare_targets([strata_row(s, dnll_slope=-0.3) for s in (0.1, 0.3)], *args, "common_first")["holds"] is False
+    assert rare_targets([strata_row(s, rho_hoyer=-0.2) for s in (0.1, 0.3)], *args, "dense_on_hard")["holds"] is False
+    assert rare_targets([{"method": "rtn", "settings": {"bits": 4}, "kl": 1.0}], *args, "none")["holds"] is None
 
 
 # ------------------------------------------------------------------ exp 8 ---------------

@@ -270,6 +270,9 @@ def test_figures_and_experiment_commands(tmp_path, capsys):
     _write_rich_sweep(res)
     _write_rich_sweep(res, "sweep_rich2", "synthetic-c")  # two models with steps: figures compare them
     _write_diagnoses(res)
+    (res / "summary").mkdir()  # sections of runs over several sweeps, kept across regenerations
+    (res / "summary" / "2_b.md").write_text("## section b\n\n- second\n")
+    (res / "summary" / "1_a.md").write_text("## section a\n\n- first\n")
     assert main(["figures", "--results", str(res), "--figures", str(fig)]) == 0
     for name in (
         "mc_vs_generation_sweep_synth",
@@ -278,19 +281,20 @@ def test_figures_and_experiment_commands(tmp_path, capsys):
         "hier_x",
         "hierarchy_sweep_rich",
         "compounding_sweep_rich",
-        "seed000_sweep_rich",
+        "rare_targets_sweep_rich",
         "decoding_sweep_rich",
         "hierarchy_models",
         "thresholds_models",
         "compounding_models",
-        "seed000_models",
+        "rare_targets_models",
     ):  # `models`: both sweeps together
         assert (fig / f"{name}.png").stat().st_size > 1000, name
     verdicts = json.loads((res / "verdicts_sweep_rich.json").read_text())
-    assert verdicts["hierarchy"]["holds"] is True and verdicts["seed000"]["holds"] is True
+    assert verdicts["hierarchy"]["holds"] is True and verdicts["rare_targets"]["holds"] is True
     summary = (res / "SUMMARY.md").read_text()
     assert "| hierarchy | " in summary and "## models" in summary and verdicts["hierarchy"]["summary"] in summary
     assert "HOLDS: m: RTN 4-bit signal_degradation, 2-bit computation_collapse → agrees" in summary
+    assert summary.index("## Exp 5") < summary.index("## section a\n\n- first") < summary.index("## section b")
     assert (fig / "diagnose_m_rtn_bits=2.png").stat().st_size > 1000
     capsys.readouterr()
     assert (

@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from gpu_llama8b import command_argv, write_checkpoint  # noqa: E402
 
-from hemorrhage.sim.preflight import safetensors_header  # noqa: E402
+from hemorrhage.sim.hub.preflight import safetensors_header  # noqa: E402
 
 
 def test_random_checkpoint_is_sharded_bf16_and_loads(tmp_path):

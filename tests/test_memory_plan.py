@@ -12,8 +12,10 @@ import pytest
 from helpers import assert_one_line_error
 
 from hemorrhage.cli import main
-from hemorrhage.sim.memory_plan import PlanRequest, Shapes, abstract_model, make_plan, nbytes
-from hemorrhage.sim.models.config import ModelConfig, tiny
+from hemorrhage.sim.abstract_bytes import abstract_model, nbytes
+from hemorrhage.sim.memory_plan import PlanRequest, Shapes, make_plan
+from hemorrhage.sim.models.config import ModelConfig
+from hemorrhage.sim.models.tiny_configs import tiny
 
 DATA = Path(__file__).parent / "data"
 SMALL = Shapes(windows=2, seqlen=8, prompts=1, prompt_len=4, new_tokens=2, calib_samples=2, calib_seqlen=8)

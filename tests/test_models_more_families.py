@@ -300,7 +300,7 @@ def test_predict_runs_on_a_mixture_of_experts(tmp_path, capsys):
     import shutil
 
     from hemorrhage.cli import main
-    from hemorrhage.sim.registry import fetch_model
+    from hemorrhage.sim.hub.registry import fetch_model
 
     out = tmp_path / "mixtral"
     _save({**VARIANTS["mixtral"], "vocab_size": 49152}, out)  # SmolLM2's tokenizer: real text applies

@@ -35,7 +35,7 @@ def users_folder(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny random Llama with SmolLM2's tokenizer files (a checkpoint the CLI loads)."""
-    from hemorrhage.sim.registry import fetch_model
+    from hemorrhage.sim.hub.registry import fetch_model
 
     src = fetch_model("smollm2-135m", quiet=True)
     path = save_tiny_hf("llama", tmp_path_factory.mktemp("tiny") / "llama", vocab_size=49152)

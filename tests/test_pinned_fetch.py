@@ -21,7 +21,8 @@ import pytest
 
 from hemorrhage.cli import main
 from hemorrhage.errors import UserError
-from hemorrhage.sim import data, fetch, pypi, registry
+from hemorrhage.sim import data
+from hemorrhage.sim.hub import fetch, pypi, registry
 
 SETUP_PY = "from pathlib import Path\nPath({marker!r}).write_text('setup.py ran')\n"
 

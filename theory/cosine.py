@@ -127,7 +127,9 @@ def layernorm(h: Vec, g: Vec | None = None, b: Vec | None = None, eps: float = 0
 
 
 @jax.jit
-def rmsnorm_jacobian(h: Float[Array, "d"], g: Float[Array, "d"] | None = None, eps: float = 0.0) -> Float[Array, "d d"]:
+def rmsnorm_jacobian(
+    h: Float[Array, " d"], g: Float[Array, " d"] | None = None, eps: float = 0.0
+) -> Float[Array, "d d"]:
     """J = diag(g)(I/s − hhᵀ/(d s³)), s = √(‖h‖²/d + ε); = diag(g)(√d/‖h‖)(I − ĥĥᵀ) at ε=0."""
     d = h.shape[-1]
     s = jnp.sqrt(_dot(h, h) / d + eps)
@@ -137,7 +139,7 @@ def rmsnorm_jacobian(h: Float[Array, "d"], g: Float[Array, "d"] | None = None, e
 
 @jax.jit
 def layernorm_jacobian(
-    h: Float[Array, "d"], g: Float[Array, "d"] | None = None, eps: float = 0.0
+    h: Float[Array, " d"], g: Float[Array, " d"] | None = None, eps: float = 0.0
 ) -> Float[Array, "d d"]:
     """J = diag(g)(P₁/s − ccᵀ/(d s³)), c = h − mean h, P₁ = I − 11ᵀ/d, s = √(‖c‖²/d + ε)."""
     d = h.shape[-1]
@@ -178,7 +180,7 @@ def _norm(h, g, kind):
 
 @partial(jax.jit, static_argnames=("kind",))
 def predicted_one_minus_cos_z(
-    h: Float[Array, "d"], W: Float[Array, "V d"], sigma, g: Float[Array, "d"] | None = None, kind: str = "rms"
+    h: Float[Array, " d"], W: Float[Array, "V d"], sigma, g: Float[Array, " d"] | None = None, kind: str = "rms"
 ) -> Float[Array, ""]:
     """E[1 − cos(z, z+Δz)] ≈ σ²(‖WJ‖_F² − ‖JᵀWᵀẑ‖²)/(2‖z‖²), z = W n(h), Δh ~ N(0,σ²I).
 
@@ -194,7 +196,7 @@ def predicted_one_minus_cos_z(
 
 @jax.jit
 def logit_cos_gain(
-    h: Float[Array, "d"], W: Float[Array, "V d"], g: Float[Array, "d"] | None = None
+    h: Float[Array, " d"], W: Float[Array, "V d"], g: Float[Array, " d"] | None = None
 ) -> Float[Array, ""]:
     """(1 − cos z)/(1 − cos h) predicted for isotropic Δh and RMSNorm (ε = 0).
 

@@ -261,14 +261,14 @@ def magnitude_pruning_noise_var(sparsity, sigma=1.0):
 
 
 @jax.jit
-def pruning_output_error_exact(dW: Float[Array, "d_out d_in"], X: Float[Array, "n d_in"]) -> Float[Array, "d_out"]:
+def pruning_output_error_exact(dW: Float[Array, "d_out d_in"], X: Float[Array, "n d_in"]) -> Float[Array, " d_out"]:
     """E_n (ΔW xₙ)ᵢ² = ΔWᵢ C ΔWᵢᵀ with C = XᵀX/n (exact over the calibration set)."""
     C = X.T @ X / X.shape[0]
     return jnp.einsum("ij,jk,ik->i", dW, C, dW)
 
 
 @jax.jit
-def pruning_output_error_diag(dW: Float[Array, "d_out d_in"], X: Float[Array, "n d_in"]) -> Float[Array, "d_out"]:
+def pruning_output_error_diag(dW: Float[Array, "d_out d_in"], X: Float[Array, "n d_in"]) -> Float[Array, " d_out"]:
     """Σⱼ ΔWᵢⱼ² ‖Xⱼ‖²/n — exact iff features are uncorrelated (Wanda's criterion)."""
     return (dW * dW) @ jnp.mean(X * X, axis=0)
 

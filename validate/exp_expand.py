@@ -68,7 +68,7 @@ def attention_evidence(model_name: str, settings: list[dict], cfg: dict, results
     """Per expand setting: attention statistics per expanded block on the held-out windows of
     measurement config `cfg` (a sweep row's "config": source, seqlen, windows)."""
     from hemorrhage.sim.compress import compress_from_args
-    from hemorrhage.sim.loading import load
+    from hemorrhage.sim.hub.loading import load
     from hemorrhage.sim.outputs import atomic_write_text
     from hemorrhage.sim.windows import eval_windows
     from hemorrhage.validate.attention import attention_change

@@ -13,7 +13,7 @@ mixed and are compared in the figures.  Verdict format: validate/exp_common.py.
     compounding        exp 3  validate/exp_compounding.py  survival of free-running generation vs theory
     thresholds         exp 4  validate/exp_thresholds.py   the cliff in bits / sparsity, bootstrap CI
     ppl_not_enough     exp 6  validate/exp_ppl.py          perplexity vs capability metrics (LLM-KICK)
-    seed000            exp 7  validate/exp_seed000.py      rare targets first; sparsity vs difficulty
+    rare_targets       exp 7  validate/exp_rare_targets.py rare targets first; sparsity vs difficulty
     decoding           exp 8  validate/exp_decoding.py     greedy / sampling / beam under compression
     retrieval                 validate/exp_retrieval.py    retrieval survives where generation collapses (rows with --retrieval)
     in_context                validate/exp_in_context.py   robust in-context retrieval at ≥ 50 % sparsity (rows of validate/in_context.py)
@@ -35,7 +35,7 @@ REGISTRY = {
     "compounding": ("exp_compounding", "compounding"),
     "thresholds": ("exp_thresholds", "thresholds"),
     "ppl_not_enough": ("exp_ppl", "ppl_not_enough"),
-    "seed000": ("exp_seed000", "seed000"),
+    "rare_targets": ("exp_rare_targets", "rare_targets"),
     "decoding": ("exp_decoding", "decoding"),
     "retrieval": ("exp_retrieval", "retrieval"),
     "in_context": ("exp_in_context", "in_context"),
@@ -75,9 +75,10 @@ def run_all(rows, results="results", figures="figures", stem="sweep", log=print)
     return out
 
 
-def summary_markdown(verdicts: dict[str, dict[str, dict]], diagnose: dict | None = None) -> str:
+def summary_markdown(verdicts: dict[str, dict[str, dict]], diagnose: dict | None = None, sections=()) -> str:
     """One table: experiment × sweep, each cell the verdict word; then every summary line;
-    then exp 5 over the stored diagnoses (validate.diagnose.stored_verdict)."""
+    then exp 5 over the stored diagnoses (validate.diagnose.stored_verdict); then `sections`,
+    markdown texts of the runs that span several sweeps (results/summary/*.md, in name order)."""
     word = {True: "holds", False: "**does not hold**", None: "not tested"}
     stems = list(verdicts)
     lines = [
@@ -109,6 +110,8 @@ def summary_markdown(verdicts: dict[str, dict[str, dict]], diagnose: dict | None
             f"{r['final_kl']:.4g} | {r['top1_agreement']:.3f} | {len(r['early_collapsed_blocks'])} |"
             for r in diagnose["evidence"]["diagnoses"]
         ]
+    for text in sections:
+        lines += ["", text.strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -155,7 +158,8 @@ def regenerate(results="results", figures="figures", log=print) -> list[str]:
         from hemorrhage.validate.diagnose import stored_verdict
 
         diag = stored_verdict(results / "diagnose")
-        atomic_write_text(results / "SUMMARY.md", summary_markdown(verdicts, diag))
+        sections = [p.read_text() for p in sorted((results / "summary").glob("*.md"))]
+        atomic_write_text(results / "SUMMARY.md", summary_markdown(verdicts, diag, sections))
         log(str(results / "SUMMARY.md"))
     for csv in sorted((results / "hierarchy").glob("*.csv")):
         df = pd.read_csv(csv)

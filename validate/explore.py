@@ -45,10 +45,10 @@ class Damage:
 
     method: str
     level: float
-    per_layer: dict[str, Float[np.ndarray, "L1"]]
-    mc_base: Int[np.ndarray, "I"]
-    mc_compressed: Int[np.ndarray, "I"]
-    mc_answer: Int[np.ndarray, "I"]
+    per_layer: dict[str, Float[np.ndarray, " L1"]]
+    mc_base: Int[np.ndarray, " I"]
+    mc_compressed: Int[np.ndarray, " I"]
+    mc_answer: Int[np.ndarray, " I"]
     text_base: str
     text_compressed: str
     first_divergence: int

@@ -24,7 +24,7 @@ from hemorrhage.theory.cosine import cos_sim, one_minus_cos_taylor
 from hemorrhage.theory.softmax import cosine_pq, kl_exact, reverse_kl_exact, var_p, var_r
 
 
-def compare_logits(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str, Float[Array, "N"]]:
+def compare_logits(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str, Float[Array, " N"]]:
     """Per-token damage from base logits z to compressed logits z_c (T = 1), with the
     softmax theorems' predictions (theory/softmax.py) beside the exact values."""
     dz = z_c - z
@@ -42,7 +42,7 @@ def compare_logits(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str
     }
 
 
-def compare_final(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str, Float[Array, "N"]]:
+def compare_final(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str, Float[Array, " N"]]:
     """`compare_logits` plus KL(q ‖ p) per token, all in fp32 whatever the models' dtype: the
     per-token arrays measure's statistics (validate/token_stats.py) are drawn from.  Only at
     the final layer: the per-layer lens does not need the reverse KL."""
@@ -50,7 +50,7 @@ def compare_final(z: Float[Array, "N V"], z_c: Float[Array, "N V"]) -> dict[str,
     return {**compare_logits(z, z_c), "kl_reverse": reverse_kl_exact(z, z_c - z)}
 
 
-def compare_hidden(h: Float[Array, "N d"], h_c: Float[Array, "N d"]) -> dict[str, Float[Array, "N"]]:
+def compare_hidden(h: Float[Array, "N d"], h_c: Float[Array, "N d"]) -> dict[str, Float[Array, " N"]]:
     return {"cos_h": cos_sim(h, h_c), "one_minus_cos_h_pred": one_minus_cos_taylor(h, h_c - h)}
 
 

@@ -81,7 +81,7 @@ def measure_grid(
     loaded, grid: list[tuple[str, dict]], cfg: PredictConfig = PredictConfig(), *, log=None, mc_items: int = 24
 ) -> dict:
     """Every setting of `grid` compressed and measured (`Measurer`; mc_items = 0: no MC)."""
-    from hemorrhage.validate.sweep import bound_memory
+    from hemorrhage.validate.resident import bound_memory
 
     say = log or (lambda m: None)
     t0 = time.perf_counter()

@@ -1,9 +1,9 @@
-"""The seeds' success cases on real models: the runs behind results/SUMMARY.md's section.
+"""The seeds' success cases on real models: the runs behind results/summary/2_success_cases.md.
 
-    python -m hemorrhage.validate.success_runs encoder --model minilm-l6 --grid "magnitude:sparsity=0.1,0.5"
-    python -m hemorrhage.validate.success_runs retrieval --rows results/retrieval/sweep_smollm2-135m.jsonl ...
-    python -m hemorrhage.validate.success_runs in_context --model smollm2-135m --grid "..." [--items 48]
-    python -m hemorrhage.validate.success_runs calibration --model smollm2-135m [--predict]
+    hemorrhage success encoder --model minilm-l6 --grid "magnitude:sparsity=0.1,0.5"
+    hemorrhage success retrieval --rows results/retrieval/sweep_smollm2-135m.jsonl ...
+    hemorrhage success in_context --model smollm2-135m --grid "..." [--items 48]
+    hemorrhage success calibration --model smollm2-135m [--predict]
 
 `encoder`: an encoder's rows over a grid (validate.exp_retrieval.encoder_rows; `hemorrhage sweep`
 measures causal models; a causal model's rows come from `hemorrhage sweep --retrieval N`).
@@ -15,7 +15,6 @@ whole), tables and figures to results/ and figures/ as every experiment writes t
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -44,40 +43,8 @@ def _print_verdict(v: dict) -> None:
     print(f"{v['experiment']}: {v['summary']}\ntable: {v['table']}\nfigure: {v['figure']}")
 
 
-def main(argv=None) -> int:
-    from hemorrhage.errors import UserError
-
-    p = argparse.ArgumentParser(prog="python -m hemorrhage.validate.success_runs")
-    sub = p.add_subparsers(dest="what", required=True)
-    e = sub.add_parser("encoder")
-    e.add_argument("--model", default="minilm-l6")
-    e.add_argument("--grid", required=True)
-    e.add_argument("--documents", type=int, default=1000)
-    r = sub.add_parser("retrieval")
-    r.add_argument("--rows", action="append", required=True)
-    r.add_argument("--stem", default="success")
-    c = sub.add_parser("in_context")
-    c.add_argument("--model", default="smollm2-135m")
-    c.add_argument("--grid", required=True)
-    c.add_argument("--items", type=int, default=48)
-    k = sub.add_parser("calibration")
-    k.add_argument("--model", default="smollm2-135m")
-    k.add_argument("--methods", default="gptq:bits=3;wanda:sparsity=0.5;sparsegpt:sparsity=0.5")
-    k.add_argument("--calib-samples", type=int, default=8)
-    k.add_argument("--eval-windows", type=int, default=2)
-    k.add_argument("--predict", action="store_true")
-    for s in (e, r, c, k):
-        s.add_argument("--results", default="results")
-        s.add_argument("--figures", default="figures")
-    args = p.parse_args(argv)
-    try:
-        return _run(args)
-    except UserError as err:
-        print(f"hemorrhage: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(args) -> int:
+def run(args) -> int:
+    """One of the four runs; `args` as `hemorrhage success` parses them (hemorrhage/commands/success.py)."""
     from hemorrhage.sim import load
     from hemorrhage.validate.sweep import parse_grid
 
@@ -134,7 +101,3 @@ def _run(args) -> int:
         )
     _print_verdict(v)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -54,8 +54,14 @@ import sys
 from pathlib import Path
 
 from hemorrhage.errors import UserError
-from hemorrhage.sim.outputs import jsonable
-from hemorrhage.validate.sweep_file import base_path_for, check_sweep_out, read_rows  # noqa: F401  (its format)
+from hemorrhage.validate.resident import bound_memory
+from hemorrhage.validate.sweep_file import (  # noqa: F401  (its format)
+    append_row,
+    base_path_for,
+    check_sweep_out,
+    lock_for_append,
+    read_rows,
+)
 
 CALIB_KEYS = ("calib_samples", "calib_seqlen", "seed", "calib_source")
 _CALIB_TYPES = {"calib_samples": int, "calib_seqlen": int, "seed": int, "calib_source": str}
@@ -146,60 +152,6 @@ def row_key(model: str, method: str, settings: dict) -> str:
     return json.dumps([model, method, {k: settings[k] for k in sorted(settings)}], sort_keys=True)
 
 
-# ------------------------------------------------------------------ the file -----------
-
-
-def dumps_row(row: dict) -> str:
-    return json.dumps(row, sort_keys=True, allow_nan=True, default=jsonable, separators=(",", ":"))
-
-
-def append_row(path: Path, row: dict, fd: int | None = None) -> None:
-    """One row, one write() of the whole line, then fsync (through `fd` when given)."""
-    path = Path(path)
-    new = not path.exists()
-    line = (dumps_row(row) + "\n").encode()
-    own = fd is None
-    if own:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        n = os.write(fd, line)
-        if n != len(line):
-            raise OSError(f"short write to {path}")
-        os.fsync(fd)
-    finally:
-        if own:
-            os.close(fd)
-    if new:  # make the file's directory entry durable too
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def _lock(out: Path) -> int:
-    """Open `out` for appending and hold an exclusive flock on it for the whole run: a second
-    sweep on the same file is refused instead of duplicating rows (the kernel drops the lock
-    when a process dies, even by SIGKILL)."""
-    import fcntl
-
-    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise UserError(f"another sweep is writing {out}; wait for it or use another --out") from None
-    _fsync_dir(out.parent)
-    return fd
-
-
 # ------------------------------------------------------------------ the run ------------
 
 
@@ -233,7 +185,7 @@ def run_sweep(
     run_info = {"config": config.as_dict(), "calib": calib}
     if adds_bos(loaded.tokenizer):  # windows start with BOS (Gemma): rows measured before that are not reused
         run_info["bos"] = True
-    fd = _lock(out) if writer else None
+    fd = lock_for_append(out) if writer else None
     try:
         failed, n_done, n_todo, placement = _run_locked(
             loaded, grid, config, out, fd, calib, run_info, progress, log, devices, mesh_shape
@@ -327,50 +279,6 @@ def _run_locked(loaded, grid, config, out, fd, calib, run_info, progress, log, d
     finally:
         bar.close()
     return failed, n_done, len(todo), runner.placement
-
-
-def _rss() -> int:
-    """Resident memory of this process in bytes (0 where /proc is not there)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def memory_limit() -> int:
-    """Bytes of resident memory a sweep may hold before it frees its compiled programs:
-    $HEMORRHAGE_SWEEP_MEMORY_GB, else 40 % of the machine's memory."""
-    gb = os.environ.get("HEMORRHAGE_SWEEP_MEMORY_GB")
-    if gb:
-        try:
-            return int(float(gb) * 2**30)
-        except ValueError:
-            raise UserError(f"HEMORRHAGE_SWEEP_MEMORY_GB must be a number, got {gb!r}") from None
-    try:
-        return int(0.4 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (OSError, ValueError):
-        return 1 << 62
-
-
-def bound_memory(log) -> None:
-    """Every (method, bits, group size, ...) compiles its own programs for a 30-layer model
-    (tens of MB each, kept by jit for reuse): a long sweep would hold them all and outgrow
-    the machine (seen: 12 GB, killed by the kernel).  Past memory_limit() they are dropped
-    and recompiled where needed: slower, never a lost run.  Results do not change."""
-    import gc
-
-    if _rss() <= memory_limit():
-        return
-    import jax
-
-    before = _rss()
-    jax.clear_caches()
-    gc.collect()
-    log(
-        f"freed compiled programs: resident memory {before / 2**30:.1f} -> {_rss() / 2**30:.1f} GB "
-        f"(limit {memory_limit() / 2**30:.1f} GB)"
-    )
 
 
 def _draw_calibration(loaded, todo, calib: dict, log) -> None:

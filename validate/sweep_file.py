@@ -1,9 +1,11 @@
-"""The sweep's JSON Lines file: reading it, proving a file is one, and nothing else.
+"""The sweep's JSON Lines file: reading it, appending to it, proving a file is one.
 
     read_rows(path, repair=True)     the complete rows; a torn last line cut off (sweep files only)
     sweep_file_problem(path)         why `path` is not provably a sweep file, or None
     check_sweep_out(out)             `sweep --out` checked before the model loads (UserError)
     base_path_for(out)               the phase-1 cache beside it, <out stem>.base.npz
+    append_row(path, row, fd)        one row, one write() of the whole line, then fsync
+    lock_for_append(out)             an append fd holding an exclusive flock for the whole run
 
 A sweep appends to its --out and repairs a line a kill left unfinished by truncating the
 file to its last newline.  Both would damage a file that is not a sweep's, so a file is
@@ -21,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 from hemorrhage.errors import UserError
+from hemorrhage.sim.outputs import jsonable
 
 
 def is_sweep_row(row) -> bool:
@@ -131,3 +134,54 @@ def check_sweep_out(out, flag: str = "--out") -> Path:
             f"it was left untouched: move it or choose another {flag}"
         )
     return out
+
+
+def dumps_row(row: dict) -> str:
+    return json.dumps(row, sort_keys=True, allow_nan=True, default=jsonable, separators=(",", ":"))
+
+
+def append_row(path: Path, row: dict, fd: int | None = None) -> None:
+    """One row, one write() of the whole line, then fsync (through `fd` when given)."""
+    path = Path(path)
+    new = not path.exists()
+    line = (dumps_row(row) + "\n").encode()
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        n = os.write(fd, line)
+        if n != len(line):
+            raise OSError(f"short write to {path}")
+        os.fsync(fd)
+    finally:
+        if own:
+            os.close(fd)
+    if new:  # make the file's directory entry durable too
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def lock_for_append(out: Path) -> int:
+    """Open `out` for appending and hold an exclusive flock on it for the whole run: a second
+    sweep on the same file is refused instead of duplicating rows (the kernel drops the lock
+    when a process dies, even by SIGKILL)."""
+    import fcntl
+
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UserError(f"another sweep is writing {out}; wait for it or use another --out") from None
+    _fsync_dir(out.parent)
+    return fd

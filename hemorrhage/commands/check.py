@@ -12,11 +12,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from hemorrhage.sim.loading import load_tokenizer
+    from hemorrhage.sim.hub.loading import load_tokenizer
     from hemorrhage.sim.models.loader import checkpoint_files
     from hemorrhage.sim.models.weights import held_dtype
-    from hemorrhage.sim.preflight import check_checkpoint, check_has_weights
-    from hemorrhage.sim.registry import resolve
+    from hemorrhage.sim.hub.preflight import check_checkpoint, check_has_weights
+    from hemorrhage.sim.hub.registry import resolve
     from hemorrhage.validate.check import check_against_torch, torch_side
 
     # transformers' side first, its model dropped before ours loads: one fp32 copy at a time

@@ -6,7 +6,7 @@ import json
 import sys
 
 from hemorrhage.sim.outputs import jsonable
-from hemorrhage.sim.registry import DEFAULT_MODEL
+from hemorrhage.sim.hub.registry import DEFAULT_MODEL
 
 
 def add_model(parser) -> None:

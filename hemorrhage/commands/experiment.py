@@ -2,7 +2,7 @@
 
 Run one experiment (or `all`) on stored sweeps, no model needed: hierarchy (exp 1),
 mc_vs_generation (exp 2), compounding (exp 3), thresholds (exp 4), ppl_not_enough (exp 6),
-seed000 (exp 7), decoding (exp 8).  Several --sweep files (e.g. a real model and the
+rare_targets (exp 7), decoding (exp 8).  Several --sweep files (e.g. a real model and the
 control) are read together and compared.  Writes results/NAME_<stem>.csv and
 figures/NAME_<stem>.png and says whether the seed's claim held on these data.  Rules: each
 experiment module's docstring (hemorrhage.validate.experiments lists them).

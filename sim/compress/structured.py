@@ -51,21 +51,16 @@ from hemorrhage.sim.compress.calib import Sequential, input_groups
 from hemorrhage.sim.compress.registry import register
 from hemorrhage.sim.compress.storage import Codes, bias_param, linear_shape, all_linears
 from hemorrhage.sim.compress.thin import SlicedLinear
+from hemorrhage.sim.compress.unit_counts import (
+    NOUN,
+    SCHEDULES,
+    check_share,
+    check_total,
+    global_counts,
+    owl_counts,
+    uniform_counts,
+)
 from hemorrhage.sim.models.layers import MLP, Attention, GatedMLP, activation, hoyer
-
-SCHEDULES = ("uniform", "global", "owl")
-
-
-def _round(x: float) -> int:
-    return int(np.floor(float(x) + 0.5))  # half up (Python's round goes half to even: 2.5 -> 2)
-
-
-def check_share(share) -> float:
-    if isinstance(share, bool) or not isinstance(share, (int, float, np.integer, np.floating)):
-        raise UserError(f"share must be a number in [0, 1), got {share!r}")
-    if not 0.0 <= float(share) < 1.0:
-        raise UserError(f"share must be in [0, 1), got {share}")
-    return float(share)
 
 
 class NarrowMLP(nnx.Module):
@@ -185,59 +180,6 @@ def unit_scores(model, calib_tokens, part: str) -> list[np.ndarray | None]:
     return out
 
 
-# ------------------------------------------------------------------ per-layer counts
-def uniform_counts(units: list[int | None], share: float, what: str) -> list[int]:
-    counts = []
-    for i, u in enumerate(units):
-        if u is None:
-            counts.append(0)
-            continue
-        n = _round(share * u)
-        if n >= u:
-            raise UserError(
-                f"{what}: share {share:g} removes all {u} {_NOUN[what]} of layer {i} "
-                f"(round(share·{u}) = {n}); a share below {(u - 0.5) / u:.4g} keeps one"
-            )
-        counts.append(n)
-    return counts
-
-
-_NOUN = {"heads": "KV groups", "channels": "MLP channels"}
-
-
-def _check_total(units, share: float, what: str) -> int:
-    live = [u for u in units if u is not None]
-    n = _round(share * sum(live))
-    if n > sum(live) - len(live):
-        raise UserError(
-            f"{what}: share {share:g} removes {n} of {sum(live)} {_NOUN[what]}, more than can go "
-            f"while every layer keeps one ({sum(live) - len(live)})"
-        )
-    return n
-
-
-def global_counts(scores, units, share: float, what: str) -> list[int]:
-    n = _check_total(units, share, what)
-    flat = sorted((float(s), i, j) for i, sc in enumerate(scores) if sc is not None for j, s in enumerate(sc))
-    counts = [0] * len(units)
-    for _, i, _ in flat:
-        if n == 0:
-            break
-        if counts[i] < units[i] - 1:
-            counts[i] += 1
-            n -= 1
-    return counts
-
-
-def owl_counts(model, calib_tokens, units, share: float, what: str) -> tuple[list[int], list[float]]:
-    from hemorrhage.sim.compress.pruning import OWL
-
-    owl = OWL(sparsity=share)
-    layer_s, _ = owl.schedule(owl.outlier_ratios(model, calib_tokens))
-    counts = [0 if u is None else min(_round(float(s) * u), u - 1) for s, u in zip(layer_s, units)]
-    return counts, [float(s) for s in layer_s]
-
-
 # ------------------------------------------------------------------ removal
 def _rows(layer, idx):
     return SlicedLinear(
@@ -321,7 +263,7 @@ class _Structured:
         if self.schedule == "uniform":
             uniform_counts(units, self.share, self.name)
         else:
-            _check_total(units, self.share, self.name)
+            check_total(units, self.share, self.name)
 
     def _hf_fields(self, model, units, counts) -> dict:
         """{'hf_config': fields of config.json that change} (export.py writes them), or
@@ -333,7 +275,7 @@ class _Structured:
             return {
                 "export_refusal": self.export_refusal
                 or f"{self.name}: layers keep different widths ("
-                f"{min(kept)} to {max(kept)} {_NOUN[self.name]}); a transformers config has one for all layers"
+                f"{min(kept)} to {max(kept)} {NOUN[self.name]}); a transformers config has one for all layers"
             }
         (k,) = kept
         cfg = model.cfg
@@ -384,7 +326,7 @@ class _Structured:
             {
                 "param_share_removed": 1.0 - after / before if before else 0.0,
                 "unit_share_removed": sum(n for _, n in live) / max(sum(u for u, _ in live), 1),
-                "units": _NOUN[self.name],
+                "units": NOUN[self.name],
                 "layer_units_kept": [None if u is None else u - n for u, n in zip(units, counts)],
             }
         )

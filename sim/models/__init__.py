@@ -8,7 +8,8 @@ load_state / export_state   HF tensor dict <-> model parameters
 """
 
 from hemorrhage.sim.models.base import CausalLM, Trace, forward
-from hemorrhage.sim.models.config import ModelConfig, tiny
+from hemorrhage.sim.models.config import ModelConfig
+from hemorrhage.sim.models.tiny_configs import tiny
 from hemorrhage.sim.models.loader import build, export_state, load_checkpoint, load_state
 
 __all__ = [

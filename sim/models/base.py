@@ -98,7 +98,7 @@ class CausalLM(nnx.Module):
     """Base class: a family sets self.cfg, self.layers (nnx.List of blocks), self.norm,
     self.embed and optionally self.lm_head, and implements `embed_tokens`."""
 
-    def embed_tokens(self, tokens: Int[Array, "B T"], pos: Int[Array, "T"]) -> Float[Array, "B T d"]:
+    def embed_tokens(self, tokens: Int[Array, "B T"], pos: Int[Array, " T"]) -> Float[Array, "B T d"]:
         raise NotImplementedError
 
     def unembed(self, h: Float[Array, "... d"]) -> Float[Array, "... vocab"]:

@@ -154,7 +154,7 @@ class BertEmbed(nnx.Module):
         self.type = Embedding(cfg.type_vocab_size, cfg.d_model, rngs=rngs)
         self.norm = LayerNorm(cfg.d_model, cfg.norm_eps)
 
-    def __call__(self, tokens: Int[Array, "B T"], pos: Int[Array, "T"]) -> Float[Array, "B T d"]:
+    def __call__(self, tokens: Int[Array, "B T"], pos: Int[Array, " T"]) -> Float[Array, "B T d"]:
         h = self.tok(tokens) + self.pos(pos[None, :]) + self.type(jnp.zeros_like(tokens))
         return self.norm(h)
 
@@ -220,7 +220,7 @@ class BertEncoder(nnx.Module):
         self.embed = BertEmbed(cfg, rngs)
         self.layers = nnx.List([BertBlock(cfg, rngs) for _ in range(cfg.n_layers)])
 
-    def embed_tokens(self, tokens: Int[Array, "B T"], pos: Int[Array, "T"]) -> Float[Array, "B T d"]:
+    def embed_tokens(self, tokens: Int[Array, "B T"], pos: Int[Array, " T"]) -> Float[Array, "B T d"]:
         return self.embed(tokens, pos)
 
     def hidden(self, tokens: Int[Array, "B T"], mask: Float[Array, "B T"] | None = None) -> Float[Array, "L1 B T d"]:

@@ -7,7 +7,7 @@
                   ones (None always means transformers' default, which is listed) is one
                   UserError naming the key, before any weight is read
 
-`check_keys(hf, model_type)` enforces the refused values (sim/preflight.py calls it).  A key
+`check_keys(hf, model_type)` enforces the refused values (sim/hub/preflight.py calls it).  A key
 that no table lists and the family's transformers config class does not know is ignored by
 transformers as well (it only becomes an attribute nobody reads), so it is ignored here
 too; tests/test_config_keys.py walks every key of each family's transformers config class,

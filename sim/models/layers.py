@@ -58,7 +58,7 @@ class RMSNorm(nnx.Module):
         self.eps, self.plus_one = eps, plus_one
         self.w = nnx.Param(jnp.zeros((d,), jnp.float32) if plus_one else jnp.ones((d,), jnp.float32))
 
-    def gain(self) -> Float[Array, "d"]:
+    def gain(self) -> Float[Array, " d"]:
         return 1.0 + self.w[...] if self.plus_one else self.w[...]
 
     def __call__(self, h: Float[Array, "... d"]) -> Float[Array, "... d"]:
@@ -141,12 +141,12 @@ class MLP(nnx.Module):
 
 
 # ------------------------------------------------------------------- attention
-def rope_tables(pos: Int[Array, "T"], head_dim: int, theta: float, scale: float = 1.0):
+def rope_tables(pos: Int[Array, " T"], head_dim: int, theta: float, scale: float = 1.0):
     """cos, sin [T head_dim] of a plain RoPE (θ, positions / scale); schedules: sim/models/rope.py."""
     return plain_rope(theta, head_dim, scale).tables(pos)
 
 
-def attention_mask(q_pos: Int[Array, "T"], k_pos: Int[Array, "S"], window: int | None) -> Bool[Array, "T S"]:
+def attention_mask(q_pos: Int[Array, " T"], k_pos: Int[Array, " S"], window: int | None) -> Bool[Array, "T S"]:
     """Causal, and for sliding layers only the last `window` positions (q − k < window)."""
     m = k_pos[None, :] <= q_pos[:, None]
     if window is not None:
@@ -211,7 +211,7 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
-    def __call__(self, x: Float[Array, "B T d"], pos: Int[Array, "T"], cache=None, *, trace=False):
+    def __call__(self, x: Float[Array, "B T d"], pos: Int[Array, " T"], cache=None, *, trace=False):
         """cache = (k [B S K D], v [B S K D]) of fixed length S, written at `pos`."""
         q, k, v = self._project(x)
         if self.rope is not None:

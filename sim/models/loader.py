@@ -139,7 +139,7 @@ def load_checkpoint(path: str | Path, *, allow_pickle: bool = False, dtype: str 
     files = checkpoint_files(path, allow_pickle)
     cfg = ModelConfig.from_json_file(path / "config.json")
     if files[0].suffix == ".safetensors":
-        from hemorrhage.sim.preflight import safetensors_header
+        from hemorrhage.sim.hub.preflight import safetensors_header
 
         headers = {f: safetensors_header(f) for f in files}
         held = resolve_dtype(_loaded_tags(cfg, stored_tags(headers)), dtype)  # refused here, before the build

@@ -70,7 +70,7 @@ class Rope:
     def rotary_dim(self) -> int:
         return 2 * len(self.inv_freq)
 
-    def tables(self, pos: Int[Array, "T"]):
+    def tables(self, pos: Int[Array, " T"]):
         """cos, sin [T rotary_dim] at positions `pos`."""
         inv = jnp.asarray(self.inv_freq, jnp.float32)
         if self.long_inv_freq is not None:

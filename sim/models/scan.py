@@ -60,7 +60,7 @@ class TableRope:
     sin: Float[Array, "T r"]
     on: Bool[Array, ""]  # False: a NoPE layer (q, k unrotated)
 
-    def tables(self, pos: Int[Array, "T"]):
+    def tables(self, pos: Int[Array, " T"]):
         return self.cos, self.sin
 
 
@@ -88,7 +88,7 @@ def _same(a, b) -> bool:
         return False
 
 
-def _window_kinds(attns) -> Int[Array, "L"] | None:
+def _window_kinds(attns) -> Int[Array, " L"] | None:
     ws = [a.window for a in attns]
     if all(w == ws[0] for w in ws):
         return None
@@ -149,7 +149,7 @@ def plan(layers) -> Plan:
     return Plan(True, kinds, ropes)
 
 
-def rope_tables(ropes: tuple, pos: Int[Array, "T"]):
+def rope_tables(ropes: tuple, pos: Int[Array, " T"]):
     """cos, sin [n T r] of the distinct schedules (None where every layer has the same)."""
     if not ropes:
         return None

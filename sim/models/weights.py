@@ -119,7 +119,7 @@ def held_dtype(path: Path, asked: str) -> str | None:
     headers alone (no tensor read); None where that needs the tensors (pickle weights).
     Every stored tensor counts here, where the loader counts only those it fills from: the
     two differ only for a checkpoint whose unused buffers are wider than its weights."""
-    from hemorrhage.sim.preflight import safetensors_header
+    from hemorrhage.sim.hub.preflight import safetensors_header
 
     files = weight_files(path)
     if not files:
@@ -137,7 +137,7 @@ class TensorReader:
     use holds one at a time."""
 
     def __init__(self, files: list[Path], dtype: str, headers: dict[Path, dict] | None = None):
-        from hemorrhage.sim.preflight import safetensors_header
+        from hemorrhage.sim.hub.preflight import safetensors_header
 
         self.dtype = np_dtype(dtype)
         headers = headers or {f: safetensors_header(f) for f in files}

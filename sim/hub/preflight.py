@@ -3,7 +3,7 @@ UserError naming what is wrong, never an exception from deep inside the build.
 
     check_checkpoint(path)      config.json + weight headers, raises UserError
 
-What it checks (sim.loading.load runs it before sim.models.load_checkpoint):
+What it checks (sim.hub.loading.load runs it before sim.models.load_checkpoint):
     config.json      UTF-8 text holding one JSON object (not nested absurdly deep)
     model_type       a string (the family table in sim/models/config.py decides the rest)
     sizes            every size field the family reads (hidden_size, num_attention_heads,

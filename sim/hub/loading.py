@@ -36,9 +36,9 @@ def load(model: str, *, allow_pickle: bool = False, quiet: bool = False, dtype: 
     from hemorrhage.sim.models import load_checkpoint
     from hemorrhage.sim.models.bert import is_bert_folder
     from hemorrhage.sim.models.loader import checkpoint_files
-    from hemorrhage.sim.preflight import check_checkpoint, check_has_weights
+    from hemorrhage.sim.hub.preflight import check_checkpoint, check_has_weights
     from hemorrhage.sim.models.weights import check_dtype_name
-    from hemorrhage.sim.registry import resolve
+    from hemorrhage.sim.hub.registry import resolve
 
     check_dtype_name(dtype)  # a typo is one line before any fetch
     path = resolve(model, quiet=quiet)
@@ -46,7 +46,7 @@ def load(model: str, *, allow_pickle: bool = False, quiet: bool = False, dtype: 
     if is_bert_folder(path):  # a sentence encoder (sim/models/bert.py): no LM head, held in fp32
         return _load_encoder(model, path, dtype)
     checkpoint_files(path, allow_pickle)  # the folder itself first: not one, no config.json, pickle only
-    check_checkpoint(path)  # then a malformed config or weight file, as one line (sim/preflight.py)
+    check_checkpoint(path)  # then a malformed config or weight file, as one line (sim/hub/preflight.py)
     net, cfg = load_checkpoint(path, allow_pickle=allow_pickle, dtype=dtype)
     tok = load_tokenizer(path)
     note = "user checkpoint: base precision as stored"

@@ -24,7 +24,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from hemorrhage.sim import pypi
+from hemorrhage.sim.hub import pypi
 
 
 def cache_dir() -> Path:

@@ -1,4 +1,5 @@
-r"""Experiment 7 over a sweep: seed 000's hypotheses, stratified by how hard a token is.
+r"""Experiment 7 over a sweep: do rare targets pay first, and do hidden states sparsify on hard
+inputs (seed 000's hypotheses)?  Stratified by how hard a token is.
 
 (a) "Damage hides on common prompts and shows on low-probability targets first."  Rows'
     `strata` (validate/strata.py) split the scored tokens into quantiles of the base's
@@ -85,7 +86,7 @@ def strata_frames(rows):
     return pd.concat(bins, ignore_index=True), pd.DataFrame(summ)
 
 
-def seed000(rows, results="results", figures="figures", stem="sweep") -> dict:
+def rare_targets(rows, results="results", figures="figures", stem="sweep") -> dict:
     """Exp 7: (a) damage by target rarity, (b) activation sparsity vs difficulty."""
     from scipy.stats import spearmanr
 
@@ -94,11 +95,11 @@ def seed000(rows, results="results", figures="figures", stem="sweep") -> dict:
     rules = {"dnll_ratio_min": RATIO_MIN, "rho_min": RHO_MIN, "damaged_kl": DAMAGED}
     if bins.empty:
         return verdict(
-            "seed000", claim, None, "no row carries strata (measure with --strata-bins > 0)", {}, rules, "", "", 0
+            "rare_targets", claim, None, "no row carries strata (measure with --strata-bins > 0)", {}, rules, "", "", 0
         )
-    table = write_table(bins, results, f"seed000_{stem}")
-    write_table(summ, results, f"seed000_settings_{stem}")
-    figure = _figure(bins, summ, Path(figures) / f"seed000_{stem}.png", stem)
+    table = write_table(bins, results, f"rare_targets_{stem}")
+    write_table(summ, results, f"rare_targets_settings_{stem}")
+    figure = _figure(bins, summ, Path(figures) / f"rare_targets_{stem}.png", stem)
     dam = summ[np.isfinite(summ.kl) & (summ.kl > DAMAGED)]
     ratio = dam.dnll_ratio[np.isfinite(dam.dnll_ratio)]
     med_ratio = float(ratio.median()) if len(ratio) else math.nan
@@ -129,7 +130,7 @@ def seed000(rows, results="results", figures="figures", stem="sweep") -> dict:
             f"(Spearman {rho_thm3:+.2f}); (b) base ρ(NLL, MLP Hoyer sparsity) = {rb} "
             f"({'≥' if b else '<'} {RHO_MIN})"
         )
-    return verdict("seed000", claim, holds, why, ev, rules, table, figure, len(summ))
+    return verdict("rare_targets", claim, holds, why, ev, rules, table, figure, len(summ))
 
 
 def _figure(bins, summ, path: Path, stem: str) -> Path:
@@ -168,5 +169,5 @@ def _figure(bins, summ, path: Path, stem: str) -> Path:
     axs[2].legend(fontsize=6)
     for ax in axs:
         ax.set_xticks(sorted(bins.bin.unique()))
-    fig.suptitle(f"Exp 7, {stem}: seed 000's hypotheses", fontsize=12)
+    fig.suptitle(f"Exp 7, {stem}: rare targets and hard inputs (seed 000)", fontsize=12)
     return save(fig, path)
