@@ -173,7 +173,8 @@ def test_retrieval_set_pairs_a_sentence_with_the_rest_of_its_paragraph():
 def test_measure_on_an_encoder_reports_lm_metrics_null_with_a_reason(monkeypatch):
     from hemorrhage.sim.hub.loading import Loaded
     from hemorrhage.validate import retrieval
-    from hemorrhage.validate.measure import LM_KEYS, MeasureConfig, measure_encoder
+    from hemorrhage.validate.measure import MeasureConfig
+    from hemorrhage.validate.measure_encoder import LM_KEYS, measure_encoder
 
     _, ours = _tiny_pair()
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()

@@ -312,7 +312,7 @@ def measure(loaded, comp_model, base: BaseCache, record: dict | None = None) -> 
         if any(math.isnan(x) for v in out["per_layer"].values() for x in v):
             nc["per_layer"] = f"NaN where a layer's lens could not be compared ({why})"
     if config.retrieval:
-        out.update(_retrieval(loaded, comp_model, config))
+        out.update(retrieval_metrics(loaded, comp_model, config))
         nc.update(out.pop(NC, {}))
     out[NC] = nc
     out["notes"] = _notes(out, len(nll_c))
@@ -320,42 +320,10 @@ def measure(loaded, comp_model, base: BaseCache, record: dict | None = None) -> 
     return out
 
 
-def _retrieval(loaded, comp_model, config: MeasureConfig) -> dict:
+def retrieval_metrics(loaded, comp_model, config: MeasureConfig) -> dict:
     from hemorrhage.validate.retrieval import RetrievalConfig, measure_retrieval
 
     return measure_retrieval(loaded, comp_model, RetrievalConfig(n_documents=config.retrieval))
-
-
-# the language-model metrics an encoder has no head for (measure_encoder)
-LM_KEYS = TOKEN_KEYS + (
-    "mc_agreement",
-    "mc_acc_base",
-    "mc_acc",
-    "mc_kl_choices",
-    "mc_kl_full",
-    "first_divergence_mean",
-    "gen_prefix_agreement",
-    "gen_token_agreement",
-    "gen_identical",
-)
-
-
-def measure_encoder(loaded, comp_model, config: MeasureConfig, record: dict | None = None) -> dict:
-    """`measure` for a sentence encoder (sim/models/bert.py): retrieval (config.retrieval
-    documents, 1000 when 0) and embedding_cos; every language-model metric null with its reason."""
-    from hemorrhage.sim.timings import without_timings
-
-    out: dict = {"model": str(loaded.name), "base_note": getattr(loaded, "base_note", "")}
-    if record is not None:
-        out.update(method=record.get("method"), settings=record.get("settings"), record=without_timings(record))
-    config = dataclasses.replace(config, retrieval=config.retrieval or 1000)
-    out["config"] = {"retrieval": config.retrieval}
-    why = "the model is an encoder: no language-model head, so no next-token distribution, MC scores or generation"
-    out.update({k: None for k in LM_KEYS})
-    out.update(_retrieval(loaded, comp_model, config))
-    out[NC] = {**{k: why for k in LM_KEYS}, **out.pop(NC, {})}
-    out["notes"], out["collapsed"] = [], bool(out.get("retrieval_nonfinite_queries"))
-    return out
 
 
 def _generation(base_model, comp_model, base: BaseCache) -> dict:

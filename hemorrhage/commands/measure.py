@@ -161,7 +161,7 @@ def run(args) -> int:
 
 
 def _run_encoder(args, loaded, config, mesh, plan) -> int:
-    from hemorrhage.validate.measure import measure_encoder
+    from hemorrhage.validate.measure_encoder import measure_encoder
 
     comp, record = compress_loaded(loaded, args, mesh) if plan is None else compress_with_plan(loaded, plan, args, mesh)
     res = measure_encoder(loaded, comp, config, record)
