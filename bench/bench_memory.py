@@ -72,7 +72,7 @@ def child(args) -> dict:
 
     jnp.zeros(1).block_until_ready()  # the XLA client itself, before any weight exists
     rss0 = _rss_mb()
-    loaded = load(args.model, quiet=True)
+    loaded = load(args.model, quiet=True, dtype=args.dtype)
     tokens = np.asarray(
         eval_windows(loaded.tokenizer, "wiki", seqlen=args.seqlen, stride=args.seqlen, max_windows=args.batch)
     )
@@ -121,6 +121,7 @@ def child(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dtype", default="auto", help="the dtype the model is held in (auto: as stored)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seqlen", type=int, default=128)
     ap.add_argument("--new", type=int, default=32)
@@ -156,6 +157,8 @@ def main() -> None:
             name,
             "--model",
             args.model,
+            "--dtype",
+            args.dtype,
             "--batch",
             str(args.batch),
             "--seqlen",

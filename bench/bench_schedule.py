@@ -1,6 +1,6 @@
 """XLA's CPU scheduler against the compressed forward: memory-first vs concurrency-first.
 
-    python bench/bench_schedule.py [--model smollm2-135m] [--rounds 3] [--json PATH]
+    python bench/bench_schedule.py [--model smollm2-135m] [--dtype auto] [--rounds 3] [--json PATH]
 
 XLA's CPU compiler orders a program's instructions with its concurrency-optimized
 scheduler unless `--xla_cpu_enable_concurrency_optimized_scheduler=false` is in XLA_FLAGS.
@@ -8,8 +8,9 @@ That scheduler starts independent work early: in a packed or N:M model the decod
 layer's weights depends only on the parameters, so it runs all of them first and holds every
 decoded layer at once (the forward's temporaries ≈ all linear weights in fp32). The
 memory-first scheduler decodes each layer just before its matmul. hemorrhage asks for the
-memory-first one only with HEMORRHAGE_XLA_SCHEDULE=memory (sim/xla_flags.py); this bench
-measures what it costs and saves.
+memory-first one (with loop-invariant code motion off) for models held in bf16/fp16, and
+otherwise only with HEMORRHAGE_XLA_SCHEDULE=memory (sim/xla_flags.py); this bench measures
+what it costs and saves (--dtype bfloat16 for the first case).
 
 Each (round, schedule, variant) runs bench_memory.py's child in its own process with the
 flag set explicitly either way; rounds interleave the two schedules so machine load hits
@@ -29,7 +30,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
-SCHEDULES = {"concurrency": f"{FLAG}=true", "memory": f"{FLAG}=false"}
+# memory-first as sim/xla_flags.py asks for it: the scheduler and no loop-invariant code motion
+SCHEDULES = {
+    "concurrency": f"{FLAG}=true",
+    "memory": f"{FLAG}=false --xla_disable_hlo_passes=while-loop-invariant-code-motion",
+}
 VARIANTS = ("dense", "rtn4", "nm24")  # bench_memory.VARIANTS
 KEYS = ("xla_temp_bytes", "prefill_tok_s", "decode_tok_s", "compile_s")
 
@@ -47,6 +52,8 @@ def run_child(variant: str, schedule: str, args) -> dict:
         variant,
         "--model",
         args.model,
+        "--dtype",
+        args.dtype,
         "--batch",
         str(args.batch),
         "--seqlen",
@@ -65,6 +72,7 @@ def run_child(variant: str, schedule: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dtype", default="auto", help="the dtype the model is held in (auto: as stored)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seqlen", type=int, default=128)
@@ -90,6 +98,7 @@ def main() -> None:
         }
     res = {
         "model": args.model,
+        "dtype": args.dtype,
         "rounds": args.rounds,
         "cpu_threads": os.cpu_count(),
         "load_avg_1m_end": round(os.getloadavg()[0], 2),

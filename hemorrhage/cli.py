@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "_run", None):
             parser.print_help()
             return 2
+        from hemorrhage.commands.common import schedule_for_held_dtype
+
+        schedule_for_held_dtype(args)
         return int(args._run(args) or 0)
     except UserError as e:
         print(f"hemorrhage: error: {e}", file=sys.stderr)

@@ -74,9 +74,10 @@ def make_batch(streams: dict[str, np.ndarray], starts, width: int) -> np.ndarray
 def _nll_fn():
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
-    @nnx.jit
+    from hemorrhage.sim.jit import jit
+
+    @jit
     def nll(model, tokens):
         logp = jax.nn.log_softmax(model(tokens)[0][:, :-1])
         return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]

@@ -182,7 +182,9 @@ def train_step():
     import optax
     from flax import nnx
 
-    @nnx.jit
+    from hemorrhage.sim.jit import jit
+
+    @jit
     def step(model, opt, batch):
         def loss_fn(m):
             z = m(batch[:, :-1])[0]

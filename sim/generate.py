@@ -19,7 +19,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from hemorrhage.sim.jit import jit
 from jaxtyping import Array, Float, Int
 
 from hemorrhage.errors import UserError
@@ -45,11 +45,12 @@ def choose(z: Float[Array, "B V"], key, temperature: float, top_p: float) -> Int
     return jax.random.categorical(key, zt, axis=-1).astype(jnp.int32)
 
 
-@partial(nnx.jit, static_argnames=("max_new_tokens", "temperature", "top_p", "perturb", "keep_logits"))
+@partial(jit, static_argnames=("max_new_tokens", "temperature", "top_p", "perturb", "keep_logits"))
 def _generate(model, prompt, key, *, max_new_tokens, temperature, top_p, perturb, keep_logits):
     B, T0 = prompt.shape
     cache = model.empty_cache(B, T0 + max_new_tokens)
-    z, cache, _ = model(prompt, pos0=0, cache=cache, perturb=perturb)
+    h, cache, _ = model(prompt, pos0=0, cache=cache, perturb=perturb, logits=False)
+    z = model.unembed(h[:, -1:])  # only the last position's logits are read
     key, sub = jax.random.split(key)
     first = choose(z[:, -1], sub, temperature, top_p)
     finite = lambda zl: jnp.all(jnp.isfinite(zl), axis=-1)  # noqa: E731
@@ -145,7 +146,7 @@ def truncate_at_eos(tokens, eos_id: int | None) -> list[int]:
 
 
 # ------------------------------------------------------------------ beam search
-@partial(nnx.jit, static_argnames=("max_new_tokens", "beams"))
+@partial(jit, static_argnames=("max_new_tokens", "beams"))
 def _beam(model, prompt, *, max_new_tokens, beams):
     """Beam search of width W with a KV cache; fixed length (EOS is not special, as greedy).
 

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from hemorrhage.sim.jit import jit
 
 from hemorrhage.errors import UserError
 from hemorrhage.sim.compress.storage import ActQuantLinear, MaskedLinear, NMSparseLinear, PackedLinear
@@ -78,7 +79,7 @@ def _step_fn(loss: str):
     structure reuse the compiled step).  opt_w trains weight-unit latents, opt_g grid-unit
     ones; either may be None."""
 
-    @nnx.jit
+    @jit
     def step(base, model, opt_w, opt_g, tokens):
         inp = tokens[:, :-1]
         teacher = jax.lax.stop_gradient(jax.nn.log_softmax(base(inp)[0])) if loss == "kl" else None
@@ -100,7 +101,7 @@ def _step_fn(loss: str):
 
 
 # ---------------------------------------------------------------- measurement
-@nnx.jit
+@jit
 def _window_metrics(model, tokens, z_base):
     """Token sums over one batch of windows (positions 0..T-2, as validate/measure.py)."""
     from hemorrhage.theory import cosine_pq, kl_exact, top1_agreement, var_p

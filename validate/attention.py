@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from hemorrhage.sim.jit import jit
 
 from hemorrhage.sim.models.base import attention_probs
 
@@ -45,7 +45,7 @@ def pattern_change(pb, pc):
     return tv, 0.5 * _kl(pb, m) + 0.5 * _kl(pc, m)
 
 
-@nnx.jit(static_argnums=(3,))
+@jit(static_argnums=(3,))
 def _window_stats(base, comp, tokens, lmap: tuple):
     """Per compressed layer: (entropy base, entropy comp, TV, JS), means over one window's rows."""
     pb_all, pc_all = attention_probs(base, tokens), attention_probs(comp, tokens)

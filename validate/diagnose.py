@@ -35,7 +35,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from hemorrhage.sim.jit import jit
 
 from hemorrhage.sim.models.base import ENTROPY_SHIFT_MAX, GATE_FLIP_MAX, traced_layers
 
@@ -56,7 +56,7 @@ def _kl_rows(z_ref, z):
     return jnp.sum(jnp.exp(logp) * (logp - logq), -1)
 
 
-@partial(nnx.jit, static_argnames=("site",))
+@partial(jit, static_argnames=("site",))
 def _final_kl_patched(comp, tokens, z_base, site: str, layers, values):
     """Mean final KL for each l in `layers` [n] when `values[l]` replaces the compressed model's
     `site` at l: one program and one dispatch for all of them (lax.map keeps one forward live)."""
@@ -74,7 +74,7 @@ def _final_kl_patched(comp, tokens, z_base, site: str, layers, values):
     return jax.lax.map(one, layers)
 
 
-@nnx.jit
+@jit
 def _lens(base, comp, h_b, h_c, z_final):
     """Per-layer KLs of the logit lens ([N d] per layer) against each other and the base's answer."""
 

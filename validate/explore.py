@@ -68,12 +68,12 @@ def _hierarchy_impl(base, comp, tokens, h_base):
 
 
 def hierarchy_jit():
-    """One compiled program per model structure (nnx.jit keys on the graph, not the weights):
+    """One compiled program per model structure (the jit keys on the graph, not the weights):
     every sparsity of a pruning method reuses it."""
     if not _JIT:
-        from flax import nnx
+        from hemorrhage.sim.jit import jit
 
-        _JIT["hierarchy"] = nnx.jit(_hierarchy_impl)
+        _JIT["hierarchy"] = jit(_hierarchy_impl)
     return _JIT["hierarchy"]
 
 

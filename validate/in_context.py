@@ -145,9 +145,9 @@ _FN: list = []
 
 def _answer_scores(model, tokens, pos, target):
     if not _FN:
-        from flax import nnx
+        from hemorrhage.sim.jit import jit
 
-        _FN.append(nnx.jit(_answer_scores_impl))
+        _FN.append(jit(_answer_scores_impl))
     return _FN[0](model, tokens, pos, target)
 
 

@@ -27,8 +27,8 @@ def _choices_impl(model, q_tok, q_len, c_tok):
     I, Lq = q_tok.shape
     C, Lc = c_tok.shape[1:]
     cache = model.empty_cache(I, Lq + Lc)
-    z, cache, _ = model(q_tok, pos0=0, cache=cache)
-    z_ans = jax.nn.log_softmax(z[jnp.arange(I), q_len - 1])  # [I V]: predicts each choice's 1st token
+    h, cache, _ = model(q_tok, pos0=0, cache=cache, logits=False)  # logits only where read: [I V], not [I Lq V]
+    z_ans = jax.nn.log_softmax(model.unembed(h[jnp.arange(I), q_len - 1]))  # predicts each choice's 1st token
 
     def item(args):
         cache_i, lp_ans, ql, ct = args
@@ -47,9 +47,9 @@ _CHOICES = []
 
 def _choices_jit():
     if not _CHOICES:
-        from flax import nnx
+        from hemorrhage.sim.jit import jit
 
-        _CHOICES.append(nnx.jit(_choices_impl))
+        _CHOICES.append(jit(_choices_impl))
     return _CHOICES[0]
 
 

@@ -58,11 +58,9 @@ def _final_impl(base, comp, hb, hc, chunk: int = 128):
 
 def _build():
     if not _JIT:
-        from flax import nnx
+        from hemorrhage.sim.jit import jit
 
-        _JIT.update(
-            nll=nnx.jit(_nll_impl, static_argnames=("chunk",)), final=nnx.jit(_final_impl, static_argnames=("chunk",))
-        )
+        _JIT.update(nll=jit(_nll_impl, static_argnames=("chunk",)), final=jit(_final_impl, static_argnames=("chunk",)))
     return _JIT
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from hemorrhage.sim.jit import jit
 from jaxtyping import Array, Float
 
 from hemorrhage.theory.compounding import top1_agreement
@@ -54,7 +54,7 @@ def compare_hidden(h: Float[Array, "N d"], h_c: Float[Array, "N d"]) -> dict[str
     return {"cos_h": cos_sim(h, h_c), "one_minus_cos_h_pred": one_minus_cos_taylor(h, h_c - h)}
 
 
-@nnx.jit(static_argnames=("chunk",))
+@jit(static_argnames=("chunk",))
 def per_layer(base, comp, hs: Float[Array, "L1 N d"], hs_c: Float[Array, "L1 N d"], chunk: int = 256):
     """Token-mean of every metric at every layer's logit lens: dict of [L+1] arrays.
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from hemorrhage.sim.jit import jit
 from jaxtyping import Array, Float
 
 from hemorrhage.errors import UserError
@@ -120,12 +120,12 @@ def is_encoder(model) -> bool:
     return getattr(getattr(model, "cfg", None), "family", None) == "bert"
 
 
-@nnx.jit
+@jit
 def _encoder_embed(model, tokens, mask):
     return model.encode(tokens, mask)
 
 
-@nnx.jit
+@jit
 def _causal_embed(model, tokens, mask):
     """mean and last-token pooling of h_L; causal attention, so right padding leaves the real
     tokens' h unchanged (XLA drops the logits trace computes: only h_L leaves the jit)."""

@@ -34,7 +34,7 @@ from functools import partial
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from hemorrhage.sim.jit import jit
 
 from hemorrhage.errors import UserError
 from hemorrhage.validate.arrays import mean
@@ -129,7 +129,7 @@ def gen_metrics(
 # ------------------------------------------------------------------ teacher forcing -----
 
 
-@nnx.jit
+@jit
 def _last_hidden(model, tokens):
     """h_L [B T d] (the head is never applied, so XLA drops it)."""
     return model(tokens, collect_h=True)[2][-1]
@@ -144,7 +144,7 @@ def path_hidden(model, prompts: np.ndarray, gen: np.ndarray) -> np.ndarray:
     return np.asarray(_last_hidden(model, on_active_mesh(seq)))[:, P - 1 :]
 
 
-@partial(nnx.jit, static_argnames=("chunk",))
+@partial(jit, static_argnames=("chunk",))
 def _step_rows(base, comp, hb, hc, hf, a, chunk: int):
     """Per row (prompt, step) of [n d] hidden states: module docstring's quantities."""
     from hemorrhage.theory.softmax import kl_exact

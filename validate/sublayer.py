@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from hemorrhage.sim.jit import jit
 
 from hemorrhage.sim.models.base import traced_layers
 from hemorrhage.validate.metrics import compare_hidden, compare_logits
@@ -52,7 +52,7 @@ def lens(model, h, norm: bool = True):
     return (z if cap is None else jnp.tanh(z / cap) * cap).astype(jnp.float32)
 
 
-@nnx.jit
+@jit
 def _fed_dense(model, tokens, h_ref, attn_ref):
     """Branch outputs [L B T d] of `model` with every block fed the dense residual h_ref[l] and
     its MLP fed h_ref[l] + attn_ref[l]."""
@@ -74,7 +74,7 @@ def _metrics(model_b, model_c, x, x_c, norm: bool) -> dict:
     return {k: jnp.mean(v) for k, v in {**out, "rel_dh": dh}.items() if k in KEYS}
 
 
-@nnx.jit(static_argnames=("norm",))
+@jit(static_argnames=("norm",))
 def _sublayer_metrics(base, comp, h, a, f, a_c, f_c, norm: bool):
     """Token means per (layer, part) over h [L+1 B T d] and branch outputs [L B T d]."""
     d = h.shape[-1]
@@ -109,7 +109,7 @@ def counterfactual_table(base, comp, tokens, *, norm: bool = True):
     return pd.DataFrame(rows)
 
 
-@nnx.jit(static_argnames=("norm",))
+@jit(static_argnames=("norm",))
 def _lens_layers(base, comp, hs, hs_c, norm: bool):
     def layer(args):
         hb, hc = args

@@ -35,6 +35,30 @@ def load_model(args):
     return load(args.model, allow_pickle=getattr(args, "allow_pickle", False), dtype=getattr(args, "dtype", "auto"))
 
 
+def schedule_for_held_dtype(args) -> bool:
+    """Before any JAX computation: XLA:CPU's memory-first scheduler when the model will be
+    held in bf16/fp16 (sim/xla_flags.py says why).  The dtype is read from the flag, or for
+    `--dtype auto` from a local folder's safetensors headers (registry models are fp32); a
+    folder that cannot be read is left to the command, which reports it."""
+    from pathlib import Path
+
+    from hemorrhage.errors import UserError
+    from hemorrhage.sim.models.weights import held_dtype
+    from hemorrhage.sim.xla_flags import prefer_memory_first_schedule
+
+    dtype = getattr(args, "dtype", None)
+    if dtype is None:
+        return False
+    held = dtype
+    if dtype == "auto":
+        path = Path(str(getattr(args, "model", "") or "")).expanduser()
+        try:
+            held = held_dtype(path, "auto") if path.is_dir() else None
+        except (UserError, OSError, ValueError):
+            held = None
+    return prefer_memory_first_schedule(held)
+
+
 def add_overwrite(parser) -> None:
     parser.add_argument(
         "--overwrite",

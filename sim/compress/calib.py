@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from hemorrhage.sim.jit import jit
 
 from hemorrhage.errors import UserError
 
@@ -201,7 +202,7 @@ def _run_block(graphdef, state, h, pos, record: tuple[str, ...], want_out: bool,
     return (out if want_out else None), stats, cos
 
 
-@nnx.jit
+@jit
 def _embed(model, tokens, pos):
     return model.embed_tokens(tokens, pos)
 

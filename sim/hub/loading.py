@@ -37,7 +37,8 @@ def load(model: str, *, allow_pickle: bool = False, quiet: bool = False, dtype: 
     from hemorrhage.sim.models.bert import is_bert_folder
     from hemorrhage.sim.models.loader import checkpoint_files
     from hemorrhage.sim.hub.preflight import check_checkpoint, check_has_weights
-    from hemorrhage.sim.models.weights import check_dtype_name
+    from hemorrhage.sim.models.weights import check_dtype_name, held_dtype
+    from hemorrhage.sim.xla_flags import prefer_memory_first_schedule
     from hemorrhage.sim.hub.registry import resolve
 
     check_dtype_name(dtype)  # a typo is one line before any fetch
@@ -47,6 +48,7 @@ def load(model: str, *, allow_pickle: bool = False, quiet: bool = False, dtype: 
         return _load_encoder(model, path, dtype)
     checkpoint_files(path, allow_pickle)  # the folder itself first: not one, no config.json, pickle only
     check_checkpoint(path)  # then a malformed config or weight file, as one line (sim/hub/preflight.py)
+    prefer_memory_first_schedule(held_dtype(path, dtype))  # acts only if no JAX computation ran yet
     net, cfg = load_checkpoint(path, allow_pickle=allow_pickle, dtype=dtype)
     tok = load_tokenizer(path)
     note = "user checkpoint: base precision as stored"

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from hemorrhage.sim.jit import jit
 from jaxtyping import Array, Float, Int
 
 from hemorrhage.sim.models import scan
@@ -129,10 +130,13 @@ class CausalLM(nnx.Module):
         perturb: Perturb = None,
         trace: bool = False,
         collect_h: bool = False,
+        logits: bool = True,
     ):
-        """Returns (z [B T vocab], new cache or None, [h_0..h_L] if collect_h)."""
+        """Returns (z [B T vocab], new cache or None, [h_0..h_L] if collect_h); with
+        logits=False the first is h_L [B T d] instead, for a caller that unembeds only the
+        positions it reads (a [B T vocab] tensor over a 152k vocabulary is not free)."""
         z, new_cache, hs, _ = self.run(
-            tokens, pos0=pos0, cache=cache, perturb=perturb, trace=trace, collect_h=collect_h
+            tokens, pos0=pos0, cache=cache, perturb=perturb, trace=trace, collect_h=collect_h, logits=logits
         )
         return z, new_cache, (None if hs is None else list(hs))
 
@@ -145,8 +149,10 @@ class CausalLM(nnx.Module):
         perturb: Perturb = None,
         trace: bool = False,
         collect_h: bool = False,
+        logits: bool = True,
     ):
-        """(z, new cache or None, h [L+1 B T d] if collect_h, {sown name: [L ...]} if trace).
+        """(z, new cache or None, h [L+1 B T d] if collect_h, {sown name: [L ...]} if trace);
+        h_L in place of z with logits=False.
 
         The blocks run as one scan (sim/models/scan.py) where they are uniform and
         `scan_layers` is on; otherwise unrolled, one traced block per layer.  Both give the
@@ -158,7 +164,7 @@ class CausalLM(nnx.Module):
         blocks = self._scanned if how.scan else self._unrolled
         h, new_cache, hs, sown = blocks(h0, pos, cache, perturb, trace, collect_h, how)
         hs = jnp.concatenate([h0[None], hs]) if collect_h else None
-        return self.unembed(h), new_cache, hs, sown
+        return (self.unembed(h) if logits else h), new_cache, hs, sown
 
     def _unrolled(self, h, pos, cache, perturb, trace, collect_h, how):
         hs, new_cache, sown = [], [], {}
@@ -205,7 +211,7 @@ class CausalLM(nnx.Module):
         return _trace(self, tokens, perturb)
 
 
-@nnx.jit(static_argnums=(2,))
+@jit(static_argnums=(2,))
 def _trace(model: CausalLM, tokens, perturb):
     z, _, h, sown = model.run(tokens, perturb=perturb, trace=True, collect_h=True)
     ent = sown.get("attn_entropy")
@@ -230,7 +236,7 @@ def _stack(per_layer: list):
     return jnp.stack(per_layer)
 
 
-@nnx.jit
+@jit
 def attention_probs(model: CausalLM, tokens: Int[Array, "B T"]) -> tuple:
     """The traced forward that also returns every layer's attention probabilities: a tuple of
     [B H T T] (query rows, key columns; H may differ per layer), NaN for a dropped attention.
@@ -242,7 +248,7 @@ def attention_probs(model: CausalLM, tokens: Int[Array, "B T"]) -> tuple:
     return tuple(probs) if isinstance(probs, tuple) else tuple(probs[i] for i in range(probs.shape[0]))
 
 
-@nnx.jit(static_argnums=(2,))
+@jit(static_argnums=(2,))
 def forward(model: CausalLM, tokens: Int[Array, "B T"], perturb: Perturb = None) -> Float[Array, "B T vocab"]:
     """Jitted full-sequence forward: the logits z_L."""
     return model(tokens, perturb=perturb)[0]

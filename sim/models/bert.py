@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from hemorrhage.sim.jit import jit
 from jaxtyping import Array, Float, Int
 
 from hemorrhage.errors import UserError
@@ -253,7 +254,7 @@ def pool(h: Float[Array, "B T d"], mask: Float[Array, "B T"], how: str, normaliz
     return e
 
 
-@nnx.jit
+@jit
 def encode(model: BertEncoder, tokens, mask):
     """Jitted `model.encode`."""
     return model.encode(tokens, mask)
