@@ -46,8 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from hemorrhage.sim.jit import jit
 
+from hemorrhage.sim.jit import jit
 from hemorrhage.errors import UserError
 from hemorrhage.sim.compress.storage import ActQuantLinear, MaskedLinear, NMSparseLinear, PackedLinear
 from hemorrhage.sim.recover_layers import GRID_UNITS, TRAINED, WEIGHT_UNITS, exported, trainable

@@ -22,8 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hemorrhage.sim.jit import jit
 
+from hemorrhage.sim.jit import jit
 from hemorrhage.sim.models.base import attention_probs
 
 

@@ -35,8 +35,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hemorrhage.sim.jit import jit
 
+from hemorrhage.sim.jit import jit
 from hemorrhage.sim.models.base import ENTROPY_SHIFT_MAX, GATE_FLIP_MAX, traced_layers
 
 CKA_MIN, KL_DAMAGE = 0.7, 0.01

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hemorrhage.sim.jit import jit
 from jaxtyping import Array, Float
 
+from hemorrhage.sim.jit import jit
 from hemorrhage.errors import UserError
 from hemorrhage.validate.computable import KEY as NC
 

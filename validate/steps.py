@@ -34,8 +34,8 @@ from functools import partial
 
 import jax.numpy as jnp
 import numpy as np
-from hemorrhage.sim.jit import jit
 
+from hemorrhage.sim.jit import jit
 from hemorrhage.errors import UserError
 from hemorrhage.validate.arrays import mean
 

@@ -32,8 +32,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hemorrhage.sim.jit import jit
 
+from hemorrhage.sim.jit import jit
 from hemorrhage.sim.models.base import traced_layers
 from hemorrhage.validate.metrics import compare_hidden, compare_logits
 

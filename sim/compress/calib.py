@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from hemorrhage.sim.jit import jit
 
+from hemorrhage.sim.jit import jit
 from hemorrhage.errors import UserError
 
 # linears that read the same input, in forward order: (branch, attributes)

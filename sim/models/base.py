@@ -24,9 +24,9 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from hemorrhage.sim.jit import jit
 from jaxtyping import Array, Float, Int
 
+from hemorrhage.sim.jit import jit
 from hemorrhage.sim.models import scan
 
 Perturb = Optional[Callable[[str, int, Array], Array]]

@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from hemorrhage.sim.jit import jit
 from jaxtyping import Array, Float, Int
 
+from hemorrhage.sim.jit import jit
 from hemorrhage.errors import UserError
 from hemorrhage.sim.models.base import Perturb, branch
 from hemorrhage.sim.models.layers import Embedding, LayerNorm, Linear, activation
